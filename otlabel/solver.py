@@ -1,0 +1,345 @@
+"""The Sinkhorn iteration, written once on the array-API namespace.
+
+The loop (:func:`solve`) knows nothing about how a block of rows is processed:
+it asks a *kernel* to sweep each block of rows and reduces what the kernel
+returns.  This is the kernel contract of the specification:
+
+    given a block of rows of ``S`` (or of a kernel prepared from it), its
+    ``log a``, the current cluster potential ``g`` and ``epsilon``, return the
+    block's new row potential ``f``, the block's per-column partial
+    ``(log_max, scaled_sum)`` of the column mass of the plan ``(f, g)``, and the
+    block's row-marginal error.
+
+Partials are reduced over blocks in a fixed order (deterministic results), so
+that streaming, sharding and several heads are options of this one loop, and
+fused kernels (Numba, GPU) plug in by implementing :class:`Kernel`.
+
+Notation (all potentials are in score units)::
+
+    Q_ik = exp((S_ik + f_i + g_k) / epsilon)          # the plan, (N, K)
+    f_i  = eps log a_i - eps LSE_k((S_ik + g_k) / eps)  # row update: rows exact
+    g_k <- g_k + eps (log b_k - log colmass_k)          # column update
+
+One pass over the rows computes ``f`` and the column masses of ``(f, g)``; the
+column error of that iterate comes for free.  The iterate that is returned is
+always the pair ``(f, g)`` of the last pass, with its own error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from array_api_compat import array_namespace
+
+Array = Any
+
+#: Target size in bytes of one block of rows in the working precision: large
+#: enough to amortise the per-block overhead, small enough to stay in L2, so
+#: that the two uses of a block (row sums, then column sums) read memory once.
+BLOCK_BYTES = 1 << 20
+
+#: A column's partial sum computed from the row-normalised exponentials is used
+#: as it is when the column's largest log plan entry in the block is above this
+#: many nats over the underflow limit of float64 (about -708): what underflowed
+#: is then below 1e-30 of what was kept.  Below it the column is recomputed
+#: relative to its own maximum (the running-maximum column LSE of the spec).
+_FRAME_MARGIN = 70.0
+
+#: Largest score spread (max_k S_ik - min_k S_ik) / epsilon for which the
+#: scaling domain is safe, by storage precision of the kernel exp((S - m)/eps):
+#: its smallest entry must stay a normal number, and the scalings u, v (kept in
+#: float64, potentials normalised every iteration) then stay within exp(+-2T).
+SCALING_SAFE_SPREAD = {"float32": 80.0, "float64": 300.0}
+
+
+class UnstableIteration(FloatingPointError):
+    """The iterate stopped being finite; carries the last finite potential and
+    the number of passes that produced finite iterates."""
+
+    def __init__(self, message: str, potential: Array, n_iter: int) -> None:
+        super().__init__(message)
+        self.potential = potential
+        self.n_iter = n_iter
+
+
+@dataclass
+class ColumnPartial:
+    """Column masses of a plan, as ``exp(log_max) * scaled_sum`` per column, (K,)."""
+
+    log_max: Array
+    scaled_sum: Array
+
+    def combine(self, other: ColumnPartial) -> ColumnPartial:
+        """Add two partials; a fixed order of combination gives fixed results."""
+        xp = array_namespace(self.log_max, other.log_max)
+        log_max = xp.maximum(self.log_max, other.log_max)
+        scaled_sum = self.scaled_sum * xp.exp(self.log_max - log_max)
+        scaled_sum = scaled_sum + other.scaled_sum * xp.exp(other.log_max - log_max)
+        return ColumnPartial(log_max, scaled_sum)
+
+    def log_mass(self) -> Array:
+        xp = array_namespace(self.log_max)
+        return self.log_max + xp.log(self.scaled_sum)
+
+
+@dataclass
+class BlockSweep:
+    """What a kernel returns for one block of rows."""
+
+    row_potential: Array  # (n,) new f for the block, score units
+    columns: ColumnPartial  # (K,) column mass of the plan (f_new, g)
+    row_error: float  # sum_i |row mass_i - a_i| over the block
+
+
+class Kernel(Protocol):
+    """One sweep over a block of rows; see the module docstring."""
+
+    method: str
+
+    def column_state(self, potential: Array) -> Array:
+        """Per-iteration state derived once from the cluster potential ``g``."""
+
+    def blocks(self) -> Iterator[tuple[slice, Array]]:
+        """The row blocks of the (prepared) matrix, in a fixed order."""
+
+    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+        """Process one block of rows."""
+
+
+@dataclass
+class SolveOutput:
+    """The iterate ``(f, g)`` of the last pass and how it was reached."""
+
+    row_potential: Array  # (N,) f, score units
+    potential: Array  # (K,) g, score units, sum_k b_k g_k = 0
+    n_iter: int
+    error: float
+    converged: bool
+    method: str
+
+
+def solve(
+    kernel: Kernel,
+    log_b: Array,
+    epsilon: float,
+    potential: Array,
+    *,
+    tol: float,
+    max_iter: int,
+) -> SolveOutput:
+    """Run Sinkhorn-Knopp to ``tol`` in the L1 marginal error, at most ``max_iter`` passes.
+
+    ``potential`` is the starting cluster potential ``g`` (K,) in score units
+    (zeros for a cold start, a previous result's potential for a warm start).
+    Raises :class:`UnstableIteration`, carrying the last finite potential, if
+    the iterate stops being finite (only the scaling domain can).
+    """
+    xp = array_namespace(log_b)
+    b = xp.exp(log_b)
+    g = _normalise(potential, b)
+    for n_iter in range(1, max_iter + 1):
+        f, columns, row_error = _sweep(kernel, kernel.column_state(g))
+        log_col_mass = columns.log_mass()
+        error = row_error + float(xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
+        if not (math.isfinite(error) and _all_finite(f)):
+            raise _unstable(kernel, g, n_iter - 1)
+        if error <= tol or n_iter == max_iter:
+            break
+        g_next = _normalise(g + epsilon * (log_b - log_col_mass), b)
+        if not _all_finite(g_next):  # a column's mass underflowed to zero
+            raise _unstable(kernel, g, n_iter)
+        g = g_next
+    shift = xp.sum(b * g)  # exactly zero up to rounding; keeps (f, g) one plan
+    return SolveOutput(f + shift, g - shift, n_iter, error, error <= tol, kernel.method)
+
+
+def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteration:
+    message = f"the {kernel.method} domain left the floating-point range after {n_done} passes"
+    return UnstableIteration(message, potential, n_done)
+
+
+def _sweep(kernel: Kernel, state: Array) -> tuple[Array, ColumnPartial, float]:
+    """One pass over all row blocks: the new f and the column masses of (f, g)."""
+    f_blocks = []
+    columns: ColumnPartial | None = None
+    row_error = 0.0
+    for rows, block in kernel.blocks():
+        result = kernel.sweep(block, rows, state)
+        f_blocks.append(result.row_potential)
+        columns = result.columns if columns is None else columns.combine(result.columns)
+        row_error += result.row_error
+    assert columns is not None, "a problem has at least one row"
+    xp = array_namespace(f_blocks[0])
+    return xp.concat(f_blocks), columns, row_error
+
+
+def _normalise(potential: Array, b: Array) -> Array:
+    xp = array_namespace(potential)
+    return potential - xp.sum(b * potential)
+
+
+def _all_finite(x: Array) -> bool:
+    xp = array_namespace(x)
+    return bool(xp.all(xp.isfinite(x)))
+
+
+def block_rows(n_cols: int, itemsize: int = 8) -> int:
+    """Rows per block so that one block in the working precision is ~BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // (n_cols * itemsize))
+
+
+# --------------------------------------------------------------------------
+# Kernels on the array-API namespace (the reference implementation)
+# --------------------------------------------------------------------------
+
+
+class LogKernel:
+    """Log-domain sweep: always finite for finite scores.
+
+    Per block: one ``exp`` per element for the row log-sum-exp; the column
+    sums reuse those exponentials scaled by the new row factor, except for
+    columns whose entries in the block are all near the underflow limit, which
+    are recomputed relative to their own maximum.
+    """
+
+    method = "log"
+
+    def __init__(self, scores: Array, log_a: Array, epsilon: float, work_dtype: Any) -> None:
+        self.xp = array_namespace(scores, log_a)
+        self.scores = scores  # (N, K)
+        self.log_a = log_a  # (N,)
+        self.epsilon = epsilon
+        self.work_dtype = work_dtype
+        self.rows_per_block = block_rows(scores.shape[1])
+        self.underflow_frame = math.log(2.2250738585072014e-308) + _FRAME_MARGIN
+
+    def column_state(self, potential: Array) -> Array:
+        return potential / self.epsilon  # (K,) g / eps
+
+    def blocks(self) -> Iterator[tuple[slice, Array]]:
+        return _row_blocks(self.scores, self.rows_per_block)
+
+    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+        xp = self.xp
+        x = xp.astype(block, self.work_dtype) / self.epsilon + state  # (n, K) (S + g)/eps
+        row_max = xp.max(x, axis=1, keepdims=True)  # (n, 1)
+        x = x - row_max
+        e = xp.exp(x)  # (n, K) in (0, 1]
+        log_row_scale = self.log_a[rows][:, None] - xp.log(xp.sum(e, axis=1, keepdims=True))
+        # log P = (S + f + g)/eps = x + log_row_scale, so f/eps = log_row_scale - row_max.
+        row_potential = self.epsilon * (log_row_scale - row_max)[:, 0]  # (n,)
+        log_plan = x + log_row_scale  # (n, K)
+        col_log_max = xp.max(log_plan, axis=0)  # (K,)
+        reliable = col_log_max > self.underflow_frame
+        col_sum = xp.sum(e * xp.exp(log_row_scale), axis=0)  # frame 0: the mass itself
+        if not bool(xp.all(reliable)):
+            rescaled = xp.sum(xp.exp(log_plan - col_log_max), axis=0)
+            col_sum = xp.where(reliable, col_sum, rescaled)
+        zero = xp.zeros_like(col_log_max)
+        columns = ColumnPartial(xp.where(reliable, zero, col_log_max), col_sum)
+        return BlockSweep(row_potential, columns, 0.0)
+
+
+class ScalingKernel:
+    """Scaling-domain sweep on ``G = exp((S - m)/eps)``, built once.
+
+    Per block of rows: ``s = G v``, ``u = a / s``, ``w = G^T u``; the block is
+    still in cache for the second product, so the matrix is read once per
+    iteration.  Only safe when the spread of each row of ``S / eps`` is
+    moderate (:data:`SCALING_SAFE_SPREAD`); :func:`scaling_is_safe` decides.
+    """
+
+    method = "scaling"
+
+    def __init__(
+        self,
+        scores: Array,
+        log_a: Array,
+        epsilon: float,
+        work_dtype: Any,
+        row_max: Array,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        self.xp = array_namespace(scores, log_a)
+        self.epsilon = epsilon
+        self.work_dtype = work_dtype
+        self.row_max = row_max  # (N,) m
+        self.a = self.xp.exp(log_a)  # (N,)
+        self.rows_per_block = block_rows(scores.shape[1])
+        self.kernel = self._build(scores, overwrite)  # (N, K) G, storage dtype
+
+    def _build(self, scores: Array, overwrite: bool) -> Array:
+        xp = self.xp
+        target = scores if overwrite else xp.empty_like(scores)
+        for rows, block in _row_blocks(scores, self.rows_per_block):
+            shifted = xp.astype(block, self.work_dtype) - self.row_max[rows][:, None]
+            target[rows, ...] = xp.astype(xp.exp(shifted / self.epsilon), scores.dtype)
+        return target
+
+    def restore_scores(self) -> Array:
+        """Rebuild ``S = m + eps log G`` in place of the kernel; returns it."""
+        xp = self.xp
+        for rows, block in _row_blocks(self.kernel, self.rows_per_block):
+            log_kernel = xp.log(xp.astype(block, self.work_dtype))
+            restored = self.row_max[rows][:, None] + self.epsilon * log_kernel
+            self.kernel[rows, ...] = xp.astype(restored, self.kernel.dtype)
+        return self.kernel
+
+    def column_state(self, potential: Array) -> Array:
+        return self.xp.exp(potential / self.epsilon)  # (K,) v
+
+    def blocks(self) -> Iterator[tuple[slice, Array]]:
+        return _row_blocks(self.kernel, self.rows_per_block)
+
+    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+        xp = self.xp
+        kernel = xp.astype(block, self.work_dtype)  # (n, K)
+        u = self.a[rows] / (kernel @ state)  # (n,)
+        col_mass = (u @ kernel) * state  # (K,) column mass of (u, v)
+        row_potential = self.epsilon * xp.log(u) - self.row_max[rows]
+        zero = xp.zeros_like(col_mass)
+        return BlockSweep(row_potential, ColumnPartial(zero, col_mass), 0.0)
+
+
+def row_extremes(scores: Array, work_dtype: Any) -> tuple[Array, Array]:
+    """Each row's maximum and minimum, (N,) each, in one read of the matrix.
+
+    NaN or infinite scores show up as non-finite extremes, so this pass also
+    validates the input.
+    """
+    xp = array_namespace(scores)
+    maxima, minima = [], []
+    for _, block in _row_blocks(scores, block_rows(scores.shape[1])):
+        block = xp.astype(block, work_dtype)
+        maxima.append(xp.max(block, axis=1))
+        minima.append(xp.min(block, axis=1))
+    return xp.concat(maxima), xp.concat(minima)
+
+
+def scaling_is_safe(row_max: Array, row_min: Array, epsilon: float, storage_dtype: Any) -> bool:
+    """Whether every row's spread ``(max_k S_ik - min_k S_ik) / eps`` is within
+    :data:`SCALING_SAFE_SPREAD` for the kernel's storage precision."""
+    xp = array_namespace(row_max)
+    limit = SCALING_SAFE_SPREAD["float32" if storage_dtype == xp.float32 else "float64"]
+    return float(xp.max(row_max - row_min)) / epsilon <= limit
+
+
+def plan_of(scores: Array, row_potential: Array, potential: Array, epsilon: float) -> Array:
+    """The plan ``exp((S_ik + f_i + g_k) / eps)`` (N, K), in the scores' dtype."""
+    xp = array_namespace(scores, row_potential, potential)
+    plan = xp.empty_like(scores)
+    for rows, block in _row_blocks(scores, block_rows(scores.shape[1])):
+        exponent = xp.astype(block, potential.dtype) + row_potential[rows][:, None] + potential
+        plan[rows, ...] = xp.astype(xp.exp(exponent / epsilon), scores.dtype)
+    return plan
+
+
+def _row_blocks(matrix: Array, rows_per_block: int) -> Iterator[tuple[slice, Array]]:
+    n_rows = matrix.shape[0]
+    for start in range(0, n_rows, rows_per_block):
+        rows = slice(start, min(start + rows_per_block, n_rows))
+        yield rows, matrix[rows, ...]
