@@ -1,0 +1,256 @@
+"""Hard labels from the Sinkhorn duals: argmax, and exactly balanced.
+
+Exactly balanced labels solve the bounded transportation problem
+
+    max_y  sum_i S_{i, y_i}   subject to   lower_k <= #{i : y_i = k} <= upper_k,
+
+with ``lower_k = floor(N b_k)`` and ``upper_k = ceil(N b_k)``.  Its LP relaxation
+has an integral optimum, and its dual is a function of one price per cluster::
+
+    D(pi) = sum_i max_k (S_ik + pi_k) - sum_k n_k(pi_k) pi_k,
+    n_k(t) = lower_k if t > 0 else upper_k,
+
+an upper bound on the objective of every feasible labelling.  ``D(pi) - P(y)``,
+divided by N, is the certified gap reported as ``res.gap``.
+
+The solver is successive shortest paths on the graph of the K clusters
+(few nodes, however large N is).  It starts from ``argmax_k S_ik + g_k`` with the
+Sinkhorn potential ``g``: every sample is at its best cluster at prices
+``p = -g``, and only the clusters that came out over-full must give samples
+away.  Moving a sample from cluster k to cluster l costs it
+``(S_ik - p_k) - (S_il - p_l) >= 0``; the cheapest such move is
+``C[k, l] - p_k + p_l`` with ``C[k, l] = min_{i in k} (S_ik - S_il)``.  Each step
+runs Dijkstra from the over-full clusters to the nearest cluster with room,
+lowers the prices of the clusters it did not settle so that the path costs
+nothing, and moves one sample along each edge of the path.  Every sample stays
+at a best cluster at the current prices, so the labels are optimal when the
+counts are feasible, and ``-prices`` is an optimal dual: the certificate is
+exact up to rounding.  The lower bounds enter through ``sum_k upper_k - N``
+placeholder "dummies" that take one optional slot each (at most one per cluster
+with ``upper_k > lower_k``) at no gain; a cluster holding a dummy ends at its floor.
+
+The work is one pass over the matrix for ``argmax``, one for ``C``, one for the
+certificate, and one Dijkstra on K nodes per sample of excess (stopped at the
+nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BalancedLabels:
+    """Exactly balanced labels and their certificate."""
+
+    labels: np.ndarray  # (N,) int64
+    gap: float  # certified (optimum - achieved) / N, score units
+    prices: np.ndarray  # (K,) cluster prices p of the certificate (pi = -p + level)
+    n_moves: int  # samples of excess moved by shortest paths
+
+
+def count_bounds(n_samples: int, cluster_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster count bounds ``floor(N b_k)`` and ``ceil(N b_k)``.
+
+    ``N b_k`` within 1e-9 (relative) of an integer counts as that integer, so
+    that uniform weights with N divisible by K give equal counts exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lower, upper = count_bounds(10, np.full(4, 0.25))
+    >>> lower.tolist(), upper.tolist()
+    ([2, 2, 2, 2], [3, 3, 3, 3])
+    """
+    target = n_samples * np.asarray(cluster_weights, dtype=np.float64)
+    nearest = np.round(target)
+    integral = np.abs(target - nearest) <= 1e-9 * np.maximum(1.0, target)
+    lower = np.where(integral, nearest, np.floor(target)).astype(np.int64)
+    upper = np.where(integral, nearest, np.ceil(target)).astype(np.int64)
+    return lower, upper
+
+
+def argmax_labels(scores: np.ndarray, potential: np.ndarray, rows_per_block: int) -> np.ndarray:
+    """``argmax_k (S_ik + g_k)`` for every row, block by block: (N,) int64."""
+    labels = np.empty(scores.shape[0], dtype=np.int64)
+    for start in range(0, scores.shape[0], rows_per_block):
+        block = np.asarray(scores[start : start + rows_per_block], dtype=np.float64)
+        labels[start : start + rows_per_block] = np.argmax(block + potential, axis=1)
+    return labels
+
+
+def balanced_labels(
+    scores: np.ndarray,
+    potential: np.ndarray,
+    cluster_weights: np.ndarray,
+    *,
+    rows_per_block: int,
+) -> BalancedLabels:
+    """Exactly balanced labels, optimal with a dual certificate; see the module docstring.
+
+    Parameters
+    ----------
+    scores : (N, K) array
+    potential : (K,) array
+        Cluster potential ``g`` to start from (score units), e.g. from Sinkhorn.
+        Any finite vector gives the optimum; a good one gives it fast.
+    cluster_weights : (K,) array
+        Normalised cluster proportions ``b``.
+    rows_per_block : int
+        Rows per block for the passes over the whole matrix.
+    """
+    n_samples = scores.shape[0]
+    lower, upper = count_bounds(n_samples, cluster_weights)
+    prices = -np.asarray(potential, dtype=np.float64)
+    labels = argmax_labels(scores, -prices, rows_per_block)
+    transfers = _Transfers(scores, labels, prices, lower, upper, rows_per_block)
+    n_moves = transfers.balance()
+    gap = certified_gap(scores, labels, transfers.prices, lower, upper, rows_per_block)
+    return BalancedLabels(labels, gap, transfers.prices, n_moves)
+
+
+def certified_gap(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    prices: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rows_per_block: int,
+) -> float:
+    """``(D(pi) - P(y)) / N`` with ``pi = level - prices``, the level chosen optimally.
+
+    Both terms are sums of non-negative quantities, so no large numbers cancel:
+    the row terms ``max_k (S_ik - p_k) - (S_iy - p_y)`` and the price term
+    ``sum_k (n_k - bound_k) pi_k`` (``bound = lower`` where ``pi > 0``, else
+    ``upper``), with ``n_k`` the label counts.
+    """
+    n_samples = labels.size
+    row_terms = 0.0
+    for start in range(0, n_samples, rows_per_block):
+        stop = min(start + rows_per_block, n_samples)
+        values = np.asarray(scores[start:stop], np.float64) - prices  # (n, K)
+        own = values[np.arange(stop - start), labels[start:stop]]
+        row_terms += float(np.sum(values.max(axis=1) - own))
+    # The level minimises N level - sum_k bound_k(level - p_k) (level - p_k):
+    # its slope turns non-negative once the optional slots of the clusters
+    # cheaper than the level cover the sum_k upper_k - N slots left empty.
+    order = np.argsort(prices, kind="stable")
+    optional_below = np.cumsum((upper - lower)[order])
+    n_empty = int(upper.sum()) - n_samples
+    level = prices[order[min(int(np.searchsorted(optional_below, n_empty)), order.size - 1)]]
+    shift = level - prices  # pi_k
+    bound = np.where(shift > 0, lower, upper)
+    counts = np.bincount(labels, minlength=prices.size)
+    price_term = float(np.sum((counts - bound) * shift))
+    return max(0.0, (row_terms + price_term) / n_samples)
+
+
+class _Transfers:
+    """Successive shortest paths on the cluster graph; mutates ``labels`` in place."""
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        prices: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        rows_per_block: int,
+    ) -> None:
+        self.scores, self.labels, self.prices = scores, labels, prices.copy()
+        self.upper = upper
+        n_clusters = upper.size
+        by_cluster = np.argsort(labels, kind="stable")
+        sizes = np.bincount(labels, minlength=n_clusters)
+        self.members = [group.tolist() for group in np.split(by_cluster, np.cumsum(sizes)[:-1])]
+        # Dummies take the cheapest optional slots, where they are at their best.
+        self.takes_dummy = upper > lower
+        n_dummies = int(upper.sum()) - labels.size
+        cheapest = np.flatnonzero(self.takes_dummy)[np.argsort(prices[self.takes_dummy])]
+        self.has_dummy = np.zeros(n_clusters, dtype=bool)
+        self.has_dummy[cheapest[:n_dummies]] = True
+        self.occupancy = np.bincount(labels, minlength=n_clusters) + self.has_dummy
+        self.move_cost = self._move_costs(rows_per_block)  # (K, K) C
+
+    def _move_costs(self, rows_per_block: int) -> np.ndarray:
+        """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k."""
+        n_clusters = self.upper.size
+        move_cost = np.full((n_clusters, n_clusters), np.inf)
+        for start in range(0, self.labels.size, rows_per_block):
+            block = np.asarray(self.scores[start : start + rows_per_block], np.float64)
+            own = self.labels[start : start + rows_per_block]
+            loss = block[np.arange(own.size), own][:, None] - block  # (n, K)
+            np.minimum.at(move_cost, own, loss)
+        return move_cost
+
+    def balance(self) -> int:
+        """Move samples along shortest paths until no cluster is over-full."""
+        n_moves = 0
+        while True:
+            over_full = np.flatnonzero(self.occupancy > self.upper)
+            if over_full.size == 0:
+                return n_moves
+            for giver, taker, by_dummy in self._shortest_path(int(over_full[0])):
+                self._move(giver, taker, by_dummy)
+            n_moves += 1
+
+    def _shortest_path(self, source: int) -> list[tuple[int, int, bool]]:
+        """Dijkstra from an over-full cluster to the nearest one with room.
+
+        Updates the prices so that the path's edges cost nothing and every
+        edge still costs at least zero (from any source, so one at a time:
+        starting from all over-full clusters at once would settle them all);
+        returns the path's edges, last first.
+        """
+        prices, n_clusters = self.prices, self.upper.size
+        distance = np.full(n_clusters, np.inf)
+        distance[source] = 0.0
+        parent = np.full(n_clusters, -1)
+        by_dummy = np.zeros(n_clusters, dtype=bool)
+        settled = np.zeros(n_clusters, dtype=bool)
+        while True:
+            node = int(np.argmin(np.where(settled, np.inf, distance)))
+            if self.occupancy[node] < self.upper[node]:
+                break
+            settled[node] = True
+            edge = self.move_cost[node] - prices[node] + prices  # (K,) reduced costs
+            dummy_edge = np.full(n_clusters, np.inf)
+            if self.has_dummy[node]:
+                room = self.takes_dummy & ~self.has_dummy
+                dummy_edge[room] = prices[room] - prices[node]
+            use_dummy = dummy_edge < edge
+            reach = distance[node] + np.maximum(np.minimum(edge, dummy_edge), 0.0)
+            better = (reach < distance) & ~settled
+            distance[better] = reach[better]
+            parent[better] = node
+            by_dummy[better] = use_dummy[better]
+        self.prices = prices - np.minimum(distance, distance[node])
+        path = []
+        while node != source:
+            path.append((int(parent[node]), node, bool(by_dummy[node])))
+            node = int(parent[node])
+        return path
+
+    def _move(self, giver: int, taker: int, by_dummy: bool) -> None:
+        """Move the dummy, or the sample that loses least, from ``giver`` to ``taker``."""
+        self.occupancy[giver] -= 1
+        self.occupancy[taker] += 1
+        if by_dummy:
+            self.has_dummy[giver], self.has_dummy[taker] = False, True
+            return
+        members = np.asarray(self.members[giver])
+        rows = np.asarray(self.scores[members], np.float64)  # (m, K)
+        loss = rows[:, giver] - rows[:, taker]
+        pick = int(np.argmin(loss))
+        sample = int(members[pick])
+        self.members[giver].remove(sample)
+        self.members[taker].append(sample)
+        self.labels[sample] = taker
+        remaining = np.delete(rows, pick, axis=0)
+        self.move_cost[giver] = (
+            np.min(remaining[:, giver][:, None] - remaining, axis=0) if len(remaining) else np.inf
+        )
+        moved_row = rows[pick]
+        self.move_cost[taker] = np.minimum(self.move_cost[taker], moved_row[taker] - moved_row)
