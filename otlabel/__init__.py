@@ -1,0 +1,30 @@
+"""otlabel: balanced cluster labels from model scores by optimal transport.
+
+The labelling step of self-labelling (SeLa), SwAV and DeepCluster-v2: assign N
+samples to K clusters so that every cluster gets its share, maximising the
+model's scores, by Sinkhorn-Knopp matrix scaling.
+
+>>> import otlabel
+>>> res = otlabel.assign(otlabel.make_scores(600, 6, seed=0), epsilon=0.1)
+>>> res.counts.tolist()
+[100, 100, 100, 100, 100, 100]
+"""
+
+from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, sinkhorn
+from .datasets import make_scores
+from .result import ConvergenceWarning, Result
+from .rounding import count_bounds
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_ITER",
+    "DEFAULT_TOL",
+    "ConvergenceWarning",
+    "Result",
+    "__version__",
+    "assign",
+    "count_bounds",
+    "make_scores",
+    "sinkhorn",
+]

@@ -1,0 +1,392 @@
+"""The front door: :func:`assign` and :func:`sinkhorn`.
+
+Validation, the choice of backend and domain, the Sinkhorn solve
+(:mod:`otlabel.solver`), hard labels (:mod:`otlabel.rounding`) and the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _validation as check
+from .kernels import resolve_backend
+from .result import Result, warn_not_converged
+from .rounding import argmax_labels, balanced_labels
+from .solver import (
+    LogKernel,
+    ScalingKernel,
+    SolveOutput,
+    UnstableIteration,
+    block_rows,
+    plan_of,
+    row_extremes,
+    scaling_is_safe,
+    solve,
+)
+
+#: Default stopping tolerance on the L1 marginal error (rows plus columns, plan
+#: of total mass 1).  Chosen on evidence: argmax labels at this tolerance agree
+#: with a solve converged to 1e-9 on at least 99.9% of samples on the benchmark
+#: problems (tests/test_default_tol.py, docs/guide.md).
+DEFAULT_TOL = 1e-4
+DEFAULT_MAX_ITER = 5000
+#: The working precision of the NumPy backend: every block is computed in
+#: float64, whatever the storage precision of the scores.
+WORK_DTYPE = np.float64
+
+
+@dataclass(frozen=True)
+class _Options:
+    epsilon: float
+    tol: float
+    max_iter: int
+    method: str
+    backend: str
+    rounding: str | None
+    return_plan: bool
+    overwrite_scores: bool
+    n_threads: int | None
+
+
+def assign(
+    scores: Any,
+    epsilon: float = 0.04,
+    *,
+    cluster_weights: Any = None,
+    sample_weights: Any = None,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    method: str = "auto",
+    backend: str = "auto",
+    rounding: str | None = "balanced",
+    init: Any = None,
+    return_plan: bool = False,
+    overwrite_scores: bool = False,
+    n_threads: int | None = None,
+) -> Result:
+    r"""Balanced cluster labels from a score matrix, by entropic optimal transport.
+
+    Solves, for scores ``S`` (N, K), sample weights ``a`` and cluster
+    proportions ``b``,
+
+    .. math::
+
+        \max_{Q \ge 0,\; Q 1_K = a,\; Q^T 1_N = b} \langle Q, S\rangle + \epsilon H(Q)
+
+    by Sinkhorn-Knopp matrix scaling (one read of the matrix per iteration),
+    then turns the plan into hard labels.  SeLa's ``lambda`` is ``1/epsilon``.
+    Adding a constant to a row of ``S`` changes nothing, so logits and
+    log-probabilities give the same answer.
+
+    Parameters
+    ----------
+    scores : array (N, K), stack (H, N, K), or list of (N, K) arrays
+        Model scores: logits, log-probabilities or similarities, finite.
+        float32 and float64 are kept as they are; float16 and integers are
+        converted.  A stack or list is H heads solved as H problems, each
+        stopping on its own (a list may mix K).
+    epsilon : float, default 0.04
+        Entropic regularisation in score units (SeLa: ``1/lambda``, 0.04 on
+        ImageNet; SwAV: 0.05).  Smaller is closer to the exact assignment and
+        takes more iterations.
+    cluster_weights : array (K,) or None
+        Cluster proportions ``b``: positive, normalised to sum 1; None is
+        uniform.  For H heads: one (K,) array for all, (H, K), or a list.
+    sample_weights : array (N,) or None
+        Sample weights ``a`` of the Sinkhorn solve: positive, normalised;
+        None is uniform.  Hard labels count samples, not weights.
+    tol : float, default 1e-4
+        Stop when the L1 marginal error of the plan (rows and columns) is at
+        most ``tol``.
+    max_iter : int, default 5000
+        Most Sinkhorn passes; if reached, ``converged`` is False and a
+        :class:`~otlabel.ConvergenceWarning` is issued.
+    method : {"auto", "scaling", "log"}
+        ``"scaling"`` iterates on ``exp((S - max_k S)/epsilon)`` (fast, needs a
+        moderate score spread over epsilon); ``"log"`` on the potentials
+        (always finite).  ``"auto"`` takes the scaling domain when it is
+        provably safe for the input and falls back to the log domain, warm,
+        if it under- or overflows anyway.  It never returns NaN or inf.
+    backend : {"auto", "numpy"}
+        Implementation of the iteration; ``"auto"`` picks the fastest installed
+        one for the input.
+    rounding : {"balanced", "argmax", None}
+        ``"balanced"``: labels with ``floor(N b_k) <= n_k <= ceil(N b_k)`` that
+        maximise ``sum_i S_{i, y_i}`` (exact, with a certified ``gap``).
+        ``"argmax"``: ``argmax_k (S_ik + g_k)``, SeLa's labels (roughly
+        balanced).  None: no labels, only the duals (and plan).
+    init : array (K,) or None
+        Warm start: a previous result's ``potential`` (also valid at another
+        epsilon).
+    return_plan : bool, default False
+        Also return the (N, K) plan.
+    overwrite_scores : bool, default False
+        Allow the solver to use the ``scores`` array as workspace (build its
+        kernel in place, like SciPy's ``overwrite_a``), so that a matrix that
+        fits memory only once can be solved.  On return the array holds the
+        scores again only up to rounding.
+    n_threads : int or None
+        Thread count of the fused kernels (results are identical run to run for
+        a fixed count).  The NumPy backend uses the BLAS library's own threads.
+
+    Returns
+    -------
+    Result
+        ``labels``, ``counts``, ``potential``, ``row_potential``, ``n_iter``,
+        ``error``, ``converged``, ``backend``, ``method``, ``epsilon``, ``cost``,
+        ``gap``, ``plan``; see :class:`~otlabel.Result`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For invalid input, naming the argument: non-finite scores, wrong
+        shapes, non-positive or non-finite weights, ``K > N`` with balanced
+        rounding, ``epsilon <= 0``, unknown names.
+    FloatingPointError
+        With ``method="scaling"`` forced on an input that overflows it.
+
+    See Also
+    --------
+    sinkhorn : the same solve without rounding.
+
+    References
+    ----------
+    Y. M. Asano, C. Rupprecht, A. Vedaldi, "Self-labelling via simultaneous
+    clustering and representation learning", ICLR 2020.
+    M. Cuturi, "Sinkhorn distances: lightspeed computation of optimal
+    transport", NeurIPS 2013.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import otlabel
+    >>> scores = otlabel.make_scores(1000, 10, seed=0)  # log-probabilities
+    >>> res = otlabel.assign(scores, epsilon=0.05)
+    >>> res.converged, res.counts.tolist()
+    (True, [100, 100, 100, 100, 100, 100, 100, 100, 100, 100])
+    >>> again = otlabel.assign(scores, epsilon=0.05, init=res.potential)
+    >>> int(again.n_iter), bool((again.labels == res.labels).all())
+    (1, True)
+    """
+    heads, layout = check.heads_of(scores)
+    options = _Options(
+        epsilon=check.positive_float(epsilon, "epsilon"),
+        tol=check.positive_float(tol, "tol"),
+        max_iter=check.positive_int(max_iter, "max_iter"),  # type: ignore[arg-type]
+        method=check.choice(method, "method", check.METHODS),
+        backend=resolve_backend(backend, heads),
+        rounding=check.choice(rounding, "rounding", check.ROUNDINGS),
+        return_plan=check.flag(return_plan, "return_plan"),
+        overwrite_scores=check.flag(overwrite_scores, "overwrite_scores"),
+        n_threads=check.positive_int(n_threads, "n_threads", allow_none=True),
+    )
+    n_heads = len(heads)
+    sample_w = check.weights(sample_weights, heads[0].shape[0], "sample_weights")
+    cluster_ws = check.per_head(cluster_weights, n_heads, layout, "cluster_weights")
+    inits = check.per_head(init, n_heads, layout, "init")
+    outcomes = []
+    for h, head in enumerate(heads):
+        index = None if layout == "single" else h
+        cluster_w = check.weights(cluster_ws[h], head.shape[1], _name("cluster_weights", index))
+        start = check.initial_potential(inits[h], head.shape[1])
+        outcomes.append(_assign_head(head, sample_w, cluster_w, start, options, index))
+    return _assemble(outcomes, layout, options)
+
+
+def sinkhorn(
+    scores: Any,
+    epsilon: float = 0.04,
+    *,
+    cluster_weights: Any = None,
+    sample_weights: Any = None,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    method: str = "auto",
+    backend: str = "auto",
+    init: Any = None,
+    return_plan: bool = False,
+    overwrite_scores: bool = False,
+    n_threads: int | None = None,
+) -> Result:
+    """The Sinkhorn solve of :func:`assign` without hard labels.
+
+    Returns the potentials (``potential`` g, ``row_potential`` f), the
+    convergence record and, with ``return_plan=True``, the plan
+    ``exp((S_ik + f_i + g_k) / epsilon)``.  Parameters as in :func:`assign`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import otlabel
+    >>> scores = otlabel.make_scores(500, 5, seed=1)
+    >>> res = otlabel.sinkhorn(scores, epsilon=0.1, tol=1e-8, return_plan=True)
+    >>> plan = res.plan.astype(np.float64)
+    >>> bool(np.allclose(plan.sum(axis=0), 1 / 5, atol=1e-7)), res.labels is None
+    (True, True)
+    """
+    return assign(
+        scores,
+        epsilon,
+        cluster_weights=cluster_weights,
+        sample_weights=sample_weights,
+        tol=tol,
+        max_iter=max_iter,
+        method=method,
+        backend=backend,
+        rounding=None,
+        init=init,
+        return_plan=return_plan,
+        overwrite_scores=overwrite_scores,
+        n_threads=n_threads,
+    )
+
+
+@dataclass
+class _HeadOutcome:
+    solved: SolveOutput
+    labels: np.ndarray | None
+    gap: float | None
+    cost: float | None
+    plan: np.ndarray | None
+
+
+def _assign_head(
+    scores: np.ndarray,
+    sample_w: np.ndarray,
+    cluster_w: np.ndarray,
+    start: np.ndarray,
+    options: _Options,
+    head: int | None,
+) -> _HeadOutcome:
+    n_samples, n_clusters = scores.shape
+    if options.rounding == "balanced" and n_clusters > n_samples:
+        raise ValueError(
+            f"{_name('scores', head)}: balanced rounding needs K <= N, got K={n_clusters} "
+            f"clusters for N={n_samples} samples; use fewer clusters or rounding='argmax'"
+        )
+    row_max, row_min = row_extremes(scores, WORK_DTYPE)
+    check.check_finite_rows(row_max, row_min, _name("scores", head))
+    log_a, log_b = np.log(sample_w), np.log(cluster_w)
+    solved, scores = _solve(scores, log_a, log_b, start, (row_max, row_min), options)
+    if not solved.converged:
+        warn_not_converged(head, solved.n_iter, solved.error, options.tol)
+    rows_per_block = block_rows(n_clusters)
+    labels, gap = None, None
+    if options.rounding == "balanced":
+        balanced = balanced_labels(
+            scores, solved.potential, cluster_w, rows_per_block=rows_per_block
+        )
+        labels, gap = balanced.labels, balanced.gap
+    elif options.rounding == "argmax":
+        labels = argmax_labels(scores, solved.potential, rows_per_block)
+    cost = (
+        None
+        if labels is None
+        else float(np.mean(scores[np.arange(n_samples), labels], dtype=np.float64))
+    )
+    plan = None
+    if options.return_plan:
+        plan = plan_of(scores, solved.row_potential, solved.potential, options.epsilon)
+    return _HeadOutcome(solved, labels, gap, cost, plan)
+
+
+def _solve(
+    scores: np.ndarray,
+    log_a: np.ndarray,
+    log_b: np.ndarray,
+    start: np.ndarray,
+    extremes: tuple[np.ndarray, np.ndarray],
+    options: _Options,
+) -> tuple[SolveOutput, np.ndarray]:
+    """Sinkhorn in the chosen domain; the scaling domain falls back to the log domain.
+
+    Returns the solve and the scores (rebuilt in place if the kernel was).
+    """
+    eps, method = options.epsilon, options.method
+    row_max, row_min = extremes
+    if method == "auto":
+        method = "scaling" if scaling_is_safe(row_max, row_min, eps, scores.dtype) else "log"
+    done = 0
+    if method == "scaling":
+        overwrite = options.overwrite_scores and scores.flags.writeable
+        kernel = ScalingKernel(scores, log_a, eps, WORK_DTYPE, row_max, overwrite=overwrite)
+        try:
+            # The loop detects a non-finite iterate itself and raises
+            # UnstableIteration; NumPy's own warnings on the way are noise.
+            with np.errstate(all="ignore"):
+                solved = solve(
+                    kernel, log_b, eps, start, tol=options.tol, max_iter=options.max_iter
+                )
+            return solved, kernel.restore_scores() if overwrite else scores
+        except UnstableIteration as unstable:
+            if options.method == "scaling":
+                raise FloatingPointError(
+                    f"method='scaling': {unstable}; the scores spread too far over "
+                    "epsilon for this domain, use method='log' or 'auto'"
+                ) from None
+            scores = kernel.restore_scores() if overwrite else scores
+            start, done = unstable.potential, unstable.n_iter
+    log_kernel = LogKernel(scores, log_a, eps, WORK_DTYPE)
+    solved = solve(log_kernel, log_b, eps, start, tol=options.tol, max_iter=options.max_iter - done)
+    solved.n_iter += done
+    return solved, scores
+
+
+def _assemble(outcomes: list[_HeadOutcome], layout: str, options: _Options) -> Result:
+    """One result: per-head values as they are, or stacked along a head axis."""
+    solved = [outcome.solved for outcome in outcomes]
+    labels = [outcome.labels for outcome in outcomes]
+    counts = [
+        None if lab is None else np.bincount(lab, minlength=run.potential.size)
+        for lab, run in zip(labels, solved, strict=True)
+    ]
+    labelled = options.rounding is not None
+    balanced = options.rounding == "balanced"
+    fields: dict[str, Any] = {
+        "labels": labels,
+        "counts": counts,
+        "potential": [run.potential for run in solved],
+        "row_potential": [run.row_potential for run in solved],
+        "plan": [outcome.plan for outcome in outcomes],
+    }
+    if layout == "single":
+        run, outcome = solved[0], outcomes[0]
+        return Result(
+            **{name: values[0] for name, values in fields.items()},
+            n_iter=run.n_iter,
+            error=run.error,
+            converged=run.converged,
+            backend=options.backend,
+            method=run.method,
+            epsilon=options.epsilon,
+            cost=outcome.cost,
+            gap=outcome.gap,
+        )
+    stacked = {name: _stack(values) for name, values in fields.items()}
+    return Result(
+        **stacked,
+        n_iter=np.array([run.n_iter for run in solved]),
+        error=np.array([run.error for run in solved]),
+        converged=np.array([run.converged for run in solved]),
+        backend=options.backend,
+        method=tuple(run.method for run in solved),
+        epsilon=options.epsilon,
+        cost=np.array([outcome.cost for outcome in outcomes]) if labelled else None,
+        gap=np.array([outcome.gap for outcome in outcomes]) if balanced else None,
+    )
+
+
+def _stack(values: list[Any]) -> Any:
+    """Stack per-head arrays along a new first axis; a list if their shapes differ."""
+    if values[0] is None:
+        return None
+    if len({value.shape for value in values}) > 1:
+        return values
+    return np.stack(values)
+
+
+def _name(argument: str, head: int | None) -> str:
+    return argument if head is None else f"{argument}[{head}]"
