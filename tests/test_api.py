@@ -1,0 +1,167 @@
+"""The front door: warm starts, heads, weights, workspace, results."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import otlabel
+
+
+@pytest.fixture
+def scores():
+    return otlabel.make_scores(2000, 16, seed=11)
+
+
+def test_warm_start_from_converged_potential(scores):
+    cold = otlabel.assign(scores, 0.1, tol=1e-6, max_iter=5000)
+    warm = otlabel.assign(scores, 0.1, tol=1e-6, init=cold.potential)
+    assert cold.n_iter > 20
+    assert warm.n_iter <= 2 and warm.converged
+    np.testing.assert_array_equal(warm.labels, cold.labels)
+
+
+def test_warm_start_across_epsilon_saves_iterations(scores):
+    coarse = otlabel.sinkhorn(scores, 0.1)
+    cold = otlabel.sinkhorn(scores, 0.05)
+    warm = otlabel.sinkhorn(scores, 0.05, init=coarse.potential)
+    assert warm.n_iter < cold.n_iter
+    np.testing.assert_allclose(warm.potential, cold.potential, atol=0.05)
+
+
+@pytest.mark.parametrize("rounding", ["balanced", "argmax", None])
+def test_stacked_heads_equal_separate_solves(rng, rounding):
+    stack = np.stack([otlabel.make_scores(600, 8, seed=s) * (1 + s) / 2 for s in range(3)])
+    inits = rng.normal(size=(3, 8)) * 0.1
+    together = otlabel.assign(stack, 0.1, init=inits, rounding=rounding, return_plan=True)
+    assert together.potential.shape == (3, 8) and together.plan.shape == (3, 600, 8)
+    assert together.n_iter.shape == (3,) and together.method == ("log",) * 3
+    assert len(set(together.n_iter.tolist())) > 1  # each head stops on its own
+    for h in range(3):
+        alone = otlabel.assign(stack[h], 0.1, init=inits[h], rounding=rounding, return_plan=True)
+        assert together.n_iter[h] == alone.n_iter
+        assert together.error[h] == alone.error
+        np.testing.assert_array_equal(together.potential[h], alone.potential)
+        np.testing.assert_array_equal(together.plan[h], alone.plan)
+        if rounding is not None:
+            np.testing.assert_array_equal(together.labels[h], alone.labels)
+            np.testing.assert_array_equal(together.counts[h], alone.counts)
+            assert together.cost[h] == alone.cost
+
+
+def test_list_of_heads_with_different_k(rng):
+    heads = [rng.normal(size=(300, 4)), rng.normal(size=(300, 7))]
+    weights = [np.ones(4), np.arange(1.0, 8.0)]
+    res = otlabel.assign(heads, 0.1, cluster_weights=weights, init=[np.zeros(4), np.zeros(7)])
+    assert isinstance(res.potential, list) and [p.shape for p in res.potential] == [(4,), (7,)]
+    assert res.labels.shape == (2, 300)
+    for h in range(2):
+        alone = otlabel.assign(heads[h], 0.1, cluster_weights=weights[h])
+        np.testing.assert_array_equal(res.labels[h], alone.labels)
+        np.testing.assert_array_equal(res.counts[h], alone.counts)
+
+
+def test_shared_cluster_weights_across_a_stack(rng):
+    stack = rng.normal(size=(2, 400, 5))
+    weights = np.array([4.0, 1, 1, 2, 2])
+    res = otlabel.assign(stack, 0.1, cluster_weights=weights)
+    np.testing.assert_array_equal(res.counts, [[160, 40, 40, 80, 80]] * 2)
+
+
+def test_weights_are_normalised_and_scale_free(rng):
+    scores = rng.normal(size=(200, 4))
+    a = rng.random(200) + 0.1
+    b = np.array([1.0, 2.0, 3.0, 4.0])
+    one = otlabel.sinkhorn(scores, 0.1, sample_weights=a, cluster_weights=b, tol=1e-10)
+    scaled = otlabel.sinkhorn(scores, 0.1, sample_weights=7 * a, cluster_weights=b / 9, tol=1e-10)
+    np.testing.assert_allclose(one.potential, scaled.potential, atol=1e-10)
+
+
+def test_sample_weights_move_the_plan(rng):
+    scores = rng.normal(size=(100, 3))
+    a = np.ones(100)
+    a[:10] = 50.0
+    res = otlabel.sinkhorn(scores, 0.1, sample_weights=a, tol=1e-10, return_plan=True)
+    np.testing.assert_allclose(res.plan.sum(axis=1), a / a.sum(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes_are_kept(scores, dtype):
+    res = otlabel.assign(scores.astype(dtype), 0.05, return_plan=True)
+    assert res.plan.dtype == dtype
+    assert res.labels.dtype == np.int64 and res.counts.dtype == np.int64
+    assert res.potential.dtype == np.float64
+
+
+def test_float16_and_integer_scores_are_accepted(rng):
+    small = (rng.normal(size=(60, 3)) * 3).astype(np.float16)
+    assert otlabel.assign(small, 0.1).converged
+    assert otlabel.assign(np.arange(60 * 3).reshape(60, 3) % 7, 0.5).converged
+
+
+def test_input_is_left_intact_by_default(scores):
+    copy = scores.copy()
+    otlabel.assign(scores, 0.5, method="scaling")
+    np.testing.assert_array_equal(scores, copy)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_overwrite_scores_uses_the_array_as_workspace(scores, dtype):
+    workspace = scores.astype(dtype)
+    original = workspace.copy()
+    epsilon = 1.0  # spread / epsilon within the scaling domain's safe range for float32
+    expected = otlabel.assign(original, epsilon, method="scaling")
+    res = otlabel.assign(workspace, epsilon, method="scaling", overwrite_scores=True)
+    np.testing.assert_array_equal(res.labels, expected.labels)
+    np.testing.assert_allclose(
+        res.potential, expected.potential, atol=1e-5 if dtype == np.float32 else 1e-12
+    )
+    # the array holds the scores again, up to rounding
+    np.testing.assert_allclose(workspace, original, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_overwrite_scores_on_read_only_array_leaves_it(scores):
+    scores.setflags(write=False)
+    res = otlabel.assign(scores, 0.5, method="scaling", overwrite_scores=True)
+    assert res.converged
+
+
+def test_not_converged_is_flagged_and_warned(scores):
+    with pytest.warns(otlabel.ConvergenceWarning, match="max_iter=3"):
+        res = otlabel.assign(scores, 0.01, max_iter=3)
+    assert not res.converged and res.n_iter == 3 and res.error > otlabel.DEFAULT_TOL
+    np.testing.assert_array_equal(res.counts, 125)  # labels are still exactly balanced
+
+
+def test_warning_points_at_the_caller(scores):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        otlabel.assign(scores, 0.01, max_iter=2)
+    assert caught and caught[0].filename == __file__
+
+
+def test_n_threads_is_validated_and_accepted(scores):
+    assert otlabel.assign(scores, 0.1, n_threads=1).converged
+    with pytest.raises(ValueError, match="n_threads"):
+        otlabel.assign(scores, 0.1, n_threads=0)
+
+
+def test_sinkhorn_equals_assign_without_rounding(scores):
+    solved = otlabel.sinkhorn(scores, 0.05)
+    assigned = otlabel.assign(scores, 0.05, rounding=None)
+    np.testing.assert_array_equal(solved.potential, assigned.potential)
+    assert solved.labels is None and solved.n_iter == assigned.n_iter
+
+
+def test_result_repr_is_one_line_summary(scores):
+    text = repr(otlabel.assign(scores, 0.05))
+    assert text.startswith("Result(n_iter=") and "cluster sizes 125..125" in text
+    assert "\n" not in text
+
+
+def test_version_and_public_names():
+    assert otlabel.__version__.count(".") == 2
+    for name in otlabel.__all__:
+        assert hasattr(otlabel, name)

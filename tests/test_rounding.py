@@ -1,0 +1,129 @@
+"""Hard labels: exactly balanced labels are LP-optimal and certified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import bounded_lp_optimum
+
+import otlabel
+from otlabel import rounding
+
+
+def random_problem(rng, n, k, *, weighted=False, ties=False):
+    scores = rng.normal(size=(n, k)) * rng.choice([0.1, 1.0, 10.0])
+    if ties:
+        scores = np.round(scores)  # many exact ties
+    weights = rng.random(k) + 0.2 if weighted else np.ones(k)
+    return scores, weights / weights.sum()
+
+
+def check_counts(labels, n, weights):
+    lower, upper = otlabel.count_bounds(n, weights)
+    counts = np.bincount(labels, minlength=weights.size)
+    assert counts.sum() == n
+    assert np.all(counts >= lower) and np.all(counts <= upper), (counts, lower, upper)
+    return counts
+
+
+def test_count_bounds_floor_and_ceil():
+    lower, upper = otlabel.count_bounds(10, np.array([0.5, 0.3, 0.2]))
+    assert lower.tolist() == [5, 3, 2] and upper.tolist() == [5, 3, 2]
+    lower, upper = otlabel.count_bounds(7, np.full(3, 1 / 3))
+    assert lower.tolist() == [2, 2, 2] and upper.tolist() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("n, k", [(120, 6), (121, 6), (125, 7), (7, 7), (100, 1)])
+def test_balanced_counts_divisible_and_not(rng, n, k):
+    scores = rng.normal(size=(n, k)) * 3
+    res = otlabel.assign(scores, 0.1)
+    counts = check_counts(res.labels, n, np.full(k, 1 / k))
+    if n % k == 0:
+        assert np.all(counts == n // k)
+
+
+def test_balanced_counts_with_cluster_weights(rng):
+    scores = rng.normal(size=(503, 5)) * 2
+    weights = np.array([5.0, 1.0, 2.0, 1.5, 0.5])
+    res = otlabel.assign(scores, 0.1, cluster_weights=weights)
+    check_counts(res.labels, 503, weights / weights.sum())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_balanced_objective_equals_exact_lp_optimum(seed):
+    """Many small random problems, weighted and not, with and without ties."""
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        n = int(rng.integers(2, 45))
+        k = int(rng.integers(2, min(n, 9) + 1))
+        scores, weights = random_problem(rng, n, k, weighted=trial % 2 == 1, ties=trial % 3 == 0)
+        res = otlabel.assign(scores, 1.0, cluster_weights=weights)
+        check_counts(res.labels, n, weights)
+        lower, upper = otlabel.count_bounds(n, weights)
+        optimum = bounded_lp_optimum(scores, lower, upper)
+        achieved = scores[np.arange(n), res.labels].sum()
+        assert achieved == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+        assert res.cost == pytest.approx(achieved / n, rel=1e-12)
+        # The certificate bounds the true gap and is itself tight.
+        assert res.gap >= (optimum - achieved) / n - 1e-12
+        assert res.gap <= 1e-9 * max(1.0, abs(optimum) / n)
+
+
+@pytest.mark.parametrize("start", ["zeros", "random", "sinkhorn"])
+def test_any_starting_potential_reaches_the_optimum(rng, start):
+    n, k = 300, 12
+    scores = rng.normal(size=(n, k)) * 2
+    weights = np.full(k, 1 / k)
+    potential = {
+        "zeros": np.zeros(k),
+        "random": rng.normal(size=k) * 5,
+        "sinkhorn": otlabel.sinkhorn(scores, 0.1).potential,
+    }[start]
+    out = rounding.balanced_labels(scores, potential, weights, rows_per_block=17)
+    lower, upper = otlabel.count_bounds(n, weights)
+    optimum = bounded_lp_optimum(scores, lower, upper)
+    assert scores[np.arange(n), out.labels].sum() == pytest.approx(optimum, rel=1e-10)
+    assert out.gap <= 1e-10
+
+
+def test_sinkhorn_start_needs_few_moves():
+    scores = otlabel.make_scores(5000, 50, seed=7)
+    res = otlabel.sinkhorn(scores, 0.05)
+    out = rounding.balanced_labels(scores, res.potential, np.full(50, 1 / 50), rows_per_block=512)
+    cold = rounding.balanced_labels(scores, np.zeros(50), np.full(50, 1 / 50), rows_per_block=512)
+    assert out.n_moves < cold.n_moves / 5
+    np.testing.assert_array_equal(np.bincount(out.labels, minlength=50), 100)
+
+
+def test_certificate_detects_a_suboptimal_labelling(rng):
+    scores = rng.normal(size=(200, 5))
+    weights = np.full(5, 0.2)
+    lower, upper = otlabel.count_bounds(200, weights)
+    best = rounding.balanced_labels(scores, np.zeros(5), weights, rows_per_block=64)
+    worse = best.labels.copy()
+    worse[[0, 1]] = worse[[1, 0]]  # a swap keeps the counts
+    loss = scores[[0, 1], best.labels[[0, 1]]].sum() - scores[[0, 1], worse[[0, 1]]].sum()
+    gap = rounding.certified_gap(scores, worse, best.prices, lower, upper, 64)
+    assert gap * 200 >= loss - 1e-12 and loss > 0
+
+
+def test_argmax_rounding_is_argmax_of_scores_plus_potential(rng):
+    scores = rng.normal(size=(400, 9))
+    res = otlabel.assign(scores, 0.1, rounding="argmax")
+    np.testing.assert_array_equal(res.labels, np.argmax(scores + res.potential, axis=1))
+    assert res.gap is None
+    assert res.cost == pytest.approx(scores[np.arange(400), res.labels].mean())
+
+
+def test_no_rounding_gives_duals_only(rng):
+    res = otlabel.assign(rng.normal(size=(50, 4)), 0.1, rounding=None)
+    assert res.labels is None and res.counts is None and res.cost is None and res.gap is None
+    assert res.potential.shape == (4,) and res.row_potential.shape == (50,)
+
+
+def test_argmax_labels_are_only_roughly_balanced_balanced_ones_exactly(rng):
+    scores = otlabel.make_scores(2000, 20, seed=3)
+    balanced = otlabel.assign(scores, 0.05)
+    counts = np.bincount(otlabel.assign(scores, 0.05, rounding="argmax").labels, minlength=20)
+    assert counts.max() > 100  # argmax labels are only roughly balanced
+    np.testing.assert_array_equal(balanced.counts, 100)

@@ -1,0 +1,192 @@
+"""The Sinkhorn solve: marginals, agreement with POT, domains, stability."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+from _helpers import plan_marginal_errors
+
+import otlabel
+from otlabel import solver
+
+
+def weighted_problem(rng, n=300, k=7, spread=3.0):
+    scores = rng.normal(size=(n, k)) * spread
+    a = rng.random(n) + 0.5
+    b = rng.random(k) + 0.5
+    return scores, a / a.sum(), b / b.sum()
+
+
+@pytest.mark.parametrize("method", ["scaling", "log"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plan_marginals_within_tol_and_mass_one(rng, method, dtype):
+    scores, a, b = weighted_problem(rng)
+    tol = 1e-6
+    res = otlabel.sinkhorn(
+        scores.astype(dtype),
+        0.5,
+        sample_weights=a,
+        cluster_weights=b,
+        tol=tol,
+        method=method,
+        return_plan=True,
+    )
+    row_error, col_error = plan_marginal_errors(res.plan, a, b)
+    assert res.converged and res.method == method
+    assert res.plan.dtype == dtype
+    assert row_error + col_error <= tol * (1.01 if dtype == np.float64 else 2.0)
+    assert res.error <= tol
+    assert abs(float(np.sum(res.plan, dtype=np.float64)) - 1.0) <= tol
+    assert res.n_iter > 1
+
+
+def test_error_is_the_returned_plans_own_l1_violation(rng):
+    """The reported error is that of the returned iterate, also when not converged."""
+    scores, a, b = weighted_problem(rng, spread=8.0)
+    with pytest.warns(otlabel.ConvergenceWarning):
+        res = otlabel.sinkhorn(
+            scores, 0.2, sample_weights=a, cluster_weights=b, max_iter=5, return_plan=True
+        )
+    row_error, col_error = plan_marginal_errors(res.plan, a, b)
+    assert not res.converged and res.n_iter == 5
+    assert row_error < 1e-12  # rows are exact after the row update
+    assert res.error == pytest.approx(row_error + col_error, rel=1e-9)
+    assert res.error > res.n_iter * 1e-12
+
+
+@pytest.mark.parametrize("method", ["scaling", "log"])
+def test_plan_matches_pot_sinkhorn_log(rng, method):
+    scores, a, b = weighted_problem(rng, n=120, k=6, spread=2.0)
+    epsilon = 0.3
+    res = otlabel.sinkhorn(
+        scores,
+        epsilon,
+        sample_weights=a,
+        cluster_weights=b,
+        tol=1e-13,
+        max_iter=100000,
+        method=method,
+        return_plan=True,
+    )
+    reference = ot.sinkhorn(
+        a, b, -scores, epsilon, method="sinkhorn_log", numItermax=100000, stopThr=1e-14
+    )
+    assert res.converged
+    assert np.max(np.abs(res.plan - reference)) <= 1e-6 * np.max(reference)
+
+
+def test_plan_is_exp_of_potentials(rng):
+    scores, a, b = weighted_problem(rng, n=50, k=4)
+    res = otlabel.sinkhorn(scores, 0.4, sample_weights=a, cluster_weights=b, return_plan=True)
+    rebuilt = np.exp((scores + res.row_potential[:, None] + res.potential) / 0.4)
+    np.testing.assert_allclose(res.plan, rebuilt, rtol=1e-12)
+    assert abs(float(b @ res.potential)) < 1e-12  # normalised potential
+
+
+def test_log_and_scaling_domains_agree_where_both_are_safe(rng):
+    scores, a, b = weighted_problem(rng, n=400, k=9)
+    kwargs = {"sample_weights": a, "cluster_weights": b, "tol": 1e-11, "return_plan": True}
+    log = otlabel.sinkhorn(scores, 0.25, method="log", **kwargs)
+    scaling = otlabel.sinkhorn(scores, 0.25, method="scaling", **kwargs)
+    assert log.n_iter == scaling.n_iter
+    np.testing.assert_allclose(log.plan, scaling.plan, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(log.potential, scaling.potential, atol=1e-9)
+
+
+def test_logits_and_log_probabilities_give_the_same_answer(rng):
+    logits = rng.normal(size=(200, 8)) * 3
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    from_logits = otlabel.assign(logits, 0.1, tol=1e-10)
+    from_log_probs = otlabel.assign(log_probs, 0.1, tol=1e-10)
+    np.testing.assert_allclose(from_logits.potential, from_log_probs.potential, atol=1e-8)
+    np.testing.assert_array_equal(from_logits.labels, from_log_probs.labels)
+
+
+def test_auto_stays_finite_at_tiny_epsilon_in_float32(rng):
+    """epsilon = 1e-3 with scores spread over 100 units: exp underflows everywhere."""
+    scores = (rng.random((2000, 30)) * 100).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", otlabel.ConvergenceWarning)
+        res = otlabel.assign(scores, 1e-3, max_iter=300, return_plan=True)
+    assert res.method == "log"
+    assert np.all(np.isfinite(res.potential)) and np.all(np.isfinite(res.row_potential))
+    assert np.all(np.isfinite(res.plan)) and np.isfinite(res.error)
+    assert np.all(np.isfinite(res.cost))
+    lower, upper = otlabel.count_bounds(2000, np.full(30, 1 / 30))
+    assert np.all((res.counts >= lower) & (res.counts <= upper))
+
+
+def test_starved_column_keeps_a_finite_potential():
+    """A cluster nobody favours by 1000 nats: exp underflows to 0 in its whole column."""
+    scores = np.zeros((64, 3))
+    scores[:, 2] = -1000.0
+    res = otlabel.sinkhorn(scores, 1.0, tol=1e-10, method="log", return_plan=True)
+    assert res.converged
+    np.testing.assert_allclose(res.plan.sum(axis=0), 1 / 3, rtol=1e-9)
+    assert res.potential[2] - res.potential[0] == pytest.approx(1000.0)  # its bonus, finite
+
+
+def starved_scores(rng):
+    """Cluster 0 scores 100 below every sample's best: exp(-100/0.05) is 0 in float64."""
+    scores = rng.random((300, 12)) * 5
+    scores[:, 0] -= 100
+    return scores
+
+
+def test_auto_falls_back_to_log_domain_when_scaling_overflows(rng, monkeypatch):
+    scores = starved_scores(rng)
+    monkeypatch.setitem(solver.SCALING_SAFE_SPREAD, "float64", np.inf)  # let auto try
+    res = otlabel.sinkhorn(scores, 0.05, tol=1e-8)
+    assert res.method == "log" and res.converged
+    reference = otlabel.sinkhorn(scores, 0.05, tol=1e-8, method="log")
+    assert res.n_iter >= reference.n_iter  # the failed scaling passes are counted
+    np.testing.assert_allclose(res.potential, reference.potential, atol=1e-6)
+
+
+def test_forced_scaling_that_overflows_raises(rng):
+    with pytest.raises(FloatingPointError, match="method='log'"):
+        otlabel.sinkhorn(starved_scores(rng), 0.05, method="scaling")
+
+
+@pytest.mark.parametrize("method", ["scaling", "log"])
+def test_block_size_does_not_change_the_answer(rng, method, monkeypatch):
+    scores, a, b = weighted_problem(rng, n=333, k=5)
+    whole = otlabel.sinkhorn(scores, 0.3, sample_weights=a, cluster_weights=b, method=method)
+    monkeypatch.setattr(solver, "BLOCK_BYTES", 5 * 8 * 7)  # 7 rows per block
+    blocked = otlabel.sinkhorn(scores, 0.3, sample_weights=a, cluster_weights=b, method=method)
+    assert blocked.n_iter == whole.n_iter
+    np.testing.assert_allclose(blocked.potential, whole.potential, atol=1e-12)
+
+
+def test_repeated_runs_are_identical(rng):
+    scores = otlabel.make_scores(3000, 20, seed=4)
+    first = otlabel.assign(scores, 0.05)
+    second = otlabel.assign(scores, 0.05)
+    np.testing.assert_array_equal(first.potential, second.potential)
+    np.testing.assert_array_equal(first.labels, second.labels)
+
+
+def test_loop_uses_only_the_array_api_standard(rng):
+    """The reference kernels run on array_api_strict: nothing outside the standard."""
+    xp = pytest.importorskip("array_api_strict")
+    scores_np, a, b = weighted_problem(rng, n=60, k=4)
+    scores = xp.asarray(scores_np)
+    log_a, log_b = xp.asarray(np.log(a)), xp.asarray(np.log(b))
+    row_max, row_min = solver.row_extremes(scores, xp.float64)
+    assert solver.scaling_is_safe(row_max, row_min, 0.5, scores.dtype)
+    kernels = [
+        solver.LogKernel(scores, log_a, 0.5, xp.float64),
+        solver.ScalingKernel(scores, log_a, 0.5, xp.float64, row_max),
+    ]
+    for kernel in kernels:
+        out = solver.solve(
+            kernel, log_b, 0.5, xp.zeros(4, dtype=xp.float64), tol=1e-10, max_iter=10000
+        )
+        expected = otlabel.sinkhorn(
+            scores_np, 0.5, sample_weights=a, cluster_weights=b, tol=1e-10, method=kernel.method
+        )
+        assert out.converged
+        np.testing.assert_allclose(np.asarray(out.potential), expected.potential, atol=1e-9)
