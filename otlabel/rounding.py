@@ -181,8 +181,12 @@ class _Transfers:
         for start in range(0, self.labels.size, rows_per_block):
             block = np.asarray(self.scores[start : start + rows_per_block], np.float64)
             own = self.labels[start : start + rows_per_block]
+            order = np.argsort(own, kind="stable")  # rows of a cluster made contiguous
+            own, block = own[order], block[order]
             loss = block[np.arange(own.size), own][:, None] - block  # (n, K)
-            np.minimum.at(move_cost, own, loss)
+            clusters, first = np.unique(own, return_index=True)
+            block_min = np.minimum.reduceat(loss, first, axis=0)  # (clusters in block, K)
+            move_cost[clusters] = np.minimum(move_cost[clusters], block_min)
         return move_cost
 
     def balance(self) -> int:
