@@ -119,6 +119,42 @@ class SolveOutput:
     method: str
 
 
+@dataclass
+class Iterate:
+    """One pass's iterate: the plan ``(f, g)`` and its L1 marginal error."""
+
+    n_iter: int
+    row_potential: Array  # (N,) f of this pass
+    potential: Array  # (K,) g this pass used
+    error: float
+
+
+def iterate(kernel: Kernel, log_b: Array, epsilon: float, potential: Array) -> Iterator[Iterate]:
+    """Sinkhorn passes without end, one iterate per pass (each reads the matrix once).
+
+    ``potential`` is the starting cluster potential ``g`` (K,) in score units.
+    Between two iterates the column update is applied.  Raises
+    :class:`UnstableIteration`, carrying the last finite potential, if the
+    iterate stops being finite (only the scaling domain can).
+    """
+    xp = array_namespace(log_b)
+    b = xp.exp(log_b)
+    g = _normalise(potential, b)
+    n_iter = 0
+    while True:
+        f, columns, row_error = _sweep(kernel, kernel.column_state(g))
+        log_col_mass = columns.log_mass()
+        error = row_error + float(xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
+        if not (math.isfinite(error) and _all_finite(f)):
+            raise _unstable(kernel, g, n_iter)
+        n_iter += 1
+        yield Iterate(n_iter, f, g, error)
+        g_next = _normalise(g + epsilon * (log_b - log_col_mass), b)
+        if not _all_finite(g_next):  # a column's mass underflowed to zero
+            raise _unstable(kernel, g, n_iter)
+        g = g_next
+
+
 def solve(
     kernel: Kernel,
     log_b: Array,
@@ -128,30 +164,17 @@ def solve(
     tol: float,
     max_iter: int,
 ) -> SolveOutput:
-    """Run Sinkhorn-Knopp to ``tol`` in the L1 marginal error, at most ``max_iter`` passes.
-
-    ``potential`` is the starting cluster potential ``g`` (K,) in score units
-    (zeros for a cold start, a previous result's potential for a warm start).
-    Raises :class:`UnstableIteration`, carrying the last finite potential, if
-    the iterate stops being finite (only the scaling domain can).
-    """
-    xp = array_namespace(log_b)
-    b = xp.exp(log_b)
-    g = _normalise(potential, b)
-    for n_iter in range(1, max_iter + 1):
-        f, columns, row_error = _sweep(kernel, kernel.column_state(g))
-        log_col_mass = columns.log_mass()
-        error = row_error + float(xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
-        if not (math.isfinite(error) and _all_finite(f)):
-            raise _unstable(kernel, g, n_iter - 1)
-        if error <= tol or n_iter == max_iter:
+    """Run :func:`iterate` until the L1 marginal error is at most ``tol`` (or ``max_iter``)."""
+    for current in iterate(kernel, log_b, epsilon, potential):
+        if current.error <= tol or current.n_iter == max_iter:
             break
-        g_next = _normalise(g + epsilon * (log_b - log_col_mass), b)
-        if not _all_finite(g_next):  # a column's mass underflowed to zero
-            raise _unstable(kernel, g, n_iter)
-        g = g_next
-    shift = xp.sum(b * g)  # exactly zero up to rounding; keeps (f, g) one plan
-    return SolveOutput(f + shift, g - shift, n_iter, error, error <= tol, kernel.method)
+    xp = array_namespace(log_b)
+    g, f = current.potential, current.row_potential
+    shift = xp.sum(xp.exp(log_b) * g)  # zero up to rounding; keeps (f, g) one plan
+    converged = current.error <= tol
+    return SolveOutput(
+        f + shift, g - shift, current.n_iter, current.error, converged, kernel.method
+    )
 
 
 def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteration:

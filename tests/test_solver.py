@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -190,3 +191,15 @@ def test_loop_uses_only_the_array_api_standard(rng):
         )
         assert out.converged
         np.testing.assert_allclose(np.asarray(out.potential), expected.potential, atol=1e-9)
+
+
+def test_iterate_yields_each_pass_and_solve_stops_at_tol(rng):
+    scores, a, b = weighted_problem(rng, n=80, k=5)
+    kernel = solver.LogKernel(scores, np.log(a), 0.3, np.float64)
+    passes = solver.iterate(kernel, np.log(b), 0.3, np.zeros(5))
+    errors = [next(passes).error for _ in range(200)]
+    assert errors[-1] < errors[0] and errors[-1] < 1e-3
+    assert all(later <= earlier * 1.5 for earlier, later in itertools.pairwise(errors))
+    stop = next(i for i, error in enumerate(errors, start=1) if error <= 1e-3)
+    out = solver.solve(kernel, np.log(b), 0.3, np.zeros(5), tol=1e-3, max_iter=1000)
+    assert out.n_iter == stop and out.error == errors[stop - 1]
