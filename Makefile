@@ -14,6 +14,10 @@ $(VENV)/.core: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.core
+	$(PIP) -e ".[bench,torch,numba]"
+	touch $@
+
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e ".[test,docs]"
 	touch $@
@@ -28,6 +32,11 @@ lint: $(VENV)/.test
 
 docs: $(VENV)/.test
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+# The benchmark table of docs/benchmarks.md (hours at the default sizes; see
+# `otlabel bench --help`; BENCH_ARGS=--tiny proves it runs in a minute).
+bench: $(VENV)/.bench
+	$(BIN)/otlabel bench $(BENCH_ARGS)
 
 test: lint docs
 	$(BIN)/python -m pytest -q

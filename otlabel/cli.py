@@ -12,6 +12,8 @@ import numpy as np
 
 from . import __version__
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign
+from .bench import add_arguments as add_bench_arguments
+from .bench import run_from_args as run_bench
 from .datasets import KINDS, make_scores
 from .result import Result
 
@@ -21,6 +23,7 @@ Balanced cluster labels from a matrix of model scores, by optimal transport
 
   otlabel assign scores.npy -o labels.npy      label the rows of an (N, K) .npy
   otlabel demo                                 solve a built-in SeLa-like problem
+  otlabel bench                                time it against peers and bandwidth
 """
 
 
@@ -75,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _solver_options(demo, epsilon=0.1)
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time otlabel against peer solvers and the memory-bandwidth limit",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_bench)
     return parser
 
 

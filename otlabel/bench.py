@@ -1,0 +1,794 @@
+"""The benchmark runner behind ``otlabel bench``.
+
+One command measures, in one run on the same inputs, otlabel's installed
+backends and the solvers users would otherwise pick (POT's ``sinkhorn`` and
+``sinkhorn_log``, a SeLa-style NumPy loop, a SwAV-style Torch loop), against
+this machine's read bandwidth.  Each row (one size, one solver) runs in its own
+process, so that peak memory and failures belong to that row alone.
+
+Every solver is driven through the same two operations: ``setup`` (what happens
+once per problem: building a kernel) and ``step`` (one Sinkhorn iteration,
+returning the L1 marginal error of the iterate it produced, the measure of
+``otlabel.assign``).  Time per iteration is the median of timed steps; time to
+tolerance runs setup and steps until that error reaches ``tol``, within a time
+budget.  A solver whose iterate stops being finite, or that would not fit in
+memory, is reported as such and not timed.
+
+Effective bandwidth is the bytes of the N x K matrix per iteration over the time
+per iteration; the fraction of the machine's bandwidth is its ratio to a read
+probe (:func:`read_bandwidth`) timed alternately with the solver's steps, the
+median of the paired ratios.  Fractions are reported only for matrices of at
+least ``MIN_FRACTION_BYTES``: smaller ones sit partly in the host's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .api import DEFAULT_TOL, WORK_DTYPE
+from .datasets import make_scores
+from .rounding import balanced_labels
+from .solver import LogKernel, ScalingKernel, iterate, row_extremes, scaling_is_safe
+
+DEFAULT_SIZES = [(50_000, 1_000), (200_000, 3_000), (640_000, 3_000)]
+IMAGENET = (1_281_167, 3_000)
+TINY_SIZES = [(2_000, 50)]
+#: Bandwidth fractions are reported only for matrices at least this large.
+MIN_FRACTION_BYTES = 2 * 10**9
+#: The read probe reads at least this many bytes per measurement.
+PROBE_BYTES = 4 * 10**9
+EPSILON = 0.04  # SeLa's lambda = 25
+SEED = 0
+
+
+# ---------------------------------------------------------------------------
+# Solvers: setup once, then one iteration per step
+# ---------------------------------------------------------------------------
+
+
+class Unsolvable(Exception):
+    """The solver cannot solve this input (overflow, NaN, memory); not timed."""
+
+
+@dataclass
+class Solver:
+    """A solver as the benchmark drives it."""
+
+    name: str
+    description: str
+    reads_per_iteration: int  # N x K matrix reads per iteration
+    bytes_per_element: Callable[[np.dtype], int]  # working memory per matrix element
+    available: Callable[[], bool]
+    make: Callable[[np.ndarray, float], Any]  # -> object with step() and labels()
+
+
+class _OtlabelRun:
+    """otlabel's iteration, one pass per step, as ``otlabel.assign`` runs it."""
+
+    lag = 0  # step() returns the error of the iterate it produced
+
+    def __init__(self, scores: np.ndarray, epsilon: float, backend: str) -> None:
+        n, k = scores.shape
+        row_max, row_min = row_extremes(scores, WORK_DTYPE)
+        log_a, log_b = np.full(n, -math.log(n)), np.full(k, -math.log(k))
+        if scaling_is_safe(row_max, row_min, epsilon, scores.dtype):
+            kernel: Any = ScalingKernel(scores, log_a, epsilon, WORK_DTYPE, row_max)
+        else:
+            kernel = LogKernel(scores, log_a, epsilon, WORK_DTYPE)
+        self.method = kernel.method
+        self.scores, self.epsilon = scores, epsilon
+        self.passes = iterate(kernel, log_b, epsilon, np.zeros(k))
+        self.potential = np.zeros(k)
+
+    def step(self) -> float:
+        current = next(self.passes)
+        self.potential = current.potential
+        return current.error
+
+    def labels(self) -> np.ndarray:
+        k = self.scores.shape[1]
+        rounded = balanced_labels(
+            self.scores, self.potential, np.full(k, 1 / k), rows_per_block=1024
+        )
+        return rounded.labels
+
+
+class _SelaRun:
+    """SeLa's ``sinkhornknopp`` loop in N x K orientation, in its own precision.
+
+    ``P = exp(lambda (S - max_k S))`` per row, then alternately the cluster
+    scaling ``r_k = (1/K) / sum_i P_ik c_i`` and the sample scaling
+    ``c_i = (1/N) / sum_k P_ik r_k``: two reads of P per iteration.
+    """
+
+    def __init__(self, scores: np.ndarray, epsilon: float, dtype: Any) -> None:
+        n, k = scores.shape
+        self.kernel: np.ndarray = np.empty(scores.shape, dtype=dtype)  # P
+        rows = max(1, (1 << 22) // k)
+        for start in range(0, n, rows):
+            block: np.ndarray = scores[start : start + rows].astype(dtype)
+            block -= block.max(axis=1, keepdims=True)
+            self.kernel[start : start + rows] = np.exp(block * dtype(1 / epsilon))
+        self.dtype = dtype
+        self.c: np.ndarray = np.full(n, 1 / n, dtype=dtype)
+        self.r: np.ndarray = np.full(k, 1 / k, dtype=dtype)
+
+    lag = 1  # step() returns the error of the previous iterate (no extra read)
+
+    def step(self) -> float:
+        n, k = self.kernel.shape
+        col = self.c @ self.kernel  # (K,) sum_i P_ik c_i
+        # The previous iterate (c, r) has exact rows and column masses r * col.
+        error = float(np.sum(np.abs((self.r * col).astype(np.float64) - 1 / k)))
+        self.r = (1 / k) / col
+        self.c = (1 / n) / (self.kernel @ self.r)
+        if not (math.isfinite(error) and np.all(np.isfinite(self.c))):
+            raise Unsolvable(f"{np.dtype(self.dtype).name} scaling over/underflowed (NaN)")
+        return error
+
+    def labels(self) -> np.ndarray:
+        return np.argmax(self.kernel * self.r, axis=1)
+
+
+class _SwavRun:
+    """SwAV's ``distributed_sinkhorn`` on one process, in N x K orientation.
+
+    ``Q = exp(S / eps)``, normalised to mass 1; each iteration scales every
+    cluster's total to 1/K, then every sample's to 1/N (in place, on Q).
+    """
+
+    def __init__(self, scores: np.ndarray, epsilon: float) -> None:
+        import torch
+
+        self.torch = torch
+        self.q = torch.exp(torch.from_numpy(scores) / epsilon)  # (N, K)
+        self.q /= torch.sum(self.q)
+        if not bool(torch.isfinite(self.q).all()):
+            raise Unsolvable("exp(S / eps) overflowed (inf/NaN)")
+
+    lag = 1  # step() returns the error of the previous iterate (no extra read)
+
+    def step(self) -> float:
+        torch = self.torch
+        n, k = self.q.shape
+        col_mass = torch.sum(self.q, dim=0, keepdim=True)  # rows are exact
+        error = float(torch.sum(torch.abs(col_mass.double() - 1 / k)))
+        self.q /= col_mass
+        self.q /= k
+        self.q /= torch.sum(self.q, dim=1, keepdim=True)
+        self.q /= n
+        if not math.isfinite(error) or not bool(torch.isfinite(self.q[0]).all()):
+            raise Unsolvable("Q became NaN (a cluster's total underflowed to 0)")
+        return error
+
+    def labels(self) -> np.ndarray:
+        return self.torch.argmax(self.q, dim=1).numpy()
+
+
+class _PotRun:
+    """POT's ``ot.sinkhorn``, a black box: run for a fixed number of iterations.
+
+    It runs once for as many iterations as otlabel needed on the same input
+    (``stopThr=0``), and the error its plan reached is reported.  Time per
+    iteration is the difference of two calls (``numItermax = m`` and ``2m``),
+    which removes its set-up.
+    """
+
+    def __init__(self, scores: np.ndarray, epsilon: float, method: str) -> None:
+        import ot
+
+        self.ot, self.scores, self.epsilon, self.method = ot, scores, epsilon, method
+        n, k = scores.shape
+        self.a = np.full(n, 1 / n, dtype=scores.dtype)
+        self.b = np.full(k, 1 / k, dtype=scores.dtype)
+        self.cost = -scores
+        self.plan: Any = None
+
+    def run(self, n_iter: int) -> np.ndarray:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.ot.sinkhorn(
+                self.a,
+                self.b,
+                self.cost,
+                self.epsilon,
+                method=self.method,
+                numItermax=n_iter,
+                stopThr=0.0,
+            )
+
+    def error(self) -> float:
+        plan = np.asarray(self.plan, dtype=np.float64)
+        n, k = plan.shape
+        error = float(
+            np.abs(plan.sum(axis=1) - 1 / n).sum() + np.abs(plan.sum(axis=0) - 1 / k).sum()
+        )
+        if not math.isfinite(error):
+            raise Unsolvable("the plan is NaN (exp(-M/reg) under- or overflowed)")
+        return error
+
+    def labels(self) -> np.ndarray:
+        return np.argmax(self.plan, axis=1)
+
+
+def _installed(module: str) -> Callable[[], bool]:
+    def check() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(module) is not None
+
+    return check
+
+
+SOLVERS: dict[str, Solver] = {
+    "otlabel-numpy": Solver(
+        "otlabel-numpy",
+        "otlabel, NumPy backend (auto domain)",
+        1,
+        lambda dtype: dtype.itemsize,
+        lambda: True,
+        lambda scores, eps: _OtlabelRun(scores, eps, "numpy"),
+    ),
+    "pot-sinkhorn": Solver(
+        "pot-sinkhorn",
+        "POT ot.sinkhorn(method='sinkhorn')",
+        2,
+        lambda dtype: 3 * dtype.itemsize,
+        _installed("ot"),
+        lambda scores, eps: _PotRun(scores, eps, "sinkhorn"),
+    ),
+    "pot-sinkhorn-log": Solver(
+        "pot-sinkhorn-log",
+        "POT ot.sinkhorn(method='sinkhorn_log')",
+        2,
+        lambda dtype: 5 * dtype.itemsize,
+        _installed("ot"),
+        lambda scores, eps: _PotRun(scores, eps, "sinkhorn_log"),
+    ),
+    "sela-float64": Solver(
+        "sela-float64",
+        "SeLa-style NumPy loop, float64 (as SeLa runs)",
+        2,
+        lambda dtype: 8,
+        lambda: True,
+        lambda scores, eps: _SelaRun(scores, eps, np.float64),
+    ),
+    "sela-float32": Solver(
+        "sela-float32",
+        "SeLa-style NumPy loop, float32",
+        2,
+        lambda dtype: 4,
+        lambda: True,
+        lambda scores, eps: _SelaRun(scores, eps, np.float32),
+    ),
+    "swav-torch": Solver(
+        "swav-torch",
+        "SwAV-style Torch loop (to tolerance; SwAV runs 3 iterations)",
+        2,
+        lambda dtype: 4,
+        _installed("torch"),
+        lambda scores, eps: _SwavRun(scores, eps),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------
+# Measurements inside one row's process
+# ---------------------------------------------------------------------------
+
+
+def read_bandwidth(buffer: np.ndarray, repeats: int = 1) -> float:
+    """Sustained read bandwidth in GB/s: a parallel sum over ``buffer`` on all cores.
+
+    With Numba, a ``prange`` loop with one float64 accumulator per thread over
+    float32 data; without it, one NumPy ``sum`` per thread on its share (NumPy
+    releases the GIL inside the reduction).  Best of ``repeats`` reads.
+    """
+    flat = buffer.reshape(-1)
+    summing = _parallel_sum()
+    summing(flat[: 1 << 20])  # compile / warm up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        summing(flat)
+        best = min(best, time.perf_counter() - started)
+    return flat.nbytes / best / 1e9
+
+
+def _parallel_sum() -> Callable[[np.ndarray], float]:
+    try:
+        import numba
+    except ImportError:
+        return _threaded_numpy_sum
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def summed(x: np.ndarray) -> float:  # pragma: no cover - compiled
+        total = 0.0
+        for i in numba.prange(x.size):
+            total += x[i]
+        return total
+
+    return summed
+
+
+def _threaded_numpy_sum(flat: np.ndarray) -> float:
+    n_threads = os.cpu_count() or 1
+    parts = np.array_split(flat, n_threads)
+    totals = [0.0] * n_threads
+
+    def work(i: int) -> None:
+        totals[i] = float(np.sum(parts[i], dtype=np.float64))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(totals)
+
+
+class PeakAnonymousMemory:
+    """Samples this process's RssAnon (Linux /proc) every few ms; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> PeakAnonymousMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_anon())
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_anon())
+            self._stop.wait(self.interval)
+
+
+def rss_anon() -> int:
+    """Current anonymous resident memory of this process in bytes (0 if unknown)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def available_memory() -> int:
+    """Bytes the system can give a new process (MemAvailable), or a large number."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+@dataclass
+class RowResult:
+    """One row of the table: one solver on one problem."""
+
+    solver: str
+    n: int
+    k: int
+    status: str = "ok"  # or why the solver could not solve the input
+    ms_per_iter: float | None = None
+    n_iter: int | None = None
+    seconds_to_tol: float | None = None
+    reached_tol: bool | None = None
+    error: float | None = None
+    gb_per_s: float | None = None
+    bandwidth_fraction: float | None = None
+    probe_gb_per_s: float | None = None
+    peak_rss_anon_gb: float | None = None
+    cluster_min: int | None = None
+    cluster_max: int | None = None
+    method: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_row(
+    solver_name: str,
+    n: int,
+    k: int,
+    *,
+    tol: float,
+    budget: float,
+    repeats: int,
+    kind: str,
+    fixed_iterations: int | None = None,
+) -> RowResult:
+    """Measure one solver on one problem (in the current process).
+
+    ``fixed_iterations``: for solvers that cannot be stepped (POT), how many
+    iterations to run (otlabel's count on the same input).
+    """
+    solver = SOLVERS[solver_name]
+    result = RowResult(solver_name, n, k)
+    scores = make_scores(n, k, kind=kind, seed=SEED)
+    extra = n * k * solver.bytes_per_element(scores.dtype)
+    if extra > 0.9 * available_memory():
+        result.status = f"out of memory (needs ~{(extra + scores.nbytes) / 1e9:.1f} GB)"
+        return result
+    try:
+        with PeakAnonymousMemory() as memory:
+            started = time.perf_counter()
+            run = solver.make(scores, EPSILON)
+            if isinstance(run, _PotRun):
+                n_iter = _pot_iterations(run, fixed_iterations or 100, budget)
+                run.plan = run.run(n_iter)
+                error = run.error()
+                result.notes.append(
+                    f"POT runs a fixed count: otlabel's iterations on the same input, "
+                    f"or as many as fit the {budget:g} s budget"
+                )
+            else:
+                error, steps = math.inf, 0
+                while error > tol and time.perf_counter() - started < budget:
+                    with np.errstate(all="ignore"):  # failures are detected and reported
+                        error = run.step()
+                    steps += 1
+                n_iter = steps - run.lag if error <= tol else steps
+            seconds = time.perf_counter() - started
+            counts = np.bincount(run.labels(), minlength=k)
+        result.method = getattr(run, "method", None)
+        result.n_iter, result.error, result.reached_tol = n_iter, error, error <= tol
+        result.seconds_to_tol = seconds
+        result.peak_rss_anon_gb = memory.peak / 1e9
+        result.cluster_min, result.cluster_max = int(counts.min()), int(counts.max())
+        _time_steps(run, scores, result, repeats)
+    except Unsolvable as reason:
+        result.status = f"cannot solve: {reason}"
+    except MemoryError:
+        result.status = "out of memory"
+    return result
+
+
+def _pot_iterations(run: _PotRun, wanted: int, budget: float) -> int:
+    """``wanted`` iterations, or as many as a short timed run says fit the budget."""
+    started = time.perf_counter()
+    run.run(2)
+    per_iteration = (time.perf_counter() - started) / 2
+    return max(1, min(wanted, int(budget / max(per_iteration, 1e-9))))
+
+
+def _time_steps(run: Any, scores: np.ndarray, result: RowResult, repeats: int) -> None:
+    """Median time per iteration, each step paired with a bandwidth probe."""
+    large = scores.nbytes >= MIN_FRACTION_BYTES
+    probe = scores if scores.nbytes >= PROBE_BYTES else None
+    times, ratios, probes = [], [], []
+    for _ in range(repeats):
+        seconds = _one_step_seconds(run)
+        times.append(seconds)
+        if large:
+            buffer = probe if probe is not None else _probe_buffer()
+            bandwidth = read_bandwidth(buffer)
+            probes.append(bandwidth)
+            ratios.append(scores.nbytes / seconds / 1e9 / bandwidth)
+    result.ms_per_iter = 1e3 * statistics.median(times)
+    result.gb_per_s = scores.nbytes / statistics.median(times) / 1e9
+    if large:
+        result.bandwidth_fraction = statistics.median(ratios)
+        result.probe_gb_per_s = statistics.median(probes)
+
+
+def _one_step_seconds(run: Any) -> float:
+    if isinstance(run, _PotRun):  # a black box: difference of two runs
+        m = 5
+        started = time.perf_counter()
+        run.run(m)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        run.run(2 * m)
+        return max(time.perf_counter() - started - first, 0.0) / m
+    started = time.perf_counter()
+    with np.errstate(all="ignore"):
+        run.step()
+    return time.perf_counter() - started
+
+
+_PROBE: list[np.ndarray] = []
+
+
+def _probe_buffer() -> np.ndarray:
+    if not _PROBE:
+        _PROBE.append(np.ones(PROBE_BYTES // 4, dtype=np.float32))
+    return _PROBE[0]
+
+
+# ---------------------------------------------------------------------------
+# The runner: one process per row, table, JSON, plot
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    sizes: list[tuple[int, int]]
+    solvers: list[str]
+    tol: float = DEFAULT_TOL
+    budget: float = 300.0
+    repeats: int = 5
+    kind: str = "head"
+    out: Path = Path("bench-results")
+
+
+def rows(config: BenchConfig) -> Iterator[tuple[str, int, int]]:
+    for n, k in config.sizes:
+        for name in config.solvers:
+            yield name, n, k
+
+
+def run(config: BenchConfig, progress: bool = True) -> list[RowResult]:
+    """Run every row in its own process; write Markdown, JSON and a plot."""
+    all_rows = list(rows(config))
+    bar = _progress(len(all_rows), progress)
+    results: list[RowResult] = []
+    for name, n, k in all_rows:
+        bar.set_description(f"{name} {n}x{k}")
+        reference = [
+            r.n_iter for r in results if r.solver.startswith("otlabel") and (r.n, r.k) == (n, k)
+        ]
+        fixed = next((count for count in reference if count), None)
+        results.append(_run_in_child(name, n, k, config, fixed))
+        bar.update()
+    bar.close()
+    write_outputs(results, config)
+    return results
+
+
+def _run_in_child(
+    name: str, n: int, k: int, config: BenchConfig, fixed_iterations: int | None
+) -> RowResult:
+    if not SOLVERS[name].available():
+        return RowResult(name, n, k, status="not installed")
+    spec = json.dumps(
+        {
+            "solver": name,
+            "n": n,
+            "k": k,
+            "tol": config.tol,
+            "budget": config.budget,
+            "repeats": config.repeats,
+            "kind": config.kind,
+            "fixed_iterations": fixed_iterations,
+        }
+    )
+    command = [sys.executable, "-m", "otlabel.bench", "--row", spec]
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode != 0:
+        reason = "killed (out of memory?)" if child.returncode < 0 else child.stderr.strip()[-300:]
+        return RowResult(name, n, k, status=f"failed: {reason}")
+    return RowResult(**json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, disable=not enabled, unit="row")
+    except ImportError:
+
+        class _Quiet:
+            def set_description(self, text: str) -> None:
+                if enabled:
+                    print(text, file=sys.stderr, flush=True)
+
+            def update(self) -> None: ...
+
+            def close(self) -> None: ...
+
+        return _Quiet()
+
+
+def write_outputs(results: list[RowResult], config: BenchConfig) -> None:
+    config.out.mkdir(parents=True, exist_ok=True)
+    header = machine_header(config)
+    (config.out / "bench.json").write_text(
+        json.dumps({"machine": header, "rows": [asdict(r) for r in results]}, indent=1)
+    )
+    (config.out / "bench.md").write_text(markdown_table(results, header))
+    plot(results, config.out / "bench.png")
+
+
+def machine_header(config: BenchConfig) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(_total_memory() / 1e9, 1),
+        "otlabel": __version__,
+        "numpy": np.__version__,
+        "epsilon": EPSILON,
+        "tol": config.tol,
+        "kind": config.kind,
+        "command": "otlabel bench " + " ".join(sys.argv[1:]) if sys.argv[0] else "",
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def markdown_table(results: list[RowResult], header: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {header['cpu']}, {header['cores']} cores, {header['memory_gb']} GB; "
+        f"{header['date']}; otlabel {header['otlabel']}, NumPy {header['numpy']}.",
+        f"Scores: '{header['kind']}' (float32), epsilon {header['epsilon']}, "
+        f"tol {header['tol']:g} (L1 marginal error).",
+        "",
+        "| N x K | solver | ms/iter | iters | s to tol | GB/s | of bandwidth | "
+        "peak RssAnon GB | error | cluster sizes | vs fastest peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = sorted({f"{r.solver}: {note}" for r in results for note in r.notes})
+    for result in results:
+        lines.append(_markdown_row(result, _fastest_peer(results, result)))
+    lines += ["", *(f"- {note}" for note in notes)] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+def _fastest_peer(results: list[RowResult], row: RowResult) -> float | None:
+    peers = [
+        r.ms_per_iter
+        for r in results
+        if (r.n, r.k) == (row.n, row.k)
+        and not r.solver.startswith("otlabel")
+        and r.status == "ok"
+        and r.ms_per_iter
+    ]
+    return min(peers) if peers else None
+
+
+def _markdown_row(r: RowResult, fastest_peer: float | None) -> str:
+    size = f"{r.n:,} x {r.k:,}".replace(",", " ")
+    if r.status != "ok" or r.ms_per_iter is None:
+        return f"| {size} | {r.solver} | {r.status} |  |  |  |  |  |  |  |  |"
+    to_tol = f"{r.seconds_to_tol:.3g}" + ("" if r.reached_tol else " (not reached)")
+    fraction = "" if r.bandwidth_fraction is None else f"{100 * r.bandwidth_fraction:.0f}%"
+    ratio = "" if fastest_peer is None else f"{fastest_peer / r.ms_per_iter:.2f}x"
+    name = r.solver + (f" ({r.method})" if r.method else "")
+    return (
+        f"| {size} | {name} | {r.ms_per_iter:.3g} | {r.n_iter} | {to_tol} | "
+        f"{r.gb_per_s:.3g} | {fraction} | {r.peak_rss_anon_gb:.2f} | {r.error:.1e} | "
+        f"{r.cluster_min}..{r.cluster_max} | {ratio} |"
+    )
+
+
+def plot(results: list[RowResult], path: Path) -> None:
+    """Time per iteration against N*K per solver, with the bandwidth limit drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name in sorted({r.solver for r in results}):
+        points = sorted(
+            (r.n * r.k, r.ms_per_iter)
+            for r in results
+            if r.solver == name and r.status == "ok" and r.ms_per_iter
+        )
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", label=name)
+    probes = [r.probe_gb_per_s for r in results if r.probe_gb_per_s]
+    if probes:
+        bandwidth = statistics.median(probes)
+        sizes = np.array(sorted({r.n * r.k for r in results}), dtype=float)
+        axes.plot(
+            sizes, sizes * 4 / bandwidth / 1e6, "k--", label=f"one read at {bandwidth:.0f} GB/s"
+        )
+    axes.set(xscale="log", yscale="log", xlabel="N x K", ylabel="ms per iteration")
+    axes.legend(fontsize=8)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``otlabel bench``: see ``otlabel bench --help``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="otlabel bench"))
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.description = (
+        "Time otlabel's backends and peer solvers on the same inputs, against this "
+        "machine's read bandwidth. Writes bench.md, bench.json and bench.png."
+    )
+    parser.add_argument("--sizes", nargs="+", metavar="NxK", help="problem sizes, e.g. 50000x1000")
+    parser.add_argument("--imagenet", action="store_true", help="add 1281167x3000 (15.4 GB)")
+    parser.add_argument("--tiny", action="store_true", help="one tiny size (proves it runs)")
+    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS))
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL)
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds per row to tolerance")
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per row")
+    parser.add_argument("--kind", default="head", help="score generator of make_scores")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if args.row:
+        spec = json.loads(args.row)
+        row = run_row(
+            spec["solver"],
+            spec["n"],
+            spec["k"],
+            tol=spec["tol"],
+            budget=spec["budget"],
+            repeats=spec["repeats"],
+            kind=spec["kind"],
+            fixed_iterations=spec["fixed_iterations"],
+        )
+        print(json.dumps(asdict(row)))
+        return 0
+    sizes = TINY_SIZES if args.tiny else [_size(text) for text in args.sizes or []] or DEFAULT_SIZES
+    if args.imagenet:
+        sizes = [*sizes, IMAGENET]
+    config = BenchConfig(
+        sizes, args.solvers, args.tol, args.budget, args.repeats, args.kind, args.out
+    )
+    results = run(config)
+    print(markdown_table(results, machine_header(config)))
+    print(f"written: {config.out / 'bench.md'}, bench.json, bench.png")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    n, _, k = text.lower().partition("x")
+    return int(n), int(k)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The benchmark code runs (at a tiny size; no test times anything)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from otlabel import bench
+
+
+@pytest.mark.parametrize("name", ["otlabel-numpy", "sela-float64"])
+def test_each_stepped_solver_reaches_tolerance_on_a_tiny_problem(name):
+    row = bench.run_row(name, 300, 6, tol=1e-4, budget=60, repeats=2, kind="sela")
+    assert row.status == "ok", row.status
+    assert row.reached_tol and row.error <= 1e-4 and row.n_iter > 1
+    assert row.cluster_min <= 50 <= row.cluster_max and row.ms_per_iter > 0
+    if name == "otlabel-numpy":
+        assert row.cluster_min == row.cluster_max == 50  # balanced labels
+
+
+def test_sela_in_float32_is_reported_as_overflowing():
+    # the spec's measurement: SeLa's loop in float32 at lambda = 25 turns NaN
+    row = bench.run_row("sela-float32", 300, 6, tol=1e-4, budget=60, repeats=2, kind="sela")
+    assert row.status.startswith("cannot solve: float32") and row.ms_per_iter is None
+
+
+def test_peers_that_cannot_solve_are_reported_not_timed():
+    # SwAV's exp(S/eps) without a shift overflows on logits at eps 0.04
+    pytest.importorskip("torch")
+    row = bench.run_row("swav-torch", 300, 6, tol=1e-4, budget=60, repeats=2, kind="head")
+    assert row.status.startswith("cannot solve") and row.ms_per_iter is None
+
+
+def test_pot_runs_a_fixed_number_of_iterations():
+    pytest.importorskip("ot")
+    row = bench.run_row(
+        "pot-sinkhorn-log",
+        300,
+        6,
+        tol=1e-4,
+        budget=60,
+        repeats=1,
+        kind="sela",
+        fixed_iterations=40,
+    )
+    assert row.status == "ok" and row.n_iter == 40 and row.notes
+
+
+def test_memory_too_small_is_reported(monkeypatch):
+    monkeypatch.setattr(bench, "available_memory", lambda: 1000)
+    row = bench.run_row("sela-float64", 300, 6, tol=1e-4, budget=60, repeats=1, kind="sela")
+    assert row.status.startswith("out of memory")
+
+
+def test_read_bandwidth_probe_reads_the_buffer():
+    assert bench.read_bandwidth(np.ones(1 << 22, dtype=np.float32)) > 0.1  # GB/s
+
+
+def test_peak_anonymous_memory_sees_an_allocation():
+    with bench.PeakAnonymousMemory() as memory:
+        block = np.ones(50_000_000 // 8)  # 50 MB, touched
+        block.sum()
+    assert memory.peak >= 50_000_000
+
+
+def test_runner_writes_table_json_and_plot(tmp_path):
+    config = bench.BenchConfig(
+        sizes=[(200, 4)], solvers=["otlabel-numpy", "sela-float32"], repeats=1, out=tmp_path
+    )
+    results = bench.run(config, progress=False)
+    assert [r.status for r in results] == ["ok", "ok"]  # each ran in its own process
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 200 x 4 | otlabel-numpy" in table and "sela-float32" in table
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["machine"]["tol"] == config.tol and len(data["rows"]) == 2
+    assert (tmp_path / "bench.png").stat().st_size > 1000
