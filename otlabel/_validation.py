@@ -84,6 +84,16 @@ def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | No
     return int(value)
 
 
+def overrelaxation(value: Any) -> float | str:
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"overrelaxation: expected 'auto' or a number in (0, 2), got {value!r}")
+    if not 0 < float(value) < 2:
+        raise ValueError(f"overrelaxation: expected 'auto' or a number in (0, 2), got {value!r}")
+    return float(value)
+
+
 def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name}: expected True or False, got {value!r}")

@@ -49,6 +49,7 @@ class _Options:
     return_plan: bool
     overwrite_scores: bool
     n_threads: int | None
+    overrelaxation: float | str
 
 
 def assign(
@@ -66,6 +67,7 @@ def assign(
     return_plan: bool = False,
     overwrite_scores: bool = False,
     n_threads: int | None = None,
+    overrelaxation: float | str = "auto",
 ) -> Result:
     r"""Balanced cluster labels from a score matrix, by entropic optimal transport.
 
@@ -129,8 +131,17 @@ def assign(
         fits memory only once can be solved.  On return the array holds the
         scores again only up to rounding.
     n_threads : int or None
-        Thread count of the fused kernels (results are identical run to run for
-        a fixed count).  The NumPy backend uses the BLAS library's own threads.
+        Thread count of the fused kernels (results are identical run to run and
+        do not depend on the count).  The NumPy backend uses the BLAS library's
+        own threads.
+    overrelaxation : "auto" or float, default "auto"
+        Weight ``omega`` of over-relaxed Sinkhorn: each potential moves to
+        ``(1 - omega) old + omega new``.  ``"auto"`` runs a few plain passes,
+        measures the convergence rate and takes the successive-over-relaxation
+        optimum (at most 1.8; 4 to 5 times fewer passes at SeLa's settings),
+        falling back to 1 if the error stalls.  A number in (0, 2) fixes it;
+        1.0 is plain Sinkhorn-Knopp as SeLa runs it.  The fixed point (and so
+        the answer) is the same for every weight.
 
     Returns
     -------
@@ -182,6 +193,7 @@ def assign(
         return_plan=check.flag(return_plan, "return_plan"),
         overwrite_scores=check.flag(overwrite_scores, "overwrite_scores"),
         n_threads=check.positive_int(n_threads, "n_threads", allow_none=True),
+        overrelaxation=check.overrelaxation(overrelaxation),
     )
     n_heads = len(heads)
     sample_w = check.weights(sample_weights, heads[0].shape[0], "sample_weights")
@@ -210,6 +222,7 @@ def sinkhorn(
     return_plan: bool = False,
     overwrite_scores: bool = False,
     n_threads: int | None = None,
+    overrelaxation: float | str = "auto",
 ) -> Result:
     """The Sinkhorn solve of :func:`assign` without hard labels.
 
@@ -241,6 +254,7 @@ def sinkhorn(
         return_plan=return_plan,
         overwrite_scores=overwrite_scores,
         n_threads=n_threads,
+        overrelaxation=overrelaxation,
     )
 
 
@@ -318,7 +332,13 @@ def _solve(
             # UnstableIteration; NumPy's own warnings on the way are noise.
             with np.errstate(all="ignore"):
                 solved = solve(
-                    kernel, log_b, eps, start, tol=options.tol, max_iter=options.max_iter
+                    kernel,
+                    log_b,
+                    eps,
+                    start,
+                    tol=options.tol,
+                    max_iter=options.max_iter,
+                    omega=options.overrelaxation,
                 )
             return solved, kernel.restore_scores() if overwrite else scores
         except UnstableIteration as unstable:
@@ -329,10 +349,27 @@ def _solve(
                 ) from None
             scores = kernel.restore_scores() if overwrite else scores
             start, done = unstable.potential, unstable.n_iter
-    log_kernel = LogKernel(scores, log_a, eps, WORK_DTYPE)
-    solved = solve(log_kernel, log_b, eps, start, tol=options.tol, max_iter=options.max_iter - done)
+    log_kernel = _log_kernel(scores, log_a, options)
+    solved = solve(
+        log_kernel,
+        log_b,
+        eps,
+        start,
+        tol=options.tol,
+        max_iter=options.max_iter - done,
+        omega=options.overrelaxation,
+    )
     solved.n_iter += done
     return solved, scores
+
+
+def _log_kernel(scores: np.ndarray, log_a: np.ndarray, options: _Options) -> Any:
+    """The log-domain kernel of the chosen backend."""
+    if options.backend == "numba":
+        from .kernels.numba_ import NumbaLogKernel
+
+        return NumbaLogKernel(scores, log_a, options.epsilon, options.n_threads)
+    return LogKernel(scores, log_a, options.epsilon, WORK_DTYPE)
 
 
 def _assemble(outcomes: list[_HeadOutcome], layout: str, options: _Options) -> Result:

@@ -8,7 +8,8 @@ returns.  This is the kernel contract of the specification:
     ``log a``, the current cluster potential ``g`` and ``epsilon``, return the
     block's new row potential ``f``, the block's per-column partial
     ``(log_max, scaled_sum)`` of the column mass of the plan ``(f, g)``, and the
-    block's row-marginal error.
+    block's row-marginal error.  With over-relaxation the kernel also gets the
+    previous ``f`` and the weight ``omega``, and returns the relaxed ``f``.
 
 Partials are reduced over blocks in a fixed order (deterministic results), so
 that streaming, sharding and several heads are options of this one loop, and
@@ -23,6 +24,12 @@ Notation (all potentials are in score units)::
 One pass over the rows computes ``f`` and the column masses of ``(f, g)``; the
 column error of that iterate comes for free.  The iterate that is returned is
 always the pair ``(f, g)`` of the last pass, with its own error.
+
+Over-relaxation (Thibault, Chizat, Dossal & Papadakis, "Overrelaxed
+Sinkhorn-Knopp algorithm") replaces each update by ``(1 - omega) old + omega
+new`` for both potentials; with ``omega > 1`` neither marginal is exact, and the
+error counts both sides: the row side is ``sum_i a_i |exp((f_i - fhat_i)/eps) - 1|``
+for the exact row update ``fhat``, known within the same pass.
 """
 
 from __future__ import annotations
@@ -92,6 +99,37 @@ class BlockSweep:
     row_error: float  # sum_i |row mass_i - a_i| over the block
 
 
+@dataclass
+class Relaxation:
+    """Over-relaxation of the row update: ``f = (1 - omega) previous + omega fhat``."""
+
+    previous: Array | None  # (N,) f of the previous pass (score units); None: none yet
+    omega: float = 1.0
+
+    def rows(self, rows: slice) -> Array | None:
+        """The previous f of a block, or None when the update is not relaxed."""
+        if self.previous is None or self.omega == 1.0:
+            return None
+        return self.previous[rows]
+
+
+def relax_rows(
+    exact: Array, previous: Array | None, omega: float, log_a: Array, epsilon: float
+) -> tuple[Array, Array | None, float]:
+    """Relax a block's exact row update ``fhat`` (n,).
+
+    Returns the relaxed ``f``, ``(f - fhat)/eps`` (None when not relaxed: the
+    rows are exact) and the block's row error ``sum_i a_i |exp((f - fhat)/eps) - 1|``.
+    """
+    if previous is None:
+        return exact, None, 0.0
+    xp = array_namespace(exact)
+    relaxed = (1.0 - omega) * previous + omega * exact
+    shift = (relaxed - exact) / epsilon
+    row_error = float(xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(shift))))
+    return relaxed, shift, row_error
+
+
 class Kernel(Protocol):
     """One sweep over a block of rows; see the module docstring."""
 
@@ -103,7 +141,7 @@ class Kernel(Protocol):
     def blocks(self) -> Iterator[tuple[slice, Array]]:
         """The row blocks of the (prepared) matrix, in a fixed order."""
 
-    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
         """Process one block of rows."""
 
 
@@ -129,10 +167,19 @@ class Iterate:
     error: float
 
 
-def iterate(kernel: Kernel, log_b: Array, epsilon: float, potential: Array) -> Iterator[Iterate]:
+def iterate(
+    kernel: Kernel,
+    log_b: Array,
+    epsilon: float,
+    potential: Array,
+    *,
+    omega: float | str = 1.0,
+) -> Iterator[Iterate]:
     """Sinkhorn passes without end, one iterate per pass (each reads the matrix once).
 
-    ``potential`` is the starting cluster potential ``g`` (K,) in score units.
+    ``potential`` is the starting cluster potential ``g`` (K,) in score units;
+    ``omega`` the over-relaxation weight: 1 is plain Sinkhorn-Knopp, a number in
+    (0, 2) a fixed weight, ``"auto"`` the weight of :class:`OverRelaxation`.
     Between two iterates the column update is applied.  Raises
     :class:`UnstableIteration`, carrying the last finite potential, if the
     iterate stops being finite (only the scaling domain can).
@@ -140,19 +187,70 @@ def iterate(kernel: Kernel, log_b: Array, epsilon: float, potential: Array) -> I
     xp = array_namespace(log_b)
     b = xp.exp(log_b)
     g = _normalise(potential, b)
-    n_iter = 0
+    n_iter, previous = 0, None
+    schedule = OverRelaxation(omega)
     while True:
-        f, columns, row_error = _sweep(kernel, kernel.column_state(g))
+        omega_now = schedule.weight
+        relax = Relaxation(previous, omega_now)
+        f, columns, row_error = _sweep(kernel, kernel.column_state(g), relax)
         log_col_mass = columns.log_mass()
         error = row_error + float(xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
         if not (math.isfinite(error) and _all_finite(f)):
             raise _unstable(kernel, g, n_iter)
         n_iter += 1
         yield Iterate(n_iter, f, g, error)
-        g_next = _normalise(g + epsilon * (log_b - log_col_mass), b)
+        schedule.observe(error)
+        g_next = _normalise(g + omega_now * epsilon * (log_b - log_col_mass), b)
         if not _all_finite(g_next):  # a column's mass underflowed to zero
             raise _unstable(kernel, g, n_iter)
-        g = g_next
+        g, previous = g_next, f
+
+
+class OverRelaxation:
+    """The over-relaxation weight, fixed or chosen from the convergence rate.
+
+    ``"auto"``: the first :attr:`WARMUP` passes are plain Sinkhorn-Knopp; their
+    errors give the contraction rate ``r`` per pass, and the weight becomes the
+    successive-over-relaxation optimum ``2 / (1 + sqrt(1 - r))``, at most
+    :attr:`MAX_WEIGHT` (measured on the benchmark problems: 4 to 5 times fewer
+    passes at SeLa's settings, and 1.9 diverges).  Switching it on causes a
+    transient of a few passes in which the error rises; should the error then
+    make no new best for :attr:`PATIENCE` passes, the weight falls back to 1
+    for good: plain Sinkhorn-Knopp, which always converges.
+    """
+
+    WARMUP = 8
+    MAX_WEIGHT = 1.8
+    PATIENCE = 30
+
+    def __init__(self, omega: float | str) -> None:
+        self.adaptive = omega == "auto"
+        self.weight = 1.0 if self.adaptive else float(omega)
+        self.errors: list[float] = []
+        self.best, self.stalled = math.inf, 0
+
+    def observe(self, error: float) -> None:
+        """Record a pass's error; may change :attr:`weight` for the next pass."""
+        self.errors.append(error)
+        if self.adaptive and len(self.errors) == self.WARMUP:
+            self.weight = self._optimal_weight()
+        if self.weight > 1.0:
+            self._guard(error)
+
+    def _optimal_weight(self) -> float:
+        first, last = self.errors[-4], self.errors[-1]
+        if not (0 < last < first):
+            return 1.0
+        rate = (last / first) ** (1 / 3)
+        return min(self.MAX_WEIGHT, 2.0 / (1.0 + math.sqrt(1.0 - rate)))
+
+    def _guard(self, error: float) -> None:
+        if error < self.best:
+            self.best, self.stalled = error, 0
+        else:
+            self.stalled += 1
+        if self.stalled >= self.PATIENCE:
+            self.weight = 1.0
 
 
 def solve(
@@ -163,9 +261,10 @@ def solve(
     *,
     tol: float,
     max_iter: int,
+    omega: float | str = 1.0,
 ) -> SolveOutput:
     """Run :func:`iterate` until the L1 marginal error is at most ``tol`` (or ``max_iter``)."""
-    for current in iterate(kernel, log_b, epsilon, potential):
+    for current in iterate(kernel, log_b, epsilon, potential, omega=omega):
         if current.error <= tol or current.n_iter == max_iter:
             break
     xp = array_namespace(log_b)
@@ -182,13 +281,13 @@ def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteratio
     return UnstableIteration(message, potential, n_done)
 
 
-def _sweep(kernel: Kernel, state: Array) -> tuple[Array, ColumnPartial, float]:
+def _sweep(kernel: Kernel, state: Array, relax: Relaxation) -> tuple[Array, ColumnPartial, float]:
     """One pass over all row blocks: the new f and the column masses of (f, g)."""
     f_blocks = []
     columns: ColumnPartial | None = None
     row_error = 0.0
     for rows, block in kernel.blocks():
-        result = kernel.sweep(block, rows, state)
+        result = kernel.sweep(block, rows, state, relax)
         f_blocks.append(result.row_potential)
         columns = result.columns if columns is None else columns.combine(result.columns)
         row_error += result.row_error
@@ -252,15 +351,21 @@ class LogKernel:
     def blocks(self) -> Iterator[tuple[slice, Array]]:
         return _row_blocks(self.scores, self.rows_per_block)
 
-    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
         xp, work = self.xp, self.work_dtype
         x = xp.astype(block, work, copy=False) / self.epsilon + state  # (n, K) (S + g)/eps
         row_max = xp.max(x, axis=1, keepdims=True)  # (n, 1)
         x = x - row_max  # <= 0
         e = xp.exp(xp.astype(xp.maximum(x, self.exp_floor), self.exp_dtype))  # (n, K)
-        log_row_scale = self.log_a[rows] - xp.log(xp.sum(e, axis=1, dtype=work))  # (n,)
+        log_a = self.log_a[rows]
+        log_row_scale = log_a - xp.log(xp.sum(e, axis=1, dtype=work))  # (n,)
         # log P = (S + f + g)/eps = x + log_row_scale, so f/eps = log_row_scale - row_max.
-        row_potential = self.epsilon * (log_row_scale - row_max[:, 0])  # (n,)
+        exact = self.epsilon * (log_row_scale - row_max[:, 0])  # (n,)
+        row_potential, shift, row_error = relax_rows(
+            exact, relax.rows(rows), relax.omega, log_a, self.epsilon
+        )
+        if shift is not None:
+            log_row_scale = log_row_scale + shift
         col_sum = xp.exp(log_row_scale) @ xp.astype(e, work, copy=False)  # (K,) frame 0
         col_log_max = xp.max(x + log_row_scale[:, None], axis=0)  # (K,) largest log P
         # What the clamp may have added to a column is below n e^floor max_i P-scale;
@@ -271,7 +376,7 @@ class LogKernel:
             xp.where(reliable, xp.zeros_like(col_log_max), col_log_max),
             xp.where(reliable, col_sum, xp.ones_like(col_sum)),
         )
-        return BlockSweep(row_potential, columns, 0.0)
+        return BlockSweep(row_potential, columns, row_error)
 
 
 class ScalingKernel:
@@ -326,14 +431,19 @@ class ScalingKernel:
     def blocks(self) -> Iterator[tuple[slice, Array]]:
         return _row_blocks(self.kernel, self.rows_per_block)
 
-    def sweep(self, block: Array, rows: slice, state: Array) -> BlockSweep:
+    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
         xp = self.xp
         kernel = xp.astype(block, self.work_dtype)  # (n, K)
-        u = self.a[rows] / (kernel @ state)  # (n,)
+        u = self.a[rows] / (kernel @ state)  # (n,) exact row scaling
+        exact = self.epsilon * xp.log(u) - self.row_max[rows]
+        row_potential, shift, row_error = relax_rows(
+            exact, relax.rows(rows), relax.omega, xp.log(self.a[rows]), self.epsilon
+        )
+        if shift is not None:
+            u = u * xp.exp(shift)
         col_mass = (u @ kernel) * state  # (K,) column mass of (u, v)
-        row_potential = self.epsilon * xp.log(u) - self.row_max[rows]
         zero = xp.zeros_like(col_mass)
-        return BlockSweep(row_potential, ColumnPartial(zero, col_mass), 0.0)
+        return BlockSweep(row_potential, ColumnPartial(zero, col_mass), row_error)
 
 
 def row_extremes(scores: Array, work_dtype: Any) -> tuple[Array, Array]:

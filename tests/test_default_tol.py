@@ -24,10 +24,16 @@ import otlabel
 def test_default_tol_agrees_with_converged_solve(kind, n, k, epsilon, seed):
     scores = otlabel.make_scores(n, k, kind=kind, seed=seed)
     default = otlabel.assign(scores, epsilon, rounding="argmax")
+    # float64: float32 arithmetic (the Numba kernel's) floors the error near 1e-8
     converged = otlabel.assign(
-        scores, epsilon, tol=1e-9, max_iter=100_000, init=default.potential, rounding="argmax"
+        scores.astype(np.float64),
+        epsilon,
+        tol=1e-9,
+        max_iter=100_000,
+        init=default.potential,
+        rounding="argmax",
     )
     assert default.converged and converged.converged
-    assert converged.n_iter > 100  # the reference really is further along
+    assert converged.error < default.error / 1000  # the reference really is further along
     agreement = float(np.mean(default.labels == converged.labels))
     assert agreement >= 0.999, f"{agreement:.4%}"

@@ -203,3 +203,51 @@ def test_iterate_yields_each_pass_and_solve_stops_at_tol(rng):
     stop = next(i for i, error in enumerate(errors, start=1) if error <= 1e-3)
     out = solver.solve(kernel, np.log(b), 0.3, np.zeros(5), tol=1e-3, max_iter=1000)
     assert out.n_iter == stop and out.error == errors[stop - 1]
+
+
+def test_overrelaxation_keeps_the_fixed_point(rng):
+    scores, a, b = weighted_problem(rng, n=300, k=6, spread=4.0)
+    kwargs = {"sample_weights": a, "cluster_weights": b, "tol": 1e-11, "max_iter": 20000}
+    plain = otlabel.sinkhorn(scores, 0.1, overrelaxation=1.0, **kwargs)
+    for weight in (1.5, "auto"):
+        relaxed = otlabel.sinkhorn(scores, 0.1, overrelaxation=weight, **kwargs)
+        assert relaxed.converged and relaxed.n_iter < plain.n_iter
+        np.testing.assert_allclose(relaxed.potential, plain.potential, atol=1e-8)
+
+
+def test_overrelaxed_error_counts_both_sides_of_the_returned_plan(rng):
+    """With omega != 1 neither marginal is exact; the error is still the plan's own."""
+    scores, a, b = weighted_problem(rng, n=200, k=5, spread=6.0)
+    with pytest.warns(otlabel.ConvergenceWarning):
+        res = otlabel.sinkhorn(
+            scores,
+            0.1,
+            sample_weights=a,
+            cluster_weights=b,
+            overrelaxation=1.6,
+            max_iter=12,
+            return_plan=True,
+        )
+    row_error, col_error = plan_marginal_errors(res.plan, a, b)
+    assert row_error > 1e-6  # rows are not exact when relaxed
+    assert res.error == pytest.approx(row_error + col_error, rel=1e-9)
+
+
+def test_auto_overrelaxation_cuts_passes_on_a_sela_like_problem():
+    scores = otlabel.make_scores(4000, 60, kind="sela", seed=3)
+    plain = otlabel.sinkhorn(scores, 0.05, overrelaxation=1.0)
+    auto = otlabel.sinkhorn(scores, 0.05)
+    assert plain.converged and auto.converged
+    assert auto.n_iter * 3 < plain.n_iter
+
+
+def test_diverging_weight_falls_back_to_plain_sinkhorn():
+    scores = otlabel.make_scores(3000, 40, kind="head", seed=2)
+    res = otlabel.sinkhorn(scores, 0.05, overrelaxation=1.97, max_iter=5000)
+    assert res.converged
+
+
+@pytest.mark.parametrize("bad, error", [(2.0, ValueError), (0.0, ValueError), ("fast", TypeError)])
+def test_overrelaxation_is_validated(bad, error):
+    with pytest.raises(error, match="overrelaxation: expected 'auto' or a number in"):
+        otlabel.sinkhorn(np.zeros((5, 2)), overrelaxation=bad)

@@ -2,17 +2,29 @@
 
 The reference implementation of the kernel contract is written once on the
 array-API namespace in :mod:`otlabel.solver` and serves NumPy input.  Fused
-kernels (Numba, GPU) live in this package, one module per backend, and join
-the table below only where they are measured faster than the reference.
+kernels live in this package, one module per backend, and join the table below
+only where they are measured faster than the reference (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-#: Backend name -> what it runs.  "numpy" is the array-API reference kernels.
-BACKENDS = {"numpy": "array-API reference kernels (otlabel.solver)"}
+#: Backend name -> the module of its fused kernels (None: the reference kernels),
+#: and the package it needs.
+BACKENDS: dict[str, tuple[str | None, str | None]] = {
+    "numpy": (None, None),
+    "numba": ("otlabel.kernels.numba_", "numba"),
+}
+#: What "auto" picks for NumPy input, fastest first.
+AUTO_ORDER = ("numba", "numpy")
+
+
+def installed(name: str) -> bool:
+    _, package = BACKENDS[name]
+    return package is None or importlib.util.find_spec(package) is not None
 
 
 def resolve_backend(name: Any, heads: Sequence[Any]) -> str:
@@ -20,4 +32,12 @@ def resolve_backend(name: Any, heads: Sequence[Any]) -> str:
     options = ("auto", *BACKENDS)
     if not isinstance(name, str) or name not in options:
         raise ValueError(f"backend: expected one of {options}, got {name!r}")
-    return "numpy" if name == "auto" else name
+    if name == "auto":
+        return next(backend for backend in AUTO_ORDER if installed(backend))
+    if not installed(name):
+        package = BACKENDS[name][1]
+        raise ImportError(
+            f"backend={name!r} needs {package}, which is not installed: "
+            f"pip install 'otlabel[{name}]'"
+        )
+    return name

@@ -1,0 +1,113 @@
+"""The Numba backend gives the NumPy backend's answer, deterministically."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import otlabel
+
+numba = pytest.importorskip("numba")
+from otlabel.kernels import _fastmath  # noqa: E402
+from otlabel.kernels.numba_ import NumbaLogKernel  # noqa: E402
+
+
+def both(scores, epsilon, **kwargs):
+    kwargs.setdefault("tol", 1e-7)
+    return (
+        otlabel.assign(scores, epsilon, backend="numba", method="log", **kwargs),
+        otlabel.assign(scores, epsilon, backend="numpy", method="log", **kwargs),
+    )
+
+
+@pytest.mark.parametrize("dtype, atol, tol", [(np.float64, 1e-11, 1e-7), (np.float32, 1e-5, 1e-5)])
+@pytest.mark.parametrize("overrelaxation", [1.0, "auto"])
+def test_numba_equals_numpy(rng, dtype, atol, tol, overrelaxation):
+    scores = (rng.normal(size=(700, 9)) * 3).astype(dtype)
+    a = rng.random(700) + 0.5
+    b = rng.random(9) + 0.5
+    fast, reference = both(
+        scores,
+        0.2,
+        sample_weights=a,
+        cluster_weights=b,
+        overrelaxation=overrelaxation,
+        return_plan=True,
+        tol=tol,
+    )
+    assert fast.backend == "numba" and reference.backend == "numpy"
+    # float32 arithmetic can move the adaptive weight's estimate: a pass or two
+    assert abs(fast.n_iter - reference.n_iter) <= (0 if dtype == np.float64 else 3)
+    np.testing.assert_allclose(fast.potential, reference.potential, atol=atol)
+    np.testing.assert_allclose(fast.row_potential, reference.row_potential, atol=atol)
+    np.testing.assert_allclose(fast.plan, reference.plan, rtol=1e-4, atol=1e-12)
+    np.testing.assert_array_equal(fast.labels, reference.labels)
+
+
+def test_numba_heads_and_warm_start_equal_numpy(rng):
+    stack = rng.normal(size=(3, 400, 6)) * 2
+    init = rng.normal(size=(3, 6))
+    fast, reference = both(stack, 0.1, init=init, rounding="argmax")
+    np.testing.assert_array_equal(fast.n_iter, reference.n_iter)
+    np.testing.assert_allclose(fast.potential, reference.potential, atol=1e-11)
+    np.testing.assert_array_equal(fast.labels, reference.labels)
+    warm = otlabel.assign(stack, 0.1, backend="numba", init=fast.potential, tol=1e-7)
+    assert np.all(warm.n_iter <= 2)
+
+
+def test_numba_is_the_auto_backend_for_numpy_input(rng):
+    assert otlabel.assign(rng.normal(size=(50, 3)), 0.5).backend == "numba"
+
+
+def test_repeated_runs_and_thread_counts_give_identical_bits():
+    scores = otlabel.make_scores(5000, 40, kind="head", seed=5)
+    runs = [otlabel.sinkhorn(scores, 0.05, backend="numba", n_threads=t) for t in (None, 1, 2)]
+    runs.append(otlabel.sinkhorn(scores, 0.05, backend="numba"))
+    for other in runs[1:]:
+        assert other.n_iter == runs[0].n_iter
+        np.testing.assert_array_equal(other.potential, runs[0].potential)
+        np.testing.assert_array_equal(other.row_potential, runs[0].row_potential)
+
+
+def test_starved_column_stays_finite():
+    scores = np.zeros((2000, 3), dtype=np.float32)
+    scores[:, 2] = -1000.0
+    # |S|/eps = 1000 in float32: the exponent carries ~6e-5, so the default tol
+    res = otlabel.sinkhorn(scores, 1.0, backend="numba", return_plan=True)
+    assert res.converged and res.potential[2] - res.potential[0] == pytest.approx(1000, rel=1e-6)
+    np.testing.assert_allclose(res.plan.sum(axis=0), 1 / 3, rtol=2e-4)
+
+
+@pytest.mark.parametrize("dtype, floor, rtol", [(np.float32, -87, 3e-7), (np.float64, -708, 5e-16)])
+def test_fast_exp_is_accurate_over_its_range(dtype, floor, rtol):
+    @numba.njit
+    def evaluate(x, out):
+        for i in range(x.size):
+            out[i] = _fastmath.exp_neg(x[i])
+
+    x = np.concatenate([np.linspace(floor, 0, 200_001), [0.0, -1e-12, floor]]).astype(dtype)
+    out = np.empty_like(x)
+    evaluate(x, out)
+    np.testing.assert_allclose(out, np.exp(x.astype(np.float64)), rtol=rtol, atol=0)
+    below = np.array([floor - 50.0], dtype=dtype)
+    evaluate(below, out[:1])
+    assert out[0] == pytest.approx(np.exp(dtype(floor)), rel=rtol)  # clamped, not subnormal
+    assert out[0] >= np.finfo(dtype).tiny
+
+
+def test_kernel_sweeps_one_chunk_in_parallel_sub_blocks(rng):
+    scores = rng.normal(size=(1500, 5))
+    kernel = NumbaLogKernel(scores, np.full(1500, -np.log(1500)), 0.3, None)
+    assert len(list(kernel.blocks())) == 1  # the loop sees one block; the kernel splits it
+
+
+def test_missing_numba_is_a_clear_error(rng, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'otlabel\[numba\]'"):
+        otlabel.assign(rng.normal(size=(20, 3)), backend="numba")
+    assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
