@@ -234,7 +234,7 @@ def sinkhorn(
     --------
     >>> import numpy as np
     >>> import otlabel
-    >>> scores = otlabel.make_scores(500, 5, seed=1)
+    >>> scores = otlabel.make_scores(500, 5, seed=1, dtype=np.float64)
     >>> res = otlabel.sinkhorn(scores, epsilon=0.1, tol=1e-8, return_plan=True)
     >>> plan = res.plan.astype(np.float64)
     >>> bool(np.allclose(plan.sum(axis=0), 1 / 5, atol=1e-7)), res.labels is None
@@ -321,6 +321,8 @@ def _solve(
     """
     eps, method = options.epsilon, options.method
     row_max, row_min = extremes
+    if method == "auto" and options.backend == "numba" and scores.dtype == np.float32:
+        return _solve_numba_auto(scores, log_a, log_b, start, options)
     if method == "auto":
         method = "scaling" if scaling_is_safe(row_max, row_min, eps, scores.dtype) else "log"
     done = 0
@@ -361,6 +363,36 @@ def _solve(
     )
     solved.n_iter += done
     return solved, scores
+
+
+def _solve_numba_auto(
+    scores: np.ndarray,
+    log_a: np.ndarray,
+    log_b: np.ndarray,
+    start: np.ndarray,
+    options: _Options,
+) -> tuple[SolveOutput, np.ndarray]:
+    """Numba's log domain, then its stored stabilised kernel; warm log fallback."""
+    from .kernels.numba_ import NumbaKernel
+
+    overwrite = options.overwrite_scores and scores.flags.writeable and scores.flags.c_contiguous
+    kernel = NumbaKernel(scores, log_a, options.epsilon, options.n_threads, overwrite=overwrite)
+    eps, tol, omega = options.epsilon, options.tol, options.overrelaxation
+    try:
+        with np.errstate(all="ignore"):  # a non-finite iterate is detected by the loop
+            solved = solve(
+                kernel, log_b, eps, start, tol=tol, max_iter=options.max_iter, omega=omega
+            )
+        return solved, kernel.restore_scores()
+    except UnstableIteration as unstable:
+        scores = kernel.restore_scores()
+        remaining = options.max_iter - unstable.n_iter
+        fallback = _log_kernel(scores, log_a, options)
+        solved = solve(
+            fallback, log_b, eps, unstable.potential, tol=tol, max_iter=remaining, omega=omega
+        )
+        solved.n_iter += unstable.n_iter
+        return solved, scores
 
 
 def _log_kernel(scores: np.ndarray, log_a: np.ndarray, options: _Options) -> Any:

@@ -198,8 +198,11 @@ def iterate(
         if not (math.isfinite(error) and _all_finite(f)):
             raise _unstable(kernel, g, n_iter)
         n_iter += 1
-        yield Iterate(n_iter, f, g, error)
+        current = Iterate(n_iter, f, g, error)
+        yield current
         schedule.observe(error)
+        if hasattr(kernel, "observe"):  # kernels that adapt to the iterate (numba_)
+            kernel.observe(current)
         g_next = _normalise(g + omega_now * epsilon * (log_b - log_col_mass), b)
         if not _all_finite(g_next):  # a column's mass underflowed to zero
             raise _unstable(kernel, g, n_iter)

@@ -37,11 +37,11 @@ def test_stacked_heads_equal_separate_solves(rng, rounding):
     inits = rng.normal(size=(3, 8)) * 0.1
     together = otlabel.assign(stack, 0.1, init=inits, rounding=rounding, return_plan=True)
     assert together.potential.shape == (3, 8) and together.plan.shape == (3, 600, 8)
-    assert together.n_iter.shape == (3,) and together.method == ("log",) * 3
+    assert together.n_iter.shape == (3,) and len(together.method) == 3
     assert len(set(together.n_iter.tolist())) > 1  # each head stops on its own
     for h in range(3):
         alone = otlabel.assign(stack[h], 0.1, init=inits[h], rounding=rounding, return_plan=True)
-        assert together.n_iter[h] == alone.n_iter
+        assert together.n_iter[h] == alone.n_iter and together.method[h] == alone.method
         assert together.error[h] == alone.error
         np.testing.assert_array_equal(together.potential[h], alone.potential)
         np.testing.assert_array_equal(together.plan[h], alone.plan)

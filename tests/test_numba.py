@@ -111,3 +111,30 @@ def test_missing_numba_is_a_clear_error(rng, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'otlabel\[numba\]'"):
         otlabel.assign(rng.normal(size=(20, 3)), backend="numba")
     assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
+
+
+@pytest.mark.parametrize("overrelaxation", [1.0, "auto"])
+def test_stored_kernel_reports_the_true_error_of_its_plan(overrelaxation):
+    """After the switch to the stored float32 kernel, the reported error is that of
+    the plan rebuilt in float64 from the returned potentials, up to float32 precision."""
+    scores = otlabel.make_scores(3000, 30, kind="sela", seed=4)
+    res = otlabel.sinkhorn(scores, 0.05, tol=1e-6, overrelaxation=overrelaxation)
+    assert res.method == "scaling" and res.converged  # the hybrid did switch
+    plan = np.exp((scores.astype(np.float64) + res.row_potential[:, None] + res.potential) / 0.05)
+    true_error = np.abs(plan.sum(axis=1) - 1 / 3000).sum() + np.abs(plan.sum(axis=0) - 1 / 30).sum()
+    assert true_error <= res.error + 5e-6
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_hybrid_matches_the_exact_log_domain(overwrite):
+    scores = otlabel.make_scores(4000, 40, kind="head", seed=6)
+    exact = otlabel.assign(scores.astype(np.float64), 0.04, tol=1e-9)
+    work = scores.copy()
+    fast = otlabel.assign(work, 0.04, overwrite_scores=overwrite)
+    assert fast.method == "scaling"
+    np.testing.assert_allclose(fast.potential, exact.potential, atol=5e-4)
+    assert np.mean(fast.labels == exact.labels) >= 0.999
+    # restored in place; entries well clear of the flush threshold come back exact
+    shifted = (scores + fast.potential) / 0.04
+    clear = shifted > shifted.max(axis=1, keepdims=True) - 60
+    np.testing.assert_allclose(work[clear], scores[clear], atol=1e-4)

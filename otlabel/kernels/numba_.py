@@ -162,6 +162,152 @@ class NumbaLogKernel:
         return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(block_stats[:, 0])))
 
 
+#: The stabilised scaling kernel absorbs a row or the columns into the stored
+#: kernel when their scaling leaves [e^-ABSORB, e^ABSORB].
+ABSORB = 20.0
+#: Rows per parallel task of the scaling sweep (fixed: results do not depend on
+#: the thread count); float32 column partials are flushed to float64 every
+#: FLUSH_ROWS rows, float32 row sums every RUN elements.
+TASK_ROWS = 4096
+FLUSH_ROWS = 64
+RUN = 256
+_NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
+#: Stored entries at or below this are flushed to zero: subnormal float32 keep
+#: few bits (they would restore badly) and take a slow path in arithmetic.
+_TINY32 = 1.7e-38
+
+
+@njit(fastmath=_NO_EXP, cache=True)
+def _row_dot(row, v):
+    """``sum_j row[j] v[j]``: float32 runs of RUN elements, summed in float64."""
+    total = 0.0
+    for start in range(0, row.size, RUN):
+        run = np.float32(0.0)
+        for j in range(start, min(start + RUN, row.size)):
+            run += row[j] * v[j]
+        total += run
+    return total
+
+
+@njit(fastmath=_NO_EXP, cache=True)
+def _row_update(row, v, i, log_a, f_ref, previous, omega, relaxed, f_scaled):
+    """Row ``i``'s update on the stored kernel; returns ``(q_i, row error, absorbed)``.
+
+    Writes ``f_i / eps``.  If ``sum_k G_ik v_k`` left [e^-ABSORB, e^ABSORB], the
+    row is rescaled in place and its reference moves with it.
+    """
+    log_sum = math.log(_row_dot(row, v))
+    absorbed = 0
+    if abs(log_sum) > ABSORB:
+        scale = np.float32(math.exp(-log_sum))
+        tiny, zero = np.float32(_TINY32), np.float32(0.0)
+        for j in range(row.size):
+            value = row[j] * scale
+            row[j] = value if value > tiny else zero  # no subnormals
+        f_ref[i] -= log_sum
+        log_sum, absorbed = 0.0, 1
+    exact = f_ref[i] + log_a[i] - log_sum  # fhat / eps: the row gets exactly a_i
+    new, row_error = exact, 0.0
+    if relaxed:
+        new = (1.0 - omega) * previous[i] + omega * exact
+        row_error = math.exp(log_a[i]) * abs(math.expm1(new - exact))
+    f_scaled[i] = new
+    return np.float32(math.exp(new - f_ref[i])), row_error, absorbed
+
+
+@njit(parallel=True, fastmath=_NO_EXP, cache=True)
+def _scaling_sweep(
+    kernel, v, log_a, f_ref, previous, omega, relaxed, f_scaled, col_sum, task_stats
+):
+    """One pass on the stored kernel ``G`` (n, K) float32, parallel over fixed tasks.
+
+    The plan is ``G_ik exp(f_i/eps - f_ref_i) v_k`` (``f_ref`` in units of eps).
+    Writes ``f/eps``; per task its column sums of ``G_ik q_i`` and
+    ``(row error, rows absorbed)``.  Rows go four at a time through the column
+    accumulation, so the float32 partial sums are loaded and stored once per
+    four rows; they are flushed to float64 every FLUSH_ROWS rows.
+    """
+    n_rows, n_cols = kernel.shape
+    args = (log_a, f_ref, previous, omega, relaxed, f_scaled)
+    for t in prange(col_sum.shape[0]):
+        sums = col_sum[t]
+        sums[:] = 0.0
+        partial = np.zeros(n_cols, dtype=np.float32)
+        row_error, absorbed = 0.0, 0
+        first, last = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
+        i = first
+        while i < last:
+            if i + 4 <= last:
+                r0, r1, r2, r3 = kernel[i], kernel[i + 1], kernel[i + 2], kernel[i + 3]
+                q0, e0, a0 = _row_update(r0, v, i, *args)
+                q1, e1, a1 = _row_update(r1, v, i + 1, *args)
+                q2, e2, a2 = _row_update(r2, v, i + 2, *args)
+                q3, e3, a3 = _row_update(r3, v, i + 3, *args)
+                for j in range(n_cols):
+                    partial[j] += r0[j] * q0 + r1[j] * q1 + r2[j] * q2 + r3[j] * q3
+                row_error += e0 + e1 + e2 + e3
+                absorbed += a0 + a1 + a2 + a3
+                i += 4
+            else:
+                row = kernel[i]
+                q, e, absorbed_one = _row_update(row, v, i, *args)
+                for j in range(n_cols):
+                    partial[j] += row[j] * q
+                row_error += e
+                absorbed += absorbed_one
+                i += 1
+            if (i - first) % FLUSH_ROWS == 0 or i == last:
+                for j in range(n_cols):
+                    sums[j] += partial[j]
+                    partial[j] = 0.0
+        task_stats[t, 0] = row_error
+        task_stats[t, 1] = absorbed
+
+
+@njit(parallel=True, fastmath={"contract"}, cache=True)
+def _build_kernel(scores, g_ref, inv_eps, kernel, f_ref):
+    """``G_ik = exp(S_ik / eps + g_ref_k - m_i)`` in float32, ``m_i`` the row's maximum.
+
+    Writes ``f_ref_i = -m_i`` (references in units of eps): every row of ``G``
+    peaks at exactly 1.  Entries at the clamp of ``exp`` are flushed to zero
+    (they add no mass).  ``scores`` and ``kernel`` may be the same array.
+    """
+    n_rows, n_cols = scores.shape
+    g32 = g_ref.astype(np.float32)
+    scale = np.float32(inv_eps)
+    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    for i in prange(n_rows):
+        row, out = scores[i], kernel[i]
+        row_max = _shifted_max(row, scale, g32)
+        f_ref[i] = -row_max
+        for j in range(n_cols):
+            value = exp_neg(row[j] * scale + g32[j] - row_max)
+            out[j] = value if value > tiny else zero
+
+
+@njit(parallel=True, fastmath=_NO_EXP, cache=True)
+def _scale_columns(kernel, factor):
+    """``G_ik *= factor_k``, flushing what falls below the smallest normal float32."""
+    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    for i in prange(kernel.shape[0]):
+        row = kernel[i]
+        for j in range(kernel.shape[1]):
+            value = row[j] * factor[j]
+            row[j] = value if value > tiny else zero
+
+
+@njit(parallel=True, fastmath={"contract"}, cache=True)
+def _restore_scores(kernel, f_ref, g_ref, epsilon, floor_value, scores):
+    """``S = eps (log G - f_ref - g_ref)``; a flushed entry gets its upper bound."""
+    n_rows, n_cols = kernel.shape
+    for i in prange(n_rows):
+        row, out = kernel[i], scores[i]
+        for j in range(n_cols):
+            value = row[j]
+            log_value = math.log(value) if value > 0 else floor_value
+            out[j] = epsilon * (log_value - f_ref[i] - g_ref[j])
+
+
 def reduce_sub_blocks(
     col_sum: np.ndarray, col_peak: np.ndarray, block_stats: np.ndarray, floor: float
 ) -> ColumnPartial:
@@ -185,6 +331,123 @@ def reduce_sub_blocks(
     return ColumnPartial(top, np.sum(scaled * np.exp(log_max - top), axis=0))
 
 
+class NumbaKernel:
+    """Log domain until the duals settle, then a stored, stabilised scaling kernel.
+
+    The exact log-domain sweep pays one ``exp`` per element; the stored kernel
+    ``G = exp((S + f + g)/eps)`` (float32, relative to the current ``g`` and to
+    each row's maximum, so that every row of ``G`` peaks at 1) needs two
+    multiply-adds per element, which runs at the memory bandwidth.  It is
+    built once the iterate's error is at most
+    :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-87`` of
+    their row's plan, and stay negligible while the duals settle (a row or the
+    columns are absorbed into ``G`` whenever their scaling leaves
+    ``[e^-20, e^20]``, so the flushed mass stays below ``K e^-47``).  ``G`` is
+    built in place of the scores with ``overwrite_scores=True`` (the scores are
+    restored afterwards, a flushed entry as its upper bound), else in new
+    memory if there is room; float64 scores stay in the log domain.
+    """
+
+    SWITCH_ERROR = 1e-2
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        log_a: np.ndarray,
+        epsilon: float,
+        n_threads: int | None,
+        *,
+        overwrite: bool,
+    ) -> None:
+        self.log_kernel = NumbaLogKernel(scores, log_a, epsilon, n_threads)
+        self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
+        self.n_threads, self.overwrite = n_threads, overwrite
+        self.stored: np.ndarray | None = None  # G
+        self.f_ref = self.g_ref = np.zeros(0)  # references, in units of epsilon
+        self.method = "log"
+        self.can_store = scores.dtype == np.float32 and (
+            overwrite or scores.nbytes < 0.8 * available_memory()
+        )
+
+    def column_state(self, potential: np.ndarray) -> np.ndarray:
+        if self.stored is None:
+            return self.log_kernel.column_state(potential)
+        log_v = potential / self.epsilon - self.g_ref  # (K,)
+        if np.max(np.abs(log_v)) > ABSORB:  # absorb the column scaling into G
+            with threads(self.n_threads):
+                _scale_columns(self.stored, np.exp(log_v).astype(np.float32))
+            self.g_ref = potential / self.epsilon
+            log_v = np.zeros_like(log_v)
+        return np.exp(log_v).astype(np.float32)  # v
+
+    def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        if self.stored is None:
+            return self.log_kernel.blocks()
+        return iter([(slice(0, self.stored.shape[0]), self.stored)])
+
+    def sweep(
+        self, block: np.ndarray, rows: slice, state: np.ndarray, relax: Relaxation
+    ) -> BlockSweep:
+        if self.stored is None:
+            return self.log_kernel.sweep(block, rows, state, relax)
+        n_rows, n_cols = block.shape
+        n_tasks = -(-n_rows // TASK_ROWS)
+        previous = relax.rows(rows)
+        f_scaled = np.empty(n_rows)
+        col_sum = np.empty((n_tasks, n_cols))
+        task_stats = np.zeros((n_tasks, 2))
+        with threads(self.n_threads):
+            _scaling_sweep(
+                block,
+                state,
+                self.log_a[rows],
+                self.f_ref,
+                np.zeros(1) if previous is None else previous / self.epsilon,
+                float(relax.omega),
+                previous is not None,
+                f_scaled,
+                col_sum,
+                task_stats,
+            )
+        col_mass = np.sum(col_sum, axis=0) * state  # (K,) column mass of the plan
+        columns = ColumnPartial(np.zeros(n_cols), col_mass)
+        return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
+
+    def observe(self, current: Any) -> None:
+        """Build the stored kernel once the iterate is close enough."""
+        if self.stored is None and self.can_store and current.error <= self.SWITCH_ERROR:
+            self._store(current.potential)
+
+    def _store(self, g: np.ndarray) -> None:
+        self.g_ref = g / self.epsilon
+        self.f_ref = np.empty(self.scores.shape[0])
+        target = self.scores if self.overwrite else np.empty_like(self.scores)
+        with threads(self.n_threads):
+            _build_kernel(self.scores, self.g_ref, 1.0 / self.epsilon, target, self.f_ref)
+        self.stored, self.method = target, "scaling"
+
+    def restore_scores(self) -> np.ndarray:
+        """The scores again, rebuilt in place of a kernel that replaced them."""
+        if self.stored is None or not self.overwrite:
+            return self.scores
+        floor = -87.0 - float(np.log(self.stored.shape[1]))  # below any flushed entry
+        with threads(self.n_threads):
+            _restore_scores(self.stored, self.f_ref, self.g_ref, self.epsilon, floor, self.stored)
+        return self.stored
+
+
+def available_memory() -> int:
+    """Bytes the system can still give (MemAvailable); a large number if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
 @contextmanager
 def threads(count: int | None) -> Iterator[None]:
     """Run Numba's parallel loops on ``count`` threads (None: all)."""
@@ -197,10 +460,6 @@ def threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(before)
-
-
-def available() -> bool:
-    return True
 
 
 def kernel_for(
