@@ -281,7 +281,7 @@ def _assign_head(
             f"{_name('scores', head)}: balanced rounding needs K <= N, got K={n_clusters} "
             f"clusters for N={n_samples} samples; use fewer clusters or rounding='argmax'"
         )
-    row_max, row_min = row_extremes(scores, WORK_DTYPE)
+    row_max, row_min = _row_extremes(scores, options)
     check.check_finite_rows(row_max, row_min, _name("scores", head))
     log_a, log_b = np.log(sample_w), np.log(cluster_w)
     solved, scores = _solve(scores, log_a, log_b, start, (row_max, row_min), options)
@@ -372,12 +372,31 @@ def _solve_numba_auto(
     start: np.ndarray,
     options: _Options,
 ) -> tuple[SolveOutput, np.ndarray]:
-    """Numba's log domain, then its stored stabilised kernel; warm log fallback."""
-    from .kernels.numba_ import NumbaKernel
+    """Numba's log domain, then its stored stabilised kernel; warm log fallback.
 
-    overwrite = options.overwrite_scores and scores.flags.writeable and scores.flags.c_contiguous
-    kernel = NumbaKernel(scores, log_a, options.epsilon, options.n_threads, overwrite=overwrite)
+    A large problem solved cold first solves a 1-in-``stride`` subsample of its
+    rows (to ``SUBSAMPLE_TOL``, in the log domain) and starts from that
+    potential with the stored kernel built at once: the expensive log-domain
+    passes then run on the subsample only.
+    """
+    from .kernels.numba_ import NumbaKernel, NumbaLogKernel
+
     eps, tol, omega = options.epsilon, options.tol, options.overrelaxation
+    stride = _subsample_stride(*scores.shape)
+    warm = stride > 1 and not np.any(start)
+    if warm:
+        rows = np.ascontiguousarray(scores[::stride])
+        sub_log_a = log_a[::stride] - np.log(np.sum(np.exp(log_a[::stride])))
+        sub_kernel = NumbaLogKernel(rows, sub_log_a, eps, options.n_threads)
+        sub_solved = solve(
+            sub_kernel, log_b, eps, start, tol=SUBSAMPLE_TOL, max_iter=options.max_iter, omega=omega
+        )
+        start = sub_solved.potential
+        del rows
+    overwrite = options.overwrite_scores and scores.flags.writeable and scores.flags.c_contiguous
+    kernel = NumbaKernel(
+        scores, log_a, eps, options.n_threads, overwrite=overwrite, store_at_start=warm
+    )
     try:
         with np.errstate(all="ignore"):  # a non-finite iterate is detected by the loop
             solved = solve(
@@ -393,6 +412,27 @@ def _solve_numba_auto(
         )
         solved.n_iter += unstable.n_iter
         return solved, scores
+
+
+def _row_extremes(scores: np.ndarray, options: _Options) -> tuple[np.ndarray, np.ndarray]:
+    """Row maxima and minima (one read, which also finds NaN and inf)."""
+    if options.backend == "numba":
+        from .kernels import numba_
+
+        return numba_.row_extremes(scores)
+    return row_extremes(scores, WORK_DTYPE)
+
+
+#: Large problems solved cold start from a solve on about this many rows
+#: (at least 20 per cluster), to this tolerance.
+SUBSAMPLE_ROWS = 50_000
+SUBSAMPLE_TOL = 3e-2
+
+
+def _subsample_stride(n_samples: int, n_clusters: int) -> int:
+    """1 (no subsample) unless the matrix has at least 4 times the subsample's rows."""
+    rows = max(SUBSAMPLE_ROWS, 20 * n_clusters)
+    return n_samples // rows if n_samples >= 4 * rows else 1
 
 
 def _log_kernel(scores: np.ndarray, log_a: np.ndarray, options: _Options) -> Any:

@@ -10,13 +10,13 @@ import pytest
 from otlabel import bench
 
 
-@pytest.mark.parametrize("name", ["otlabel-numpy", "sela-float64"])
+@pytest.mark.parametrize("name", ["otlabel-numpy", "otlabel-numba", "sela-float64"])
 def test_each_stepped_solver_reaches_tolerance_on_a_tiny_problem(name):
     row = bench.run_row(name, 300, 6, tol=1e-4, budget=60, repeats=2, kind="sela")
     assert row.status == "ok", row.status
     assert row.reached_tol and row.error <= 1e-4 and row.n_iter > 1
     assert row.cluster_min <= 50 <= row.cluster_max and row.ms_per_iter > 0
-    if name == "otlabel-numpy":
+    if name.startswith("otlabel"):
         assert row.cluster_min == row.cluster_max == 50  # balanced labels
 
 

@@ -114,6 +114,30 @@ def _log_sweep(
         block_stats[b, 2] = last - first
 
 
+@njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, cache=True)
+def _row_extremes(scores, maxima, minima):
+    """Each row's maximum and minimum in float64; NaN or inf shows as non-finite."""
+    for i in prange(scores.shape[0]):
+        row = scores[i]
+        high = low = np.float64(row[0])
+        bad = False
+        for j in range(row.size):
+            value = np.float64(row[j])
+            bad |= not math.isfinite(value)  # no nnan/ninf here: we look for them
+            high = max(high, value)
+            low = min(low, value)
+        maxima[i] = np.nan if bad else high
+        minima[i] = np.nan if bad else low
+
+
+def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parallel version of :func:`otlabel.solver.row_extremes` (one read)."""
+    maxima, minima = np.empty(scores.shape[0]), np.empty(scores.shape[0])
+    for rows, block in _row_blocks(scores, max(1, CHUNK_BYTES // scores.strides[0])):
+        _row_extremes(np.ascontiguousarray(block), maxima[rows], minima[rows])
+    return maxima, minima
+
+
 class NumbaLogKernel:
     """Log-domain kernel, fused and parallel; always finite for finite scores."""
 
@@ -345,7 +369,11 @@ class NumbaKernel:
     ``[e^-20, e^20]``, so the flushed mass stays below ``K e^-47``).  ``G`` is
     built in place of the scores with ``overwrite_scores=True`` (the scores are
     restored afterwards, a flushed entry as its upper bound), else in new
-    memory if there is room; float64 scores stay in the log domain.
+    memory if there is room; float64 scores stay in the log domain.  With
+    ``store_at_start`` (a start potential from a solve on a subsample of the
+    rows, close enough that no cluster is starved) it is built at once; a
+    cluster starved anyway makes the iterate non-finite, and the caller falls
+    back to the log domain.
     """
 
     SWITCH_ERROR = 1e-2
@@ -358,8 +386,10 @@ class NumbaKernel:
         n_threads: int | None,
         *,
         overwrite: bool,
+        store_at_start: bool = False,
     ) -> None:
         self.log_kernel = NumbaLogKernel(scores, log_a, epsilon, n_threads)
+        self.store_at_start = store_at_start  # the start potential is already close
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
         self.n_threads, self.overwrite = n_threads, overwrite
         self.stored: np.ndarray | None = None  # G
@@ -370,6 +400,8 @@ class NumbaKernel:
         )
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
+        if self.stored is None and self.store_at_start and self.can_store:
+            self._store(potential)
         if self.stored is None:
             return self.log_kernel.column_state(potential)
         log_v = potential / self.epsilon - self.g_ref  # (K,)
