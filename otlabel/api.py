@@ -128,8 +128,9 @@ def assign(
     overwrite_scores : bool, default False
         Allow the solver to use the ``scores`` array as workspace (build its
         kernel in place, like SciPy's ``overwrite_a``), so that a matrix that
-        fits memory only once can be solved.  On return the array holds the
-        scores again only up to rounding.
+        fits memory only once can be solved fast.  On return the array holds the
+        scores again up to rounding, except entries far below their row's best
+        (see the guide), which come back as an upper bound.
     n_threads : int or None
         Thread count of the fused kernels (results are identical run to run and
         do not depend on the count).  The NumPy backend uses the BLAS library's
