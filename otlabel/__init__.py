@@ -14,12 +14,14 @@ from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, sinkhorn
 from .datasets import make_scores
 from .result import ConvergenceWarning, Result
 from .rounding import count_bounds
+from .streaming import ChunkedScores
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_ITER",
     "DEFAULT_TOL",
+    "ChunkedScores",
     "ConvergenceWarning",
     "Result",
     "__version__",

@@ -13,6 +13,10 @@ ROUNDINGS = ("balanced", "argmax", None)
 
 def heads_of(scores: Any) -> tuple[list[np.ndarray], str]:
     """Split ``scores`` into 2-D heads; the layout is "single", "stack" or "list"."""
+    from .streaming import ChunkedScores
+
+    if isinstance(scores, ChunkedScores):
+        return [scores], "single"  # type: ignore[list-item]
     if isinstance(scores, list | tuple):
         if len(scores) == 0:
             raise ValueError("scores: an empty list; pass at least one (N, K) array")

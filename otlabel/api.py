@@ -14,7 +14,7 @@ import numpy as np
 from . import _validation as check
 from .kernels import resolve_backend
 from .result import Result, warn_not_converged
-from .rounding import argmax_labels, balanced_labels
+from .rounding import NumpyPasses, argmax_labels, balanced_labels
 from .solver import (
     LogKernel,
     ScalingKernel,
@@ -26,6 +26,7 @@ from .solver import (
     scaling_is_safe,
     solve,
 )
+from .streaming import ChunkedScores
 
 #: Default stopping tolerance on the L1 marginal error (rows plus columns, plan
 #: of total mass 1).  Chosen on evidence: argmax labels at this tolerance agree
@@ -285,27 +286,64 @@ def _assign_head(
     row_max, row_min = _row_extremes(scores, options)
     check.check_finite_rows(row_max, row_min, _name("scores", head))
     log_a, log_b = np.log(sample_w), np.log(cluster_w)
-    solved, scores = _solve(scores, log_a, log_b, start, (row_max, row_min), options)
+    if isinstance(scores, ChunkedScores):
+        if options.return_plan:
+            raise ValueError(
+                "return_plan: the plan is as large as the matrix, which ChunkedScores never "
+                "holds; use return_plan=False (potentials and labels stay available)"
+            )
+        solved = _solve_stream(scores, log_a, log_b, start, options)
+    else:
+        solved, scores = _solve(scores, log_a, log_b, start, (row_max, row_min), options)
     if not solved.converged:
         warn_not_converged(head, solved.n_iter, solved.error, options.tol)
-    rows_per_block = block_rows(n_clusters)
+    passes, rows_per_block = _rounding_passes(scores, options)
     labels, gap = None, None
-    if options.rounding == "balanced":
-        balanced = balanced_labels(
-            scores, solved.potential, cluster_w, rows_per_block=rows_per_block
-        )
-        labels, gap = balanced.labels, balanced.gap
-    elif options.rounding == "argmax":
-        labels = argmax_labels(scores, solved.potential, rows_per_block)
-    cost = (
-        None
-        if labels is None
-        else float(np.mean(scores[np.arange(n_samples), labels], dtype=np.float64))
-    )
+    with _threads(options):
+        if options.rounding == "balanced":
+            balanced = balanced_labels(
+                scores, solved.potential, cluster_w, rows_per_block=rows_per_block, passes=passes
+            )
+            labels, gap = balanced.labels, balanced.gap
+        elif options.rounding == "argmax":
+            labels = argmax_labels(scores, solved.potential, rows_per_block, passes)
+    cost = None if labels is None else _mean_label_score(scores, labels, rows_per_block)
     plan = None
     if options.return_plan:
         plan = plan_of(scores, solved.row_potential, solved.potential, options.epsilon)
     return _HeadOutcome(solved, labels, gap, cost, plan)
+
+
+def _rounding_passes(scores: Any, options: _Options) -> tuple[Any, int]:
+    """Who reads the matrix for rounding, and in blocks of how many rows."""
+    if options.backend == "numba":
+        from .kernels.numba_ import CHUNK_BYTES, SUB_BLOCK_ROWS
+        from .kernels.rounding_numba import NumbaPasses
+
+        row_bytes = scores.shape[1] * scores.dtype.itemsize
+        return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
+    return NumpyPasses(), block_rows(scores.shape[1])
+
+
+def _threads(options: _Options) -> Any:
+    """Numba's thread count fixed to ``n_threads`` (a no-op for NumPy)."""
+    if options.backend == "numba":
+        from .kernels.numba_ import threads
+
+        return threads(options.n_threads)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> float:
+    """``mean_i S[i, labels_i]``, block by block (``scores`` may be a stream)."""
+    total = 0.0
+    for start in range(0, labels.size, rows_per_block):
+        block = np.asarray(scores[start : start + rows_per_block])
+        own = labels[start : start + rows_per_block]
+        total += float(np.sum(block[np.arange(own.size), own], dtype=np.float64))
+    return total / labels.size
 
 
 def _solve(
@@ -380,20 +418,10 @@ def _solve_numba_auto(
     potential with the stored kernel built at once: the expensive log-domain
     passes then run on the subsample only.
     """
-    from .kernels.numba_ import NumbaKernel, NumbaLogKernel
+    from .kernels.numba_ import NumbaKernel
 
     eps, tol, omega = options.epsilon, options.tol, options.overrelaxation
-    stride = _subsample_stride(*scores.shape)
-    warm = stride > 1 and not np.any(start)
-    if warm:
-        rows = np.ascontiguousarray(scores[::stride])
-        sub_log_a = log_a[::stride] - np.log(np.sum(np.exp(log_a[::stride])))
-        sub_kernel = NumbaLogKernel(rows, sub_log_a, eps, options.n_threads)
-        sub_solved = solve(
-            sub_kernel, log_b, eps, start, tol=SUBSAMPLE_TOL, max_iter=options.max_iter, omega=omega
-        )
-        start = sub_solved.potential
-        del rows
+    start, warm = _subsample_start(scores, log_a, log_b, start, options)
     overwrite = options.overwrite_scores and scores.flags.writeable and scores.flags.c_contiguous
     kernel = NumbaKernel(
         scores, log_a, eps, options.n_threads, overwrite=overwrite, store_at_start=warm
@@ -415,8 +443,68 @@ def _solve_numba_auto(
         return solved, scores
 
 
+def _subsample_start(
+    scores: Any, log_a: np.ndarray, log_b: np.ndarray, start: np.ndarray, options: _Options
+) -> tuple[np.ndarray, bool]:
+    """A cold start on a large matrix: the potential of a 1-in-``stride`` subsample.
+
+    Returns the start and whether it came from a subsample.
+    """
+    from .kernels.numba_ import NumbaLogKernel
+
+    stride = _subsample_stride(*scores.shape)
+    if stride == 1 or np.any(start):
+        return start, False
+    rows = np.ascontiguousarray(scores[::stride])
+    sub_log_a = log_a[::stride] - np.log(np.sum(np.exp(log_a[::stride])))
+    sub_kernel = NumbaLogKernel(rows, sub_log_a, options.epsilon, options.n_threads)
+    sub_solved = solve(
+        sub_kernel,
+        log_b,
+        options.epsilon,
+        start,
+        tol=SUBSAMPLE_TOL,
+        max_iter=options.max_iter,
+        omega=options.overrelaxation,
+    )
+    return sub_solved.potential, True
+
+
+def _solve_stream(
+    scores: ChunkedScores,
+    log_a: np.ndarray,
+    log_b: np.ndarray,
+    start: np.ndarray,
+    options: _Options,
+) -> SolveOutput:
+    """A stream runs the log-domain kernel block by block (Numba: from a subsample's start)."""
+    if options.method == "scaling":
+        raise ValueError(
+            "method: 'scaling' stores exp(S/eps), as large as the matrix; ChunkedScores are "
+            "solved in the log domain, use method='auto' or 'log'"
+        )
+    if options.backend == "numba":
+        start, _ = _subsample_start(scores, log_a, log_b, start, options)
+    return solve(
+        _log_kernel(scores, log_a, options),
+        log_b,
+        options.epsilon,
+        start,
+        tol=options.tol,
+        max_iter=options.max_iter,
+        omega=options.overrelaxation,
+    )
+
+
 def _row_extremes(scores: np.ndarray, options: _Options) -> tuple[np.ndarray, np.ndarray]:
     """Row maxima and minima (one read, which also finds NaN and inf)."""
+    if isinstance(scores, ChunkedScores):  # block by block, as the kernels read it
+        rows = block_rows(scores.shape[1], scores.dtype.itemsize) * 64
+        parts = [
+            _row_extremes(scores[start : start + rows], options)
+            for start in range(0, scores.shape[0], rows)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if options.backend == "numba":
         from .kernels import numba_
 
@@ -436,7 +524,7 @@ def _subsample_stride(n_samples: int, n_clusters: int) -> int:
     return n_samples // rows if n_samples >= 4 * rows else 1
 
 
-def _log_kernel(scores: np.ndarray, log_a: np.ndarray, options: _Options) -> Any:
+def _log_kernel(scores: Any, log_a: np.ndarray, options: _Options) -> Any:
     """The log-domain kernel of the chosen backend."""
     if options.backend == "numba":
         from .kernels.numba_ import NumbaLogKernel

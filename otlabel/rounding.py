@@ -37,6 +37,7 @@ nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +50,44 @@ class BalancedLabels:
     gap: float  # certified (optimum - achieved) / N, score units
     prices: np.ndarray  # (K,) cluster prices p of the certificate (pi = -p + level)
     n_moves: int  # samples of excess moved by shortest paths
+
+
+class Passes(Protocol):
+    """The three reads of the matrix, per block of rows (NumPy here, Numba in kernels/)."""
+
+    def argmax(self, block: np.ndarray, potential: np.ndarray) -> np.ndarray: ...
+
+    def move_costs(self, block: np.ndarray, own: np.ndarray, move_cost: np.ndarray) -> None: ...
+
+    def row_gap(self, block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float: ...
+
+
+class NumpyPasses:
+    """The passes in NumPy, on float64 copies of each block."""
+
+    name = "numpy"
+
+    @staticmethod
+    def argmax(block: np.ndarray, potential: np.ndarray) -> np.ndarray:
+        """``argmax_k (S_ik + g_k)`` per row of the block."""
+        return np.argmax(np.asarray(block, np.float64) + potential, axis=1)
+
+    @staticmethod
+    def move_costs(block: np.ndarray, own: np.ndarray, move_cost: np.ndarray) -> None:
+        """``C[k] = min(C[k], min_{i in k} S_ik - S_i)`` over the block's rows, in place."""
+        order = np.argsort(own, kind="stable")  # rows of a cluster made contiguous
+        own, rows = own[order], np.asarray(block, np.float64)[order]
+        loss = rows[np.arange(own.size), own][:, None] - rows  # (n, K)
+        clusters, first = np.unique(own, return_index=True)
+        block_min = np.minimum.reduceat(loss, first, axis=0)  # (clusters in block, K)
+        move_cost[clusters] = np.minimum(move_cost[clusters], block_min)
+
+    @staticmethod
+    def row_gap(block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float:
+        """Sum over the block of ``max_k (S_ik - p_k) - (S_iy - p_y)``."""
+        values = np.asarray(block, np.float64) - prices  # (n, K)
+        own = values[np.arange(labels.size), labels]
+        return float(np.sum(values.max(axis=1) - own))
 
 
 def count_bounds(n_samples: int, cluster_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,12 +111,16 @@ def count_bounds(n_samples: int, cluster_weights: np.ndarray) -> tuple[np.ndarra
     return lower, upper
 
 
-def argmax_labels(scores: np.ndarray, potential: np.ndarray, rows_per_block: int) -> np.ndarray:
+def argmax_labels(
+    scores: np.ndarray, potential: np.ndarray, rows_per_block: int, passes: Passes | None = None
+) -> np.ndarray:
     """``argmax_k (S_ik + g_k)`` for every row, block by block: (N,) int64."""
+    passes = passes or NumpyPasses()
+    potential = np.asarray(potential, dtype=np.float64)
     labels = np.empty(scores.shape[0], dtype=np.int64)
     for start in range(0, scores.shape[0], rows_per_block):
-        block = np.asarray(scores[start : start + rows_per_block], dtype=np.float64)
-        labels[start : start + rows_per_block] = np.argmax(block + potential, axis=1)
+        block = scores[start : start + rows_per_block]
+        labels[start : start + rows_per_block] = passes.argmax(block, potential)
     return labels
 
 
@@ -87,6 +130,7 @@ def balanced_labels(
     cluster_weights: np.ndarray,
     *,
     rows_per_block: int,
+    passes: Passes | None = None,
 ) -> BalancedLabels:
     """Exactly balanced labels, optimal with a dual certificate; see the module docstring.
 
@@ -100,14 +144,17 @@ def balanced_labels(
         Normalised cluster proportions ``b``.
     rows_per_block : int
         Rows per block for the passes over the whole matrix.
+    passes : NumpyPasses (default) or otlabel.kernels.rounding_numba.NumbaPasses
+        Who runs the three passes over the matrix.
     """
+    passes = passes or NumpyPasses()
     n_samples = scores.shape[0]
     lower, upper = count_bounds(n_samples, cluster_weights)
     prices = -np.asarray(potential, dtype=np.float64)
-    labels = argmax_labels(scores, -prices, rows_per_block)
-    transfers = _Transfers(scores, labels, prices, lower, upper, rows_per_block)
+    labels = argmax_labels(scores, -prices, rows_per_block, passes)
+    transfers = _Transfers(scores, labels, prices, lower, upper, rows_per_block, passes)
     n_moves = transfers.balance()
-    gap = certified_gap(scores, labels, transfers.prices, lower, upper, rows_per_block)
+    gap = certified_gap(scores, labels, transfers.prices, lower, upper, rows_per_block, passes)
     return BalancedLabels(labels, gap, transfers.prices, n_moves)
 
 
@@ -118,6 +165,7 @@ def certified_gap(
     lower: np.ndarray,
     upper: np.ndarray,
     rows_per_block: int,
+    passes: Passes | None = None,
 ) -> float:
     """``(D(pi) - P(y)) / N`` with ``pi = level - prices``, the level chosen optimally.
 
@@ -126,13 +174,12 @@ def certified_gap(
     ``sum_k (n_k - bound_k) pi_k`` (``bound = lower`` where ``pi > 0``, else
     ``upper``), with ``n_k`` the label counts.
     """
+    passes = passes or NumpyPasses()
     n_samples = labels.size
     row_terms = 0.0
     for start in range(0, n_samples, rows_per_block):
         stop = min(start + rows_per_block, n_samples)
-        values = np.asarray(scores[start:stop], np.float64) - prices  # (n, K)
-        own = values[np.arange(stop - start), labels[start:stop]]
-        row_terms += float(np.sum(values.max(axis=1) - own))
+        row_terms += passes.row_gap(scores[start:stop], labels[start:stop], prices)
     # The level minimises N level - sum_k bound_k(level - p_k) (level - p_k):
     # its slope turns non-negative once the optional slots of the clusters
     # cheaper than the level cover the sum_k upper_k - N slots left empty.
@@ -158,8 +205,10 @@ class _Transfers:
         lower: np.ndarray,
         upper: np.ndarray,
         rows_per_block: int,
+        passes: Passes,
     ) -> None:
         self.scores, self.labels, self.prices = scores, labels, prices.copy()
+        self.passes = passes
         self.upper = upper
         n_clusters = upper.size
         by_cluster = np.argsort(labels, kind="stable")
@@ -179,14 +228,9 @@ class _Transfers:
         n_clusters = self.upper.size
         move_cost = np.full((n_clusters, n_clusters), np.inf)
         for start in range(0, self.labels.size, rows_per_block):
-            block = np.asarray(self.scores[start : start + rows_per_block], np.float64)
+            block = self.scores[start : start + rows_per_block]
             own = self.labels[start : start + rows_per_block]
-            order = np.argsort(own, kind="stable")  # rows of a cluster made contiguous
-            own, block = own[order], block[order]
-            loss = block[np.arange(own.size), own][:, None] - block  # (n, K)
-            clusters, first = np.unique(own, return_index=True)
-            block_min = np.minimum.reduceat(loss, first, axis=0)  # (clusters in block, K)
-            move_cost[clusters] = np.minimum(move_cost[clusters], block_min)
+            self.passes.move_costs(block, own, move_cost)
         return move_cost
 
     def balance(self) -> int:

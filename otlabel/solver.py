@@ -339,7 +339,7 @@ class LogKernel:
     method = "log"
 
     def __init__(self, scores: Array, log_a: Array, epsilon: float, work_dtype: Any) -> None:
-        self.xp = xp = array_namespace(scores, log_a)
+        self.xp = xp = array_namespace(log_a)  # scores may be a stream of blocks
         self.scores = scores  # (N, K)
         self.log_a = log_a  # (N,)
         self.epsilon = epsilon

@@ -138,3 +138,33 @@ def test_hybrid_matches_the_exact_log_domain(overwrite):
     shifted = (scores + fast.potential) / 0.04
     clear = shifted > shifted.max(axis=1, keepdims=True) - 60
     np.testing.assert_allclose(work[clear], scores[clear], atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numba_rounding_passes_equal_numpy(seed):
+    """Same labels, move costs and certificate from either pass implementation."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.rounding import NumpyPasses, argmax_labels, balanced_labels
+
+    rng = np.random.default_rng(seed)
+    for trial in range(6):
+        n, k = int(rng.integers(50, 3000)), int(rng.integers(2, 40))
+        dtype = np.float32 if trial % 2 else np.float64
+        scores = (rng.normal(size=(n, k)) * rng.choice([0.1, 3.0])).astype(dtype)
+        if trial % 3 == 0:
+            scores = np.round(scores)  # exact ties
+        weights = rng.random(k) + 0.3
+        weights /= weights.sum()
+        start = rng.normal(size=k) * 0.1
+        rows = int(rng.integers(7, 700))
+        results = [
+            balanced_labels(scores, start, weights, rows_per_block=rows, passes=passes)
+            for passes in (NumpyPasses(), NumbaPasses())
+        ]
+        np.testing.assert_array_equal(results[0].labels, results[1].labels)
+        np.testing.assert_array_equal(results[0].prices, results[1].prices)
+        assert results[1].gap == pytest.approx(results[0].gap, abs=1e-12)
+        np.testing.assert_array_equal(
+            argmax_labels(scores, start, rows, NumbaPasses()),
+            argmax_labels(scores, start, rows, NumpyPasses()),
+        )

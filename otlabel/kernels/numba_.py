@@ -144,13 +144,14 @@ class NumbaLogKernel:
     method = "log"
 
     def __init__(
-        self, scores: np.ndarray, log_a: np.ndarray, epsilon: float, n_threads: int | None
+        self, scores: Any, log_a: np.ndarray, epsilon: float, n_threads: int | None
     ) -> None:
-        self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
+        self.scores, self.log_a, self.epsilon = scores, log_a, epsilon  # array or ChunkedScores
         self.n_threads = n_threads
         self.dtype = np.float32 if scores.dtype == np.float32 else np.float64
         self.floor = -87.0 if self.dtype == np.float32 else -708.0
-        self.rows_per_chunk = max(SUB_BLOCK_ROWS, CHUNK_BYTES // scores.strides[0])
+        row_bytes = scores.shape[1] * scores.dtype.itemsize
+        self.rows_per_chunk = max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         return (potential / self.epsilon).astype(self.dtype)  # (K,) g / eps
