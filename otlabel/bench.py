@@ -74,7 +74,8 @@ class Solver:
     reads_per_iteration: int  # N x K matrix reads per iteration
     bytes_per_element: Callable[[np.dtype], int]  # working memory per matrix element
     available: Callable[[], bool]
-    make: Callable[[np.ndarray, float], Any]  # -> object with step() and labels()
+    make: Callable[[Any, float], Any]  # -> object with step() and labels()
+    streams: bool = False  # reads the scores from a .npy on disk (make gets its path)
 
 
 class _OtlabelRun:
@@ -88,23 +89,26 @@ class _OtlabelRun:
 
     lag = 0  # step() returns the error of the iterate it produced
 
-    def __init__(self, scores: np.ndarray, epsilon: float, backend: str) -> None:
+    def __init__(self, scores: Any, epsilon: float, backend: str) -> None:
         self.scores, self.epsilon, self.backend = scores, epsilon, backend
         n, k = scores.shape
         self.log_a, self.log_b = np.full(n, -math.log(n)), np.full(k, -math.log(k))
         self.potential = np.zeros(k)
         self.method: str | None = None
         self.passes: Iterator[Any] | None = None
+        self._labels: np.ndarray | None = None
+
+    rounds = False  # True: the timed solve is assign() with balanced labels
 
     def solve(self, tol: float, budget: float) -> tuple[int, float]:
         import warnings
 
-        from .api import sinkhorn
+        from .api import assign, sinkhorn
 
         per_pass = self._one_pass_seconds()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a budget-capped solve is reported as such
-            result = sinkhorn(
+            result = (assign if self.rounds else sinkhorn)(
                 self.scores,
                 self.epsilon,
                 tol=tol,
@@ -112,7 +116,8 @@ class _OtlabelRun:
                 max_iter=max(1, int(budget / max(per_pass, 1e-9))),
             )
         self.potential, self.method = result.potential, result.method
-        return result.n_iter, result.error
+        self._labels = None if result.labels is None else np.asarray(result.labels)
+        return int(result.n_iter), float(result.error)
 
     def _one_pass_seconds(self) -> float:
         """The second of two passes (the first carries one-time set-up)."""
@@ -141,11 +146,63 @@ class _OtlabelRun:
         return float(next(self.passes).error)
 
     def labels(self) -> np.ndarray:
+        if self._labels is not None:
+            return self._labels
         k = self.scores.shape[1]
         rounded = balanced_labels(
             self.scores, self.potential, np.full(k, 1 / k), rows_per_block=1024
         )
         return rounded.labels
+
+
+class _StreamRun(_OtlabelRun):
+    """otlabel on a :class:`~otlabel.ChunkedScores` over a ``.npy`` on disk (memmap).
+
+    To tolerance: the public call, balanced labels included, the matrix never
+    in anonymous memory.  ``cold`` evicts the file's pages from the page cache
+    first (``posix_fadvise(DONTNEED)``), so the first pass reads the disk.
+    Time per iteration: one log-domain pass over the stream.
+    """
+
+    def __init__(self, path: Path, epsilon: float, cold: bool) -> None:
+        from .kernels import installed
+        from .streaming import ChunkedScores
+
+        if cold:
+            evict_page_cache(path)
+        self.stream = ChunkedScores(path)
+        super().__init__(self.stream, epsilon, "numba" if installed("numba") else "numpy")
+
+    rounds = True
+
+    def _kernel(self, store: bool) -> Any:
+        from .kernels.numba_ import NumbaLogKernel
+
+        if self.backend == "numba":
+            return NumbaLogKernel(self.stream, self.log_a, self.epsilon, None)
+        return LogKernel(self.stream, self.log_a, self.epsilon, WORK_DTYPE)
+
+
+def evict_page_cache(path: Path) -> None:
+    """Drop a file's clean pages from the page cache (no root needed)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
+def scores_file(n: int, k: int, kind: str) -> Path:
+    """The benchmark matrix saved as ``.npy`` in the temporary folder (written once)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"otlabel-bench-{kind}-{n}x{k}-seed{SEED}.npy"
+    if not path.exists():
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, make_scores(n, k, kind=kind, seed=SEED))
+        partial.replace(path)
+    return path
 
 
 class _SelaRun:
@@ -294,6 +351,24 @@ SOLVERS: dict[str, Solver] = {
         _installed("numba"),
         lambda scores, eps: _OtlabelRun(scores, eps, "numba"),
     ),
+    "otlabel-stream": Solver(
+        "otlabel-stream",
+        "otlabel, ChunkedScores over a .npy on disk (memmap), warm page cache",
+        1,
+        lambda dtype: 0,
+        lambda: True,
+        lambda path, eps: _StreamRun(path, eps, cold=False),
+        streams=True,
+    ),
+    "otlabel-stream-cold": Solver(
+        "otlabel-stream-cold",
+        "otlabel, ChunkedScores over a .npy on disk, page cache evicted before the solve",
+        1,
+        lambda dtype: 0,
+        lambda: True,
+        lambda path, eps: _StreamRun(path, eps, cold=True),
+        streams=True,
+    ),
     "pot-sinkhorn": Solver(
         "pot-sinkhorn",
         "POT ot.sinkhorn(method='sinkhorn')",
@@ -335,6 +410,10 @@ SOLVERS: dict[str, Solver] = {
         lambda scores, eps: _SwavRun(scores, eps),
     ),
 }
+
+
+#: What ``otlabel bench`` runs by default: every solver on in-memory scores.
+DEFAULT_SOLVERS = [name for name, solver in SOLVERS.items() if not solver.streams]
 
 
 # ---------------------------------------------------------------------------
@@ -480,7 +559,8 @@ def run_row(
     """
     solver = SOLVERS[solver_name]
     result = RowResult(solver_name, n, k)
-    scores = make_scores(n, k, kind=kind, seed=SEED)
+    path = scores_file(n, k, kind) if solver.streams else None
+    scores = make_scores(n, k, kind=kind, seed=SEED) if path is None else _mapped(path)
     extra = n * k * solver.bytes_per_element(scores.dtype)
     if extra > 0.9 * available_memory():
         result.status = f"out of memory (needs ~{(extra + scores.nbytes) / 1e9:.1f} GB)"
@@ -488,8 +568,11 @@ def run_row(
     try:
         with PeakAnonymousMemory() as memory:
             started = time.perf_counter()
-            run = solver.make(scores, EPSILON)
-            if isinstance(run, _OtlabelRun):
+            run = solver.make(scores if path is None else path, EPSILON)
+            if isinstance(run, _StreamRun):
+                n_iter, error = run.solve(tol, budget)
+                result.notes.append("time to tolerance includes balanced rounding on the stream")
+            elif isinstance(run, _OtlabelRun):
                 n_iter, error = run.solve(tol, budget)
             elif isinstance(run, _PotRun):
                 n_iter = _pot_iterations(run, fixed_iterations or 100, budget)
@@ -521,6 +604,11 @@ def run_row(
     return result
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """The saved matrix, memory-mapped (file pages, not anonymous memory)."""
+    return np.load(path, mmap_mode="r")
+
+
 def _pot_iterations(run: _PotRun, wanted: int, budget: float) -> int:
     """``wanted`` iterations, or as many as a short timed run says fit the budget."""
     started = time.perf_counter()
@@ -532,7 +620,8 @@ def _pot_iterations(run: _PotRun, wanted: int, budget: float) -> int:
 def _time_steps(run: Any, scores: np.ndarray, result: RowResult, repeats: int) -> None:
     """Median time per iteration, each step paired with a bandwidth probe."""
     large = scores.nbytes >= MIN_FRACTION_BYTES
-    probe = scores if scores.nbytes >= PROBE_BYTES else None
+    in_memory = not isinstance(scores, np.memmap)
+    probe = scores if scores.nbytes >= PROBE_BYTES and in_memory else None
     times, ratios, probes = [], [], []
     for _ in range(repeats):
         seconds = _one_step_seconds(run)
@@ -681,7 +770,7 @@ def machine_header(config: BenchConfig) -> dict[str, Any]:
         "epsilon": EPSILON,
         "tol": config.tol,
         "kind": config.kind,
-        "command": "otlabel bench " + " ".join(sys.argv[1:]) if sys.argv[0] else "",
+        "command": _command_line(),
     }
 
 
@@ -703,12 +792,20 @@ def _total_memory() -> int:
         return 0
 
 
+def _command_line() -> str:
+    """``otlabel bench ...`` as typed (from the ``otlabel`` command or ``python -m``)."""
+    arguments = sys.argv[1:]
+    if arguments[:1] == ["bench"]:  # otlabel bench ...: the subcommand is argv[1]
+        arguments = arguments[1:]
+    return " ".join(["otlabel bench", *arguments])
+
+
 def markdown_table(results: list[RowResult], header: dict[str, Any]) -> str:
     lines = [
         f"Machine: {header['cpu']}, {header['cores']} cores, {header['memory_gb']} GB; "
         f"{header['date']}; otlabel {header['otlabel']}, NumPy {header['numpy']}.",
         f"Scores: '{header['kind']}' (float32), epsilon {header['epsilon']}, "
-        f"tol {header['tol']:g} (L1 marginal error).",
+        f"tol {header['tol']:g} (L1 marginal error). Command: `{header['command']}`.",
         "",
         "| N x K | solver | ms/iter | iters | s to tol | GB/s | of bandwidth | "
         "peak RssAnon GB | error | cluster sizes | vs fastest peer |",
@@ -801,7 +898,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--sizes", nargs="+", metavar="NxK", help="problem sizes, e.g. 50000x1000")
     parser.add_argument("--imagenet", action="store_true", help="add 1281167x3000 (15.4 GB)")
     parser.add_argument("--tiny", action="store_true", help="one tiny size (proves it runs)")
-    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS))
+    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=DEFAULT_SOLVERS)
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="add otlabel-stream rows: the matrix from a .npy on disk, warm and cold page cache",
+    )
     parser.add_argument("--tol", type=float, default=DEFAULT_TOL)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per row to tolerance")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per row")
@@ -829,9 +931,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     sizes = TINY_SIZES if args.tiny else [_size(text) for text in args.sizes or []] or DEFAULT_SIZES
     if args.imagenet:
         sizes = [*sizes, IMAGENET]
-    config = BenchConfig(
-        sizes, args.solvers, args.tol, args.budget, args.repeats, args.kind, args.out
-    )
+    solvers = list(args.solvers)
+    if args.stream:
+        solvers += [name for name in SOLVERS if SOLVERS[name].streams and name not in solvers]
+    config = BenchConfig(sizes, solvers, args.tol, args.budget, args.repeats, args.kind, args.out)
     results = run(config)
     print(markdown_table(results, machine_header(config)))
     print(f"written: {config.out / 'bench.md'}, bench.json, bench.png")

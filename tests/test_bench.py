@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 import pytest
 
+import otlabel
 from otlabel import bench
 
 
@@ -76,3 +78,24 @@ def test_runner_writes_table_json_and_plot(tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["machine"]["tol"] == config.tol and len(data["rows"]) == 2
     assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["otlabel-stream", "otlabel-stream-cold"])
+def test_stream_rows_read_the_matrix_from_disk(name, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    row = bench.run_row(name, 300, 6, tol=1e-4, budget=60, repeats=2, kind="sela")
+    assert row.status == "ok", row.status
+    assert row.reached_tol and row.cluster_min == row.cluster_max == 50
+    assert any("balanced rounding" in note for note in row.notes)
+    saved = list(tmp_path.glob("otlabel-bench-sela-300x6-seed0.npy"))
+    assert len(saved) == 1
+    np.testing.assert_array_equal(
+        np.load(saved[0]), otlabel.make_scores(300, 6, kind="sela", seed=0)
+    )
+
+
+def test_stream_rows_are_opt_in():
+    assert "otlabel-stream" not in bench.DEFAULT_SOLVERS
+    parser = bench.add_arguments(argparse.ArgumentParser())
+    assert parser.parse_args([]).solvers == bench.DEFAULT_SOLVERS
+    assert parser.parse_args(["--stream"]).stream
