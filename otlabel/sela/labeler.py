@@ -1,0 +1,235 @@
+"""The self-labeler: one label per sample per head, recomputed by optimal transport.
+
+SeLa alternates two steps on one objective: train the network on the current
+labels (cross-entropy), then relabel the data set so as to maximise the model's
+log-probabilities under equipartition.  :class:`SelfLabeler` holds the labels
+and does the second step with :func:`otlabel.assign`, warm-started from the
+last update's potentials.
+
+>>> import torch
+>>> from otlabel.sela import SelfLabeler
+>>> labeler = SelfLabeler(n_samples=6, n_clusters=3, seed=0)
+>>> labeler[torch.arange(6)].shape  # (heads, batch)
+torch.Size([1, 6])
+>>> torch.bincount(labeler.labels[0]).tolist()  # balanced random start
+[2, 2, 2]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..api import assign
+from ..result import ConvergenceWarning, Result
+
+__all__ = ["SelfLabeler"]
+
+MODES = ("train", "eval")
+#: Balanced labels are the exact optimum of the assignment whatever the Sinkhorn
+#: accuracy (the potential only warm-starts the rounding), so the labeler solves
+#: loosely and does not warn when Sinkhorn stops early; any option can be overridden.
+LABEL_SOLVE = {"rounding": "balanced", "tol": 1e-3, "max_iter": 200}
+
+
+class SelfLabeler:
+    """Balanced self-labels for H heads, updated from the model's scores.
+
+    Parameters
+    ----------
+    n_samples : int
+        Size N of the data set; samples are named by their index ``0..N-1``.
+    n_clusters : int or sequence of int
+        Clusters per head (one int for all heads, or one per head).
+    n_heads : int, default 1
+        Number of heads H (ignored when ``n_clusters`` is a sequence).
+    epsilon : float, default 0.1
+        Entropic regularisation of the labelling step (SeLa's ``1/lambda``:
+        ``lambda = 10`` on CIFAR, 25 on ImageNet).
+    mode : {"train", "eval"}, default "train"
+        The model's mode while its scores are collected.  SeLa labels in train
+        mode (batch-norm in batch statistics) on augmented images; DeepCluster
+        in eval mode on centre crops.  Augmentation is the loader's: pass a
+        loader that augments, or one that does not.
+    seed : int, default 0
+        Seed of the balanced random start (SeLa: ``i % K``, shuffled).
+    **assign_options
+        Passed to :func:`otlabel.assign` (``tol``, ``cluster_weights``,
+        ``rounding``, ``backend``, ...).  Defaults: ``rounding="balanced"``,
+        ``tol=1e-3``, ``max_iter=200``: balanced labels are the exact optimum of
+        the assignment whatever the Sinkhorn accuracy (its potential only
+        warm-starts the rounding; epsilon changes the speed, not the labels), so
+        Sinkhorn stopping early is not warned about; ``last_result.converged``
+        still tells.
+
+    Attributes
+    ----------
+    labels : torch.LongTensor (H, N)
+        Current labels, on the CPU; ``labeler[indices]`` gives ``(H, B)``.
+    potentials : list of (K_h,) float64 arrays or None
+        Cluster potentials of the last solve of each head, the next warm start.
+    last_result : Result or None
+        What the last :meth:`update` returned.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_clusters: int | Sequence[int],
+        n_heads: int = 1,
+        *,
+        epsilon: float = 0.1,
+        mode: str = "train",
+        seed: int = 0,
+        **assign_options: Any,
+    ) -> None:
+        if isinstance(n_clusters, int | np.integer):
+            n_clusters = [int(n_clusters)] * n_heads
+        self.n_clusters = [int(k) for k in n_clusters]
+        if n_samples < 1 or min(self.n_clusters, default=0) < 1:
+            raise ValueError(
+                f"n_samples and n_clusters must be positive; got {n_samples} and {n_clusters}"
+            )
+        if max(self.n_clusters) > n_samples:
+            raise ValueError(
+                f"n_clusters ({max(self.n_clusters)}) exceeds n_samples ({n_samples}): "
+                "balanced labels need at least one sample per cluster"
+            )
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        self.n_samples = int(n_samples)
+        self.epsilon = float(epsilon)
+        self.mode = mode
+        self.assign_options = {**LABEL_SOLVE, **assign_options}
+        self.labels = _balanced_random_labels(self.n_samples, self.n_clusters, seed)
+        self.potentials: list[np.ndarray] | None = None
+        self.last_result: Result | None = None
+
+    @property
+    def n_heads(self) -> int:
+        """Number of heads H."""
+        return len(self.n_clusters)
+
+    def __getitem__(self, indices: Any) -> torch.Tensor:
+        """Labels of samples ``indices`` for every head, ``(H, B)``."""
+        return self.labels[:, indices]
+
+    def update(
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        heads: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> Result:
+        """Recompute the labels of ``heads`` (default all) from the model's scores.
+
+        Collects the log-probabilities of every sample (:meth:`scores`), solves
+        the heads together with :func:`otlabel.assign`, warm-started from the
+        last potentials, and stores the new labels.  Returns the stacked result.
+        """
+        heads = list(range(self.n_heads)) if heads is None else [int(h) for h in heads]
+        if not heads or min(heads) < 0 or max(heads) >= self.n_heads:
+            raise ValueError(f"heads must be indices in [0, {self.n_heads}); got {heads}")
+        log_p = self.scores(model, loader, device)
+        init = None if self.potentials is None else [self.potentials[h] for h in heads]
+        options = self._options_for(heads)
+        with warnings.catch_warnings():
+            if options["rounding"] == "balanced":  # exact labels regardless
+                warnings.simplefilter("ignore", ConvergenceWarning)
+            result = assign([log_p[h] for h in heads], self.epsilon, init=init, **options)
+        potentials = list(self.potentials or [np.zeros(k) for k in self.n_clusters])
+        assert result.labels is not None  # rounding is never None here
+        for position, head in enumerate(heads):
+            self.labels[head] = torch.as_tensor(np.asarray(result.labels[position]))
+            potentials[head] = np.asarray(result.potential[position])
+        self.potentials = potentials
+        self.last_result = result
+        return result
+
+    def _options_for(self, heads: list[int]) -> dict[str, Any]:
+        """``assign`` options for a subset of heads: per-head weights are selected."""
+        options = dict(self.assign_options)
+        weights = options.get("cluster_weights")
+        if weights is not None and (isinstance(weights, list | tuple) or np.ndim(weights) == 2):
+            if len(weights) != self.n_heads:
+                raise ValueError(
+                    f"cluster_weights: one entry per head ({self.n_heads}), got {len(weights)}"
+                )
+            options["cluster_weights"] = [np.asarray(weights[h]) for h in heads]
+        return options
+
+    @torch.no_grad()
+    def scores(
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        device: torch.device | str | None = None,
+    ) -> list[np.ndarray]:
+        """Log-probabilities of every sample for every head: H arrays ``(N, K_h)`` float32.
+
+        ``loader`` yields batches ``(inputs, ..., indices)``: the sample indices
+        come last.  ``model(inputs)`` returns the logits of the heads: a list of
+        ``(B, K_h)`` tensors, a stack ``(H, B, K)``, or one ``(B, K)`` tensor.
+        The model's train/eval mode is set to ``mode`` and restored afterwards.
+        """
+        was_training = model.training
+        model.train(self.mode == "train")
+        collected = [np.full((self.n_samples, k), np.nan, np.float32) for k in self.n_clusters]
+        try:
+            for batch in loader:
+                inputs, indices = batch[0], np.asarray(batch[-1])
+                if device is not None:
+                    inputs = inputs.to(device)
+                for head, logits in enumerate(self._heads_of(model(inputs))):
+                    log_p = torch.log_softmax(logits.float(), dim=1)
+                    collected[head][indices] = log_p.cpu().numpy()
+        finally:
+            model.train(was_training)
+        missing = np.isnan(collected[0][:, 0]).sum()
+        if missing:
+            raise ValueError(
+                f"loader covered {self.n_samples - missing} of {self.n_samples} samples; "
+                "it must yield every sample index once per pass (do not drop the last batch)"
+            )
+        return collected
+
+    def _heads_of(self, output: Any) -> list[torch.Tensor]:
+        if isinstance(output, torch.Tensor):
+            output = [output] if output.ndim == 2 else list(output.unbind(0))
+        output = list(output)
+        if [o.shape[-1] for o in output] != self.n_clusters:
+            raise ValueError(
+                f"model returned heads of sizes {[o.shape[-1] for o in output]}; the labeler "
+                f"has n_clusters {self.n_clusters}"
+            )
+        return output
+
+    def state_dict(self) -> dict[str, Any]:
+        """Labels and potentials, for a checkpoint."""
+        return {
+            "labels": self.labels.clone(),
+            "potentials": None if self.potentials is None else [p.copy() for p in self.potentials],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        labels = torch.as_tensor(state["labels"])
+        if tuple(labels.shape) != tuple(self.labels.shape):
+            raise ValueError(
+                f"state labels have shape {tuple(labels.shape)}; this labeler has "
+                f"{tuple(self.labels.shape)}"
+            )
+        self.labels = labels.clone()
+        potentials = state["potentials"]
+        self.potentials = None if potentials is None else [np.asarray(p) for p in potentials]
+
+
+def _balanced_random_labels(n_samples: int, n_clusters: list[int], seed: int) -> torch.Tensor:
+    """SeLa's start: ``i % K`` for each head, shuffled; sizes differ by at most one."""
+    generator = np.random.default_rng(seed)
+    rows = [generator.permutation(np.arange(n_samples) % k) for k in n_clusters]
+    return torch.as_tensor(np.stack(rows), dtype=torch.int64)

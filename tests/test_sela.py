@@ -1,0 +1,432 @@
+"""otlabel.sela: metrics, schedules, the labeler, heads, evaluation, data and training."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+import otlabel  # noqa: E402
+from otlabel.cli import main  # noqa: E402
+from otlabel.sela import (  # noqa: E402
+    LabelSchedule,
+    MultiHeadClassifier,
+    SelfLabeler,
+    knn_accuracy,
+    linear_probe_accuracy,
+    metrics,
+)
+from otlabel.sela.data import augment, imbalanced_indices, load_cifar10  # noqa: E402
+from otlabel.sela.evaluate import knn_predict  # noqa: E402
+from otlabel.sela.train import Data, TrainConfig, train  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------
+
+
+def _label_pairs():
+    rng = np.random.default_rng(7)
+    pairs = [
+        ([0, 0, 1, 1], [1, 1, 0, 0]),  # a renaming
+        ([0, 0, 0, 0], [0, 0, 0, 0]),  # one class, one cluster
+        ([0, 0, 0, 0], [0, 1, 2, 3]),  # one class, singletons
+        ([0, 1, 2, 3], [0, 0, 0, 0]),
+        ([0, 1], [5, 9]),
+    ]
+    for _ in range(40):
+        n = int(rng.integers(2, 400))
+        truth = rng.integers(0, int(rng.integers(1, 12)), n)
+        noisy = np.where(rng.random(n) < rng.random(), rng.integers(0, 15, n), truth * 3 + 1)
+        pairs.append((truth, noisy))
+    return pairs
+
+
+@pytest.mark.parametrize("truth, found", _label_pairs())
+def test_metrics_agree_with_scikit_learn(truth, found):
+    assert metrics.nmi(truth, found) == pytest.approx(
+        sklearn_metrics.normalized_mutual_info_score(truth, found), abs=1e-12
+    )
+    assert metrics.adjusted_nmi(truth, found) == pytest.approx(
+        sklearn_metrics.adjusted_mutual_info_score(truth, found), abs=1e-10
+    )
+    assert metrics.ari(truth, found) == pytest.approx(
+        sklearn_metrics.adjusted_rand_score(truth, found), abs=1e-12
+    )
+
+
+def test_hungarian_accuracy_is_the_best_matching():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        truth, found = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
+        best = max(
+            np.mean(np.asarray(perm)[found] == truth) for perm in itertools.permutations(range(4))
+        )
+        assert metrics.hungarian_accuracy(truth, found) == pytest.approx(best)
+
+
+def test_metrics_accept_tensors_and_reject_bad_labels():
+    truth = torch.tensor([0, 0, 1, 1])
+    assert metrics.nmi(truth, torch.tensor([1, 1, 0, 0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        metrics.nmi([0, 1], [0, 1, 2])
+    with pytest.raises(TypeError, match="integers"):
+        metrics.ari([0.5, 1.0], [0, 1])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        metrics.nmi(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="empty"):
+        metrics.nmi([], [])
+
+
+def test_cluster_sizes_and_sela_cost():
+    assert metrics.cluster_sizes([0, 2, 2], n_clusters=4).tolist() == [1, 0, 2, 0]
+    log_p = np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))
+    assert metrics.sela_cost(log_p, [0, 0]) == pytest.approx(-(np.log(0.5) + np.log(0.9)) / 2)
+    result = otlabel.assign(log_p.astype(np.float32), 0.1, rounding="argmax")
+    assert metrics.sela_cost(log_p, result.labels) == pytest.approx(-result.cost, rel=1e-6)
+    with pytest.raises(ValueError, match="log_probabilities"):
+        metrics.sela_cost(log_p, [0, 0, 1])
+
+
+def test_collapse_alarm():
+    alarm = metrics.CollapseAlarm(n_clusters=4, patience=3, margin=0.1)
+    near = 0.95 * np.log(4)
+    assert [alarm.update(x) for x in (near, near, 0.5, near, near, near, near)] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+    with pytest.raises(ValueError, match="patience"):
+        metrics.CollapseAlarm(4, patience=0)
+    with pytest.raises(ValueError, match="n_clusters"):
+        metrics.CollapseAlarm(1)
+
+
+# ---------------------------------------------------------------------------
+# schedules
+# ---------------------------------------------------------------------------
+
+
+def test_quadratic_schedule_is_selas_spacing():
+    schedule = LabelSchedule(n_epochs=100, n_updates=80)
+    expected = 100 * (np.arange(80) / 80) ** 2
+    np.testing.assert_allclose(schedule.times, expected, atol=1e-9)
+    assert schedule.times[0] == 0 and schedule.times[-1] < 100
+    epochs = schedule.update_epochs()
+    assert np.all(np.diff(schedule.times) > 0)
+    # frequent early, rare late: 8 updates fall in the first epoch, none in most late epochs
+    assert (epochs == 0).sum() == 8 and len(np.unique(epochs[epochs >= 50])) < 25
+
+
+def test_linear_schedule_updates_every_epoch_and_heads_rotate():
+    schedule = LabelSchedule(n_epochs=5, n_updates=5, spacing="linear", heads="rotate", n_heads=3)
+    assert schedule.update_epochs().tolist() == [0, 1, 2, 3, 4]
+    assert [schedule.due(e, e + 1) for e in range(5)] == [[0], [1], [2], [3], [4]]
+    assert [schedule.heads_for(u) for u in range(4)] == [[0], [1], [2], [0]]
+    assert LabelSchedule(5, 5, n_heads=2).heads_for(3) == [0, 1]
+    # updates inside an epoch are due in exactly one batch window
+    windows = [schedule.due(b / 7, (b + 1) / 7) for b in range(35)]
+    assert sorted(u for window in windows for u in window) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_epochs": 0, "n_updates": 3}, "n_epochs"),
+        ({"n_epochs": 3, "n_updates": 2.5}, "n_updates"),
+        ({"n_epochs": 3, "n_updates": 3, "spacing": "cubic"}, "spacing"),
+        ({"n_epochs": 3, "n_updates": 3, "heads": "some"}, "heads"),
+    ],
+)
+def test_schedule_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LabelSchedule(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# the labeler and the heads
+# ---------------------------------------------------------------------------
+
+
+def _toy_model(n_features=6, n_clusters=(4, 6), seed=0):
+    torch.manual_seed(seed)
+    return MultiHeadClassifier(torch.nn.Identity(), n_features, list(n_clusters))
+
+
+def _loader(inputs, batch=7):
+    indices = torch.arange(inputs.shape[0])
+    return list(zip(inputs.split(batch), indices.split(batch), strict=True))
+
+
+def test_balanced_random_start():
+    labeler = SelfLabeler(103, [4, 7], seed=1)
+    for head, k in enumerate([4, 7]):
+        sizes = torch.bincount(labeler.labels[head], minlength=k)
+        assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 103
+    assert not torch.equal(labeler.labels[0], torch.arange(103) % 4)  # shuffled
+    assert torch.equal(SelfLabeler(103, [4, 7], seed=1).labels, labeler.labels)
+
+
+def test_update_solves_every_head_exactly_balanced_and_warm_starts():
+    inputs = torch.randn(120, 6, generator=torch.Generator().manual_seed(0))
+    model = _toy_model()
+    labeler = SelfLabeler(120, [4, 6], epsilon=0.05, seed=0)
+    first = labeler.update(model, _loader(inputs))
+    with torch.no_grad():
+        log_p = [torch.log_softmax(out, 1).numpy() for out in model(inputs)]
+    for head, k in enumerate([4, 6]):
+        expected = otlabel.assign(log_p[head], 0.05)
+        np.testing.assert_array_equal(labeler.labels[head].numpy(), expected.labels)
+        assert torch.bincount(labeler.labels[head]).tolist() == [120 // k] * k
+    second = labeler.update(model, _loader(inputs))  # same scores, warm: converged at once
+    assert np.all(second.n_iter <= 1) and np.all(first.n_iter > 1)
+    np.testing.assert_array_equal(np.asarray(second.labels[0]), labeler.labels[0].numpy())
+
+
+def test_update_one_head_leaves_the_others():
+    inputs = torch.randn(60, 6, generator=torch.Generator().manual_seed(1))
+    labeler = SelfLabeler(60, [4, 6], seed=0)
+    before = labeler.labels[0].clone()
+    labeler.update(_toy_model(), _loader(inputs), heads=[1])
+    assert torch.equal(labeler.labels[0], before)
+    assert labeler.potentials is not None and np.all(labeler.potentials[0] == 0)
+    with pytest.raises(ValueError, match="heads"):
+        labeler.update(_toy_model(), _loader(inputs), heads=[2])
+
+
+def test_scores_restores_mode_and_checks_the_loader_and_model():
+    inputs = torch.randn(30, 6)
+    model = _toy_model()
+    model.train()
+    labeler = SelfLabeler(30, [4, 6], mode="eval")
+    labeler.scores(model, _loader(inputs))
+    assert model.training
+    with pytest.raises(ValueError, match="covered 28 of 30"):
+        labeler.scores(model, _loader(inputs)[:4])
+    with pytest.raises(ValueError, match="n_clusters"):
+        SelfLabeler(30, [4, 5]).scores(model, _loader(inputs))
+    with pytest.raises(ValueError, match="mode"):
+        SelfLabeler(30, 4, mode="test")
+    with pytest.raises(ValueError, match="exceeds n_samples"):
+        SelfLabeler(3, 4)
+
+
+def test_labeler_state_round_trip():
+    inputs = torch.randn(40, 6)
+    labeler = SelfLabeler(40, [4, 6], seed=0)
+    labeler.update(_toy_model(), _loader(inputs))
+    restored = SelfLabeler(40, [4, 6], seed=5)
+    restored.load_state_dict(labeler.state_dict())
+    assert torch.equal(restored.labels, labeler.labels)
+    np.testing.assert_array_equal(restored.potentials[1], labeler.potentials[1])
+    with pytest.raises(ValueError, match="shape"):
+        SelfLabeler(41, [4, 6]).load_state_dict(labeler.state_dict())
+
+
+def test_multi_head_loss_is_the_mean_cross_entropy():
+    model = _toy_model()
+    inputs, labels = torch.randn(5, 6), torch.tensor([[0, 1, 2, 3, 0], [5, 4, 3, 2, 1]])
+    logits = model(inputs)
+    expected = (
+        torch.nn.functional.cross_entropy(logits[0], labels[0])
+        + torch.nn.functional.cross_entropy(logits[1], labels[1])
+    ) / 2
+    assert torch.allclose(model.loss(logits, labels), expected)
+    head = model.heads[0].weight.clone()
+    model.reset_heads([0])
+    assert not torch.equal(head, model.heads[0].weight)
+
+
+# ---------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------
+
+
+def test_knn_matches_a_direct_weighted_vote():
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.normal(size=(80, 5)), rng.normal(size=(30, 5))
+    train_y = rng.integers(0, 3, 80)
+    predicted = knn_predict(train_x, train_y, test_x, k=7, temperature=0.5, batch_size=8)
+    unit = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    for row, x in enumerate(test_x):
+        similarity = unit @ (x / np.linalg.norm(x))
+        nearest = np.argsort(-similarity)[:7]
+        votes = np.bincount(train_y[nearest], np.exp(similarity[nearest] / 0.5), minlength=3)
+        assert predicted[row] == votes.argmax()
+    with pytest.raises(ValueError, match="k must"):
+        knn_predict(train_x, train_y, test_x, k=0)
+    with pytest.raises(ValueError, match="rows"):
+        knn_predict(train_x, train_y[:5], test_x)
+
+
+def test_linear_probe_separates_separable_classes():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    x = rng.normal(size=(200, 4)) + 6 * np.eye(4)[y]
+    assert linear_probe_accuracy(x[:150], y[:150], x[150:], y[150:]) == 1.0
+    assert knn_accuracy(x[:150], y[:150], x[150:], y[150:]) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+
+def _write_cifar(folder, n_per_batch=4, bad=None):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        if bad == "shape":
+            data = data[:, :100]
+        batch = {b"data": data, b"labels": list(rng.integers(0, 10, n_per_batch))}
+        with open(folder / name, "wb") as file:
+            pickle.dump(batch, file)
+    return folder
+
+
+def test_cifar10_loader_reads_pickle_batches(tmp_path):
+    _write_cifar(tmp_path)
+    images, labels = load_cifar10(tmp_path)
+    assert images.shape == (20, 3, 32, 32) and images.dtype == np.uint8 and labels.shape == (20,)
+    with open(tmp_path / "data_batch_2", "rb") as file:
+        second = pickle.load(file, encoding="bytes")
+    np.testing.assert_array_equal(images[4:8].reshape(4, -1), second[b"data"])
+    test_images, _ = load_cifar10(tmp_path, train=False)
+    assert test_images.shape == (4, 3, 32, 32)
+
+
+def test_cifar10_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        load_cifar10(tmp_path)
+    _write_cifar(tmp_path, bad="shape")
+    with pytest.raises(ValueError, match=r"\(n, 3072\)"):
+        load_cifar10(tmp_path)
+
+
+def test_imbalance_and_augmentation():
+    targets = np.repeat(np.arange(10), 100)
+    light = np.bincount(targets[imbalanced_indices(targets, "light")])
+    heavy = np.bincount(targets[imbalanced_indices(targets, "heavy")])
+    assert light[0] == 100 and light[-1] == 50 and np.all(np.diff(light) <= 0)
+    assert heavy[0] == 100 and heavy[-1] == 10 and np.all(np.diff(heavy) < 0)
+    assert imbalanced_indices(targets, "none").size == 1000
+    with pytest.raises(ValueError, match="kind"):
+        imbalanced_indices(targets, "some")
+    images = torch.rand(4, 1, 8, 8)
+    first = augment(images, torch.Generator().manual_seed(3))
+    assert first.shape == images.shape
+    assert torch.equal(first, augment(images, torch.Generator().manual_seed(3)))
+    assert not torch.allclose(first, images)
+
+
+# ---------------------------------------------------------------------------
+# training end to end (tiny, synthetic)
+# ---------------------------------------------------------------------------
+
+
+def _synthetic_data(n_per_class=30, n_classes=3):
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((n_classes, 1, 8, 8)).astype(np.float32)
+    targets = np.repeat(np.arange(n_classes), n_per_class)
+    images = prototypes[targets] + 0.1 * rng.normal(size=(targets.size, 1, 8, 8)).astype(np.float32)
+    return Data.of(images, targets)
+
+
+TINY = TrainConfig(epochs=3, n_updates=3, n_clusters=(3, 6), width=4, batch_size=32)
+
+
+@pytest.mark.parametrize("method", ["sela", "deepcluster"])
+def test_tiny_training_run(tmp_path, method):
+    config = TrainConfig(**{**TINY.__dict__, "method": method})
+    result = train(config, _synthetic_data(), tmp_path)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert set(result.final) >= {"nmi", "ami", "ari", "accuracy", "knn", "linear", "sizes"}
+    if method == "sela":  # exactly balanced self-labels and final clustering
+        assert np.bincount(result.labels[0]).tolist() == [30, 30, 30]
+        assert np.bincount(result.labels[1]).tolist() == [15] * 6
+        assert result.final["sizes"] == [30, 30, 30]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["loss"] for r in saved] == [r["loss"] for r in result.history]
+
+
+def test_resumed_run_gives_the_same_labels(tmp_path):
+    data = _synthetic_data()
+    whole = train(TINY, data, tmp_path / "whole")
+    train(TINY, data, tmp_path / "killed", until_epoch=2)
+    resumed = train(TINY, data, tmp_path / "killed")
+    np.testing.assert_array_equal(resumed.labels, whole.labels)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    assert resumed.final["nmi"] == whole.final["nmi"]
+    other = TrainConfig(**{**TINY.__dict__, "seed": 1})
+    with pytest.raises(ValueError, match="another configuration"):
+        train(other, data, tmp_path / "killed")
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="swav")
+    with pytest.raises(ValueError, match="cluster_prior"):
+        TrainConfig(cluster_prior="learned")
+
+
+def test_cli_train_runs_the_experiment(tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--imbalance",
+            "heavy",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    summary = json.loads((out / "results.json").read_text())
+    rows = summary["results"]["heavy"]
+    assert set(rows) == {
+        "k-means, raw pixels",
+        "k-means, untrained network",
+        "DeepCluster-style",
+        "SeLa (otlabel)",
+    }
+    assert rows["k-means, raw pixels"]["nmi"][0] > 0.5  # digits: k-means on pixels works
+    assert (out / "results.md").read_text().count("| SeLa (otlabel) |") == 1
+    assert (out / "sela-curves.png").stat().st_size > 0
+    assert "results.md" in capsys.readouterr().out
+
+
+def test_the_guide_example_runs():
+    """The loop in docs/sela.md runs as printed."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "sela.md").read_text()
+    code = text.split("```python\n")[1].split("```")[0]
+    exec(compile(code, "docs/sela.md", "exec"), {})
+
+
+def test_per_head_cluster_weights_follow_the_solved_heads():
+    inputs = torch.randn(100, 6, generator=torch.Generator().manual_seed(2))
+    weights = [np.array([4.0, 3.0, 2.0, 1.0]), np.ones(6)]
+    labeler = SelfLabeler(100, [4, 6], seed=0, cluster_weights=weights)
+    labeler.update(_toy_model(), _loader(inputs), heads=[0])
+    assert torch.bincount(labeler.labels[0]).tolist() == [40, 30, 20, 10]
+    labeler.update(_toy_model(), _loader(inputs), heads=[1])
+    sizes = torch.bincount(labeler.labels[1])
+    assert sizes.max() - sizes.min() <= 1
+    with pytest.raises(ValueError, match="one entry per head"):
+        SelfLabeler(100, [4, 6], cluster_weights=[np.ones(4)]).update(_toy_model(), _loader(inputs))
