@@ -153,7 +153,9 @@ def balanced_labels(
     prices = -np.asarray(potential, dtype=np.float64)
     labels = argmax_labels(scores, -prices, rows_per_block, passes)
     transfers = _Transfers(scores, labels, prices, lower, upper, rows_per_block, passes)
-    n_moves = transfers.balance()
+    fast_balance = getattr(passes, "balance", None)
+    in_memory = isinstance(scores, np.ndarray)  # a stream's rows are gathered in NumPy
+    n_moves = fast_balance(transfers) if fast_balance and in_memory else transfers.balance()
     gap = certified_gap(scores, labels, transfers.prices, lower, upper, rows_per_block, passes)
     return BalancedLabels(labels, gap, transfers.prices, n_moves)
 

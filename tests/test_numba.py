@@ -168,3 +168,25 @@ def test_numba_rounding_passes_equal_numpy(seed):
             argmax_labels(scores, start, rows, NumbaPasses()),
             argmax_labels(scores, start, rows, NumpyPasses()),
         )
+
+
+def test_numba_repair_handles_dummies_and_bad_starts():
+    """Many moves from a zero start, uneven weights (dummies): same result as NumPy."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.rounding import NumpyPasses, balanced_labels
+
+    rng = np.random.default_rng(11)
+    scores = rng.normal(size=(997, 13)) * 2
+    scores[:, 0] += 3  # cluster 0 is everybody's favourite: a long repair
+    weights = rng.random(13) + 0.2
+    weights /= weights.sum()
+    results = [
+        balanced_labels(scores, np.zeros(13), weights, rows_per_block=100, passes=passes)
+        for passes in (NumpyPasses(), NumbaPasses())
+    ]
+    assert results[0].n_moves > 300
+    np.testing.assert_array_equal(results[0].labels, results[1].labels)
+    np.testing.assert_array_equal(results[0].prices, results[1].prices)
+    lower, upper = otlabel.count_bounds(997, weights)
+    counts = np.bincount(results[1].labels, minlength=13)
+    assert np.all((counts >= lower) & (counts <= upper))

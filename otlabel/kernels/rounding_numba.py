@@ -10,10 +10,12 @@ NumPy: it touches few samples.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["NumbaPasses"]
+__all__ = ["NumbaPasses", "balance"]
 
 
 class NumbaPasses:
@@ -33,6 +35,11 @@ class NumbaPasses:
         clusters, first = np.unique(own[order], return_index=True)
         bounds = np.append(first, own.size)
         _cluster_min_loss(np.ascontiguousarray(block), order, bounds, clusters, move_cost)
+
+    @staticmethod
+    def balance(transfers: Any) -> int:
+        """The shortest-path repair in Numba (arrays only; see :func:`balance`)."""
+        return balance(transfers)
 
     @staticmethod
     def row_gap(block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float:
@@ -77,3 +84,164 @@ def _row_gap_terms(block, labels, prices, terms):
             best = max(best, np.float64(block[i, k]) - prices[k])
         y = labels[i]
         terms[i] = best - (np.float64(block[i, y]) - prices[y])
+
+
+def balance(transfers: Any) -> int:
+    """Run :meth:`otlabel.rounding._Transfers.balance` in Numba; returns the moves.
+
+    The same successive shortest paths, step for step (the same tie-breaking:
+    first index of a minimum, member lists kept in order), on the transfers'
+    state, which is updated in place.  ``transfers.scores`` must be an array.
+    """
+    members, start, count = _member_table(transfers.members, transfers.upper)
+    prices = transfers.prices.copy()
+    n_moves = _balance(
+        np.ascontiguousarray(transfers.scores),
+        transfers.labels,
+        prices,
+        transfers.upper.astype(np.int64),
+        transfers.takes_dummy,
+        transfers.has_dummy,
+        transfers.occupancy,
+        transfers.move_cost,
+        members,
+        start,
+        count,
+    )
+    transfers.prices = prices
+    transfers.members = [members[s : s + c].tolist() for s, c in zip(start, count, strict=True)]
+    return int(n_moves)
+
+
+def _member_table(lists: list[list[int]], upper: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Member lists in one array, each with room for its largest possible size.
+
+    A cluster's occupancy (members plus its dummy) never exceeds the larger of
+    its first occupancy and ``upper``, so ``max(count + 1, upper)`` slots suffice.
+    """
+    count = np.array([len(group) for group in lists], dtype=np.int64)
+    capacity = np.maximum(count + 1, upper)
+    start = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
+    members = np.empty(int(capacity.sum()), dtype=np.int64)
+    for k, group in enumerate(lists):
+        members[start[k] : start[k] + count[k]] = group
+    return members, start, count
+
+
+@njit(cache=True)
+def _balance(
+    scores,
+    labels,
+    prices,
+    upper,
+    takes_dummy,
+    has_dummy,
+    occupancy,
+    move_cost,
+    members,
+    start,
+    count,
+):
+    n_clusters = upper.size
+    distance = np.empty(n_clusters)
+    parent = np.empty(n_clusters, np.int64)
+    by_dummy = np.empty(n_clusters, np.bool_)
+    settled = np.empty(n_clusters, np.bool_)
+    n_moves = 0
+    while True:
+        source = -1
+        for k in range(n_clusters):
+            if occupancy[k] > upper[k]:
+                source = k
+                break
+        if source < 0:
+            return n_moves
+        node = _shortest_path(
+            source, prices, upper, takes_dummy, has_dummy, occupancy, move_cost,
+            distance, parent, by_dummy, settled,
+        )  # fmt: skip
+        while node != source:  # the path's edges, last first
+            giver = parent[node]
+            _move(
+                giver, node, by_dummy[node], scores, labels, has_dummy, occupancy, move_cost,
+                members, start, count,
+            )  # fmt: skip
+            node = giver
+        n_moves += 1
+
+
+@njit(cache=True)
+def _shortest_path(
+    source, prices, upper, takes_dummy, has_dummy, occupancy, move_cost,
+    distance, parent, by_dummy, settled,
+):  # fmt: skip
+    """Dijkstra from ``source`` to the nearest cluster with room; updates prices."""
+    n_clusters = upper.size
+    distance[:] = np.inf
+    distance[source] = 0.0
+    parent[:] = -1
+    by_dummy[:] = False
+    settled[:] = False
+    while True:
+        node, best = 0, np.inf
+        for k in range(n_clusters):  # first index of the smallest, as numpy.argmin
+            value = np.inf if settled[k] else distance[k]
+            if value < best:
+                node, best = k, value
+        if occupancy[node] < upper[node]:
+            break
+        settled[node] = True
+        for k in range(n_clusters):
+            edge = (move_cost[node, k] - prices[node]) + prices[k]
+            dummy_edge = np.inf
+            if has_dummy[node] and takes_dummy[k] and not has_dummy[k]:
+                dummy_edge = prices[k] - prices[node]
+            reach = distance[node] + max(min(edge, dummy_edge), 0.0)
+            if reach < distance[k] and not settled[k]:
+                distance[k] = reach
+                parent[k] = node
+                by_dummy[k] = dummy_edge < edge
+    limit = distance[node]
+    for k in range(n_clusters):
+        prices[k] = prices[k] - min(distance[k], limit)
+    return node
+
+
+@njit(cache=True)
+def _move(
+    giver, taker, dummy, scores, labels, has_dummy, occupancy, move_cost, members, start, count
+):  # fmt: skip
+    """Move the dummy, or the member of ``giver`` that loses least, to ``taker``."""
+    occupancy[giver] -= 1
+    occupancy[taker] += 1
+    if dummy:
+        has_dummy[giver] = False
+        has_dummy[taker] = True
+        return
+    first, size = start[giver], count[giver]
+    pick, least = 0, np.inf
+    for j in range(size):
+        i = members[first + j]
+        loss = np.float64(scores[i, giver]) - np.float64(scores[i, taker])
+        if loss < least:
+            pick, least = j, loss
+    sample = members[first + pick]
+    for j in range(pick, size - 1):  # remove, keeping the order
+        members[first + j] = members[first + j + 1]
+    count[giver] = size - 1
+    members[start[taker] + count[taker]] = sample
+    count[taker] += 1
+    labels[sample] = taker
+    n_clusters = move_cost.shape[1]
+    for k in range(n_clusters):
+        move_cost[giver, k] = np.inf
+    for j in range(size - 1):
+        i = members[first + j]
+        own = np.float64(scores[i, giver])
+        for k in range(n_clusters):
+            loss = own - np.float64(scores[i, k])
+            if loss < move_cost[giver, k]:
+                move_cost[giver, k] = loss
+    own = np.float64(scores[sample, taker])
+    for k in range(n_clusters):
+        move_cost[taker, k] = min(move_cost[taker, k], own - np.float64(scores[sample, k]))
