@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._system import available_memory, rss_anon
 from .api import DEFAULT_TOL, WORK_DTYPE
 from .datasets import make_scores
 from .rounding import balanced_labels
@@ -492,30 +493,6 @@ class PeakAnonymousMemory:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_anon())
             self._stop.wait(self.interval)
-
-
-def rss_anon() -> int:
-    """Current anonymous resident memory of this process in bytes (0 if unknown)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def available_memory() -> int:
-    """Bytes the system can give a new process (MemAvailable), or a large number."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
 
 
 @dataclass

@@ -14,6 +14,8 @@ compiled with strict semantics and inlined into kernels that use at most
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -36,36 +38,23 @@ _INV_FACT32 = tuple(np.float32(1.0 / np.prod(np.arange(1, k + 1))) for k in rang
 _INV_FACT64 = tuple(1.0 / float(np.prod(np.arange(1, k + 1))) for k in range(13))
 
 
-@intrinsic
-def _bits_to_float32(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+def _bitcast(source: Any, target: Any, llvm_type: Any) -> Any:
+    """A Numba intrinsic that reinterprets the bits of a ``source`` value as ``target``."""
 
-    return types.float32(types.int32), codegen
+    @intrinsic
+    def cast(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_type)
 
+        return target(source), codegen
 
-@intrinsic
-def _float32_to_bits(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
+    return cast
 
 
-@intrinsic
-def _bits_to_float64(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
-
-
-@intrinsic
-def _float64_to_bits(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
+_bits_to_float32 = _bitcast(types.int32, types.float32, ir.FloatType())
+_float32_to_bits = _bitcast(types.float32, types.int32, ir.IntType(32))
+_bits_to_float64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+_float64_to_bits = _bitcast(types.float64, types.int64, ir.IntType(64))
 
 
 @njit(inline="always")

@@ -31,6 +31,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .._system import available_memory
 from ..solver import BlockSweep, ColumnPartial, Relaxation, _row_blocks
 from ._fastmath import exp_neg
 
@@ -467,18 +468,6 @@ class NumbaKernel:
         with threads(self.n_threads):
             _restore_scores(self.stored, self.f_ref, self.g_ref, self.epsilon, floor, self.stored)
         return self.stored
-
-
-def available_memory() -> int:
-    """Bytes the system can still give (MemAvailable); a large number if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
 
 
 @contextmanager

@@ -304,13 +304,10 @@ class KMeansLabeler:
     @torch.no_grad()
     def update(self, model: MultiHeadClassifier, loader: Any, heads: Sequence[int]) -> None:
         from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA
 
         model.eval()
         features = torch.cat([model.features(inputs) for inputs, _ in loader]).double().numpy()
-        dim = min(self.pca_dim, features.shape[1], features.shape[0])
-        reduced = PCA(dim, whiten=True, random_state=self.seed).fit_transform(features)
-        reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+        reduced = _whitened(features, self.seed, self.pca_dim)
         for h in heads:
             kmeans = KMeans(
                 self.n_clusters[h], n_init=1, random_state=self.seed + self.update_count
@@ -376,11 +373,10 @@ def _final_evaluation(
     """
     features = features_of(model, data.images)
     if config.method == "sela":
-        labeler = _labeler(replace(config, label_augment=False), data)
+        clean = replace(config, label_augment=False)
+        labeler = _labeler(clean, data)
         labeler.mode = "eval"
-        indices = torch.arange(len(data.targets)).split(512)
-        loader = list(zip(data.images.split(512), indices, strict=True))
-        labeler.update(model, loader, heads=[0])
+        labeler.update(model, _label_loader(clean, data, torch.Generator()), heads=[0])
         clusters = labeler.labels[0].numpy()
     else:
         from sklearn.cluster import KMeans
@@ -412,10 +408,11 @@ def feature_scores(features: np.ndarray, data: Data) -> dict[str, float]:
     }
 
 
-def _whitened(features: np.ndarray, seed: int) -> np.ndarray:
+def _whitened(features: np.ndarray, seed: int, pca_dim: int = 32) -> np.ndarray:
+    """PCA-whitened to ``pca_dim`` dimensions, then L2-normalised (DeepCluster's input)."""
     from sklearn.decomposition import PCA
 
-    dim = min(32, features.shape[1], features.shape[0])
+    dim = min(pca_dim, features.shape[1], features.shape[0])
     reduced = PCA(dim, whiten=True, random_state=seed).fit_transform(features)
     return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
 
