@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import library_of
+
 METHODS = ("auto", "scaling", "log")
 ROUNDINGS = ("balanced", "argmax", None)
 
@@ -20,14 +22,20 @@ def heads_of(scores: Any) -> tuple[list[np.ndarray], str]:
     if isinstance(scores, list | tuple):
         if len(scores) == 0:
             raise ValueError("scores: an empty list; pass at least one (N, K) array")
-        if not all(isinstance(head, np.ndarray) for head in scores):
+        libraries = {library_of(head) for head in scores}
+        if None in libraries:
             raise TypeError(
-                "scores: a list must hold one (N, K) NumPy array per head; "
+                "scores: a list must hold one (N, K) array (NumPy, Torch or CuPy) per head; "
                 "convert nested lists of numbers with numpy.asarray"
+            )
+        if len(libraries) > 1:
+            raise TypeError(
+                f"scores: the heads of a list must come from one array library, got "
+                f"{sorted(libraries)}"  # type: ignore[type-var]
             )
         heads = [_matrix(head, f"scores[{h}]") for h, head in enumerate(scores)]
         if len({head.shape[0] for head in heads}) > 1:
-            shapes = [head.shape for head in heads]
+            shapes = [tuple(head.shape) for head in heads]
             raise ValueError(f"scores: the heads of a list must share N, got shapes {shapes}")
         return heads, "list"
     array = _array(scores, "scores")
@@ -38,35 +46,50 @@ def heads_of(scores: Any) -> tuple[list[np.ndarray], str]:
     return [_matrix(array, "scores")], "single"
 
 
-def _array(value: Any, name: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
+def _array(value: Any, name: str) -> Any:
+    if library_of(value) is None:
         kind = type(value).__module__.split(".")[0]
-        if kind in ("torch", "cupy", "jax"):
+        if kind == "jax":
             raise TypeError(
-                f"{name}: {type(value).__name__} input needs the {kind} backend, which "
-                "this version does not have yet; pass a NumPy array (e.g. tensor.cpu().numpy())"
+                f"{name}: JAX arrays are not supported; pass a NumPy array (numpy.asarray)"
             )
         raise TypeError(
-            f"{name}: expected a NumPy array (N, K), a stack (H, N, K) or a list of (N, K) "
-            f"arrays, got {type(value).__name__}; convert with numpy.asarray"
+            f"{name}: expected an array (N, K) (NumPy, Torch or CuPy), a stack (H, N, K) or a "
+            f"list of (N, K) arrays, got {type(value).__name__}; convert with numpy.asarray"
         )
     return value
 
 
-def _matrix(value: Any, name: str) -> np.ndarray:
+def _matrix(value: Any, name: str) -> Any:
     array = _array(value, name)
     if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (N, K), got shape {array.shape}")
+        raise ValueError(f"{name}: expected a 2-D array (N, K), got shape {tuple(array.shape)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name}: needs at least one sample and one cluster, got {array.shape}")
+        raise ValueError(
+            f"{name}: needs at least one sample and one cluster, got {tuple(array.shape)}"
+        )
+    if library_of(array) == "torch":
+        return _torch_matrix(array, name)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected real floating-point scores, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name}: complex scores are not supported, got dtype {array.dtype}")
-    if array.dtype == np.float16 or np.issubdtype(array.dtype, np.integer):
-        # float16 is too coarse to iterate on; integers are read as float64.
-        return array.astype(np.float32 if array.dtype == np.float16 else np.float64)
-    return array
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float64)  # integers are read as float64
+    if array.dtype == np.float16 and library_of(array) == "numpy":
+        return array.astype(np.float32)  # NumPy's float16 arithmetic is emulated: too slow
+    return array  # float32, float64; CuPy float16 is read block by block in float32
+
+
+def _torch_matrix(array: Any, name: str) -> Any:
+    """Torch scores: float16/bfloat16 are read block by block in float32, kept as they are."""
+    import torch
+
+    if array.dtype == torch.bool or array.is_complex():
+        raise TypeError(f"{name}: expected real floating-point scores, got dtype {array.dtype}")
+    if not array.is_floating_point():
+        return array.to(torch.float64)  # integers are read as float64
+    return array.detach()
 
 
 def positive_float(value: Any, name: str) -> float:
@@ -114,7 +137,7 @@ def weights(value: Any, size: int, name: str) -> np.ndarray:
     """Finite, strictly positive weights of length ``size``, normalised to sum 1."""
     if value is None:
         return np.full(size, 1.0 / size)
-    array = np.asarray(value)
+    array = _host(value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     array = array.astype(np.float64)
@@ -141,7 +164,7 @@ def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
         if len(value) != n_heads:
             raise ValueError(f"{name}: expected one entry per head ({n_heads}), got {len(value)}")
         return list(value)
-    array = np.asarray(value)
+    array = _host(value)
     if array.ndim == 2:
         if array.shape[0] != n_heads:
             raise ValueError(
@@ -154,7 +177,7 @@ def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
 def initial_potential(value: Any, n_clusters: int) -> np.ndarray:
     if value is None:
         return np.zeros(n_clusters)
-    array = np.asarray(value, dtype=np.float64)
+    array = _host(value).astype(np.float64)
     if array.shape != (n_clusters,):
         raise ValueError(
             f"init: expected a previous result's potential of shape ({n_clusters},), "
@@ -165,10 +188,23 @@ def initial_potential(value: Any, n_clusters: int) -> np.ndarray:
     return array
 
 
-def check_finite_rows(row_max: np.ndarray, row_min: np.ndarray, name: str) -> None:
-    bad = ~(np.isfinite(row_max) & np.isfinite(row_min))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+def _host(value: Any) -> np.ndarray:
+    """Weights and potentials may come in the scores' library (e.g. a previous result)."""
+    from ._arrays import to_numpy
+
+    return to_numpy(value) if library_of(value) is not None else np.asarray(value)
+
+
+def check_finite_rows(row_max: Any, row_min: Any, name: str) -> None:
+    """Raise naming the first row with a NaN or infinite score (extremes of any library)."""
+    from array_api_compat import array_namespace
+
+    from ._arrays import to_numpy
+
+    xp = array_namespace(row_max)
+    bad = ~(xp.isfinite(row_max) & xp.isfinite(row_min))
+    if bool(xp.any(bad)):
+        row = int(np.flatnonzero(to_numpy(bad))[0])
         raise ValueError(
             f"{name}: contains NaN or infinite values (first in row {row}); scores must be finite"
         )

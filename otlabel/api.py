@@ -6,16 +6,21 @@ Validation, the choice of backend and domain, the Sinkhorn solve
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import _validation as check
+from ._arrays import device_of, from_host, is_half, like, to_numpy
 from .kernels import resolve_backend
 from .result import Result, warn_not_converged
-from .rounding import NumpyPasses, argmax_labels, balanced_labels
+from .rounding import HostPasses, NumpyPasses, argmax_labels, balanced_labels
 from .solver import (
+    BLOCK_BYTES,
     LogKernel,
     ScalingKernel,
     SolveOutput,
@@ -37,6 +42,8 @@ DEFAULT_MAX_ITER = 5000
 #: The working precision of the NumPy backend: every block is computed in
 #: float64, whatever the storage precision of the scores.
 WORK_DTYPE = np.float64
+#: Bytes per block of rows on a GPU (CuPy; Torch's are in kernels/torch_.py).
+DEVICE_BLOCK_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,14 @@ def assign(
     cluster_ws = check.per_head(cluster_weights, n_heads, layout, "cluster_weights")
     inits = check.per_head(init, n_heads, layout, "init")
     outcomes = []
-    for h, head in enumerate(heads):
-        index = None if layout == "single" else h
-        cluster_w = check.weights(cluster_ws[h], head.shape[1], _name("cluster_weights", index))
-        start = check.initial_potential(inits[h], head.shape[1])
-        outcomes.append(_assign_head(head, sample_w, cluster_w, start, options, index))
-    return _assemble(outcomes, layout, options)
+    with _backend_context(options):
+        for h, head in enumerate(heads):
+            index = None if layout == "single" else h
+            name = _name("cluster_weights", index)
+            cluster_w = check.weights(cluster_ws[h], head.shape[1], name)
+            start = check.initial_potential(inits[h], head.shape[1])
+            outcomes.append(_assign_head(head, sample_w, cluster_w, start, options, index))
+    return _assemble(outcomes, layout, options, reference=heads[0])
 
 
 def sinkhorn(
@@ -286,6 +295,9 @@ def _assign_head(
     row_max, row_min = _row_extremes(scores, options)
     check.check_finite_rows(row_max, row_min, _name("scores", head))
     log_a, log_b = np.log(sample_w), np.log(cluster_w)
+    if options.backend in ("torch", "cupy"):  # potentials live on the scores' device
+        xp, where = array_namespace(scores), device_of(scores)
+        log_a, log_b, start = (from_host(v, xp, where) for v in (log_a, log_b, start))
     if isinstance(scores, ChunkedScores):
         if options.return_plan:
             raise ValueError(
@@ -297,20 +309,20 @@ def _assign_head(
         solved, scores = _solve(scores, log_a, log_b, start, (row_max, row_min), options)
     if not solved.converged:
         warn_not_converged(head, solved.n_iter, solved.error, options.tol)
-    passes, rows_per_block = _rounding_passes(scores, options)
-    labels, gap = None, None
-    with _threads(options):
-        if options.rounding == "balanced":
-            balanced = balanced_labels(
-                scores, solved.potential, cluster_w, rows_per_block=rows_per_block, passes=passes
-            )
-            labels, gap = balanced.labels, balanced.gap
-        elif options.rounding == "argmax":
-            labels = argmax_labels(scores, solved.potential, rows_per_block, passes)
-    cost = None if labels is None else _mean_label_score(scores, labels, rows_per_block)
     plan = None
     if options.return_plan:
         plan = plan_of(scores, solved.row_potential, solved.potential, options.epsilon)
+    solved.potential, solved.row_potential = map(to_numpy, (solved.potential, solved.row_potential))
+    passes, rows_per_block = _rounding_passes(scores, options)
+    labels, gap = None, None
+    if options.rounding == "balanced":
+        balanced = balanced_labels(
+            scores, solved.potential, cluster_w, rows_per_block=rows_per_block, passes=passes
+        )
+        labels, gap = balanced.labels, balanced.gap
+    elif options.rounding == "argmax":
+        labels = argmax_labels(scores, solved.potential, rows_per_block, passes)
+    cost = None if labels is None else _mean_label_score(scores, labels, rows_per_block)
     return _HeadOutcome(solved, labels, gap, cost, plan)
 
 
@@ -322,28 +334,54 @@ def _rounding_passes(scores: Any, options: _Options) -> tuple[Any, int]:
 
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
+    if options.backend == "torch":
+        from .kernels import torch_
+
+        return torch_.TorchPasses(), torch_.rows_per_block(scores)
+    if options.backend == "cupy":
+        return HostPasses(), block_rows(scores.shape[1], 8, DEVICE_BLOCK_BYTES)
     return NumpyPasses(), block_rows(scores.shape[1])
 
 
-def _threads(options: _Options) -> Any:
-    """Numba's thread count fixed to ``n_threads`` (a no-op for NumPy)."""
+def _backend_context(options: _Options) -> Any:
+    """Thread count (Numba, Torch) and Torch's precision settings for the whole call."""
     if options.backend == "numba":
         from .kernels.numba_ import threads
 
         return threads(options.n_threads)
-    import contextlib
+    if options.backend == "torch":
+        from .kernels.torch_ import solve_context
 
+        return solve_context(options.n_threads)
     return contextlib.nullcontext()
 
 
 def _mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> float:
-    """``mean_i S[i, labels_i]``, block by block (``scores`` may be a stream)."""
+    """``mean_i S[i, labels_i]``: N entries gathered (a stream: block by block)."""
+    if not isinstance(scores, ChunkedScores):
+        xp = array_namespace(scores)
+        where = device_of(scores)
+        rows = from_host(np.arange(labels.size), xp, where)
+        picked = scores[rows, from_host(labels, xp, where)]  # (N,)
+        return float(xp.sum(xp.astype(picked, xp.float64))) / labels.size
     total = 0.0
     for start in range(0, labels.size, rows_per_block):
         block = np.asarray(scores[start : start + rows_per_block])
         own = labels[start : start + rows_per_block]
         total += float(np.sum(block[np.arange(own.size), own], dtype=np.float64))
     return total / labels.size
+
+
+def _work(scores: Any, options: _Options) -> tuple[Any, int]:
+    """The precision of the (n, K) temporaries, and the bytes of one block in it."""
+    if options.backend == "torch":
+        from .kernels import torch_
+
+        return torch_.work_dtype(scores), torch_.block_bytes(scores)
+    if options.backend == "cupy":
+        xp = array_namespace(scores)
+        return (xp.float64 if scores.dtype == xp.float64 else xp.float32), DEVICE_BLOCK_BYTES
+    return WORK_DTYPE, BLOCK_BYTES
 
 
 def _solve(
@@ -362,12 +400,22 @@ def _solve(
     row_max, row_min = extremes
     if method == "auto" and options.backend == "numba" and scores.dtype == np.float32:
         return _solve_numba_auto(scores, log_a, log_b, start, options)
+    if is_half(scores) and method == "scaling":
+        raise ValueError(
+            "method: 'scaling' stores exp((S - max S)/eps) in the scores' precision, too "
+            "coarse for float16/bfloat16; use method='auto' or 'log'"
+        )
     if method == "auto":
-        method = "scaling" if scaling_is_safe(row_max, row_min, eps, scores.dtype) else "log"
+        safe = not is_half(scores) and scaling_is_safe(row_max, row_min, eps, scores.dtype)
+        method = "scaling" if safe else "log"
     done = 0
     if method == "scaling":
-        overwrite = options.overwrite_scores and scores.flags.writeable
-        kernel = ScalingKernel(scores, log_a, eps, WORK_DTYPE, row_max, overwrite=overwrite)
+        overwrite = options.overwrite_scores and _writeable(scores)
+        xp = array_namespace(scores)
+        _, block_bytes = _work(scores, options)
+        kernel = ScalingKernel(
+            scores, log_a, eps, xp.float64, row_max, overwrite=overwrite, block_bytes=block_bytes
+        )
         try:
             # The loop detects a non-finite iterate itself and raises
             # UnstableIteration; NumPy's own warnings on the way are noise.
@@ -509,7 +557,8 @@ def _row_extremes(scores: np.ndarray, options: _Options) -> tuple[np.ndarray, np
         from .kernels import numba_
 
         return numba_.row_extremes(scores)
-    return row_extremes(scores, WORK_DTYPE)
+    work, block_bytes = _work(scores, options)
+    return row_extremes(scores, work, block_bytes=block_bytes)
 
 
 #: Large problems solved cold start from a solve on about this many rows
@@ -524,16 +573,40 @@ def _subsample_stride(n_samples: int, n_clusters: int) -> int:
     return n_samples // rows if n_samples >= 4 * rows else 1
 
 
-def _log_kernel(scores: Any, log_a: np.ndarray, options: _Options) -> Any:
+def _log_kernel(scores: Any, log_a: Any, options: _Options) -> Any:
     """The log-domain kernel of the chosen backend."""
     if options.backend == "numba":
         from .kernels.numba_ import NumbaLogKernel
 
         return NumbaLogKernel(scores, log_a, options.epsilon, options.n_threads)
-    return LogKernel(scores, log_a, options.epsilon, WORK_DTYPE)
+    work, block_bytes = _work(scores, options)
+    return LogKernel(scores, log_a, options.epsilon, work, block_bytes=block_bytes)
 
 
-def _assemble(outcomes: list[_HeadOutcome], layout: str, options: _Options) -> Result:
+def _writeable(scores: Any) -> bool:
+    """Whether the solver may build its kernel in place of ``scores``."""
+    if isinstance(scores, np.ndarray):
+        return bool(scores.flags.writeable)
+    return True  # Torch and CuPy arrays are writeable
+
+
+def _assemble(
+    outcomes: list[_HeadOutcome], layout: str, options: _Options, reference: Any
+) -> Result:
+    """One result in the library of ``reference``: per-head values, or stacked by head."""
+    result = _assemble_host(outcomes, layout, options)
+    arrays = ("labels", "counts", "potential", "row_potential")
+    moved = {name: _like(getattr(result, name), reference) for name in arrays}
+    return dataclasses.replace(result, **moved)
+
+
+def _like(value: Any, reference: Any) -> Any:
+    if isinstance(value, list):
+        return [like(item, reference) for item in value]
+    return like(value, reference)
+
+
+def _assemble_host(outcomes: list[_HeadOutcome], layout: str, options: _Options) -> Result:
     """One result: per-head values as they are, or stacked along a head axis."""
     solved = [outcome.solved for outcome in outcomes]
     labels = [outcome.labels for outcome in outcomes]
@@ -581,9 +654,9 @@ def _stack(values: list[Any]) -> Any:
     """Stack per-head arrays along a new first axis; a list if their shapes differ."""
     if values[0] is None:
         return None
-    if len({value.shape for value in values}) > 1:
+    if len({tuple(value.shape) for value in values}) > 1:
         return values
-    return np.stack(values)
+    return array_namespace(values[0]).stack(values)
 
 
 def _name(argument: str, head: int | None) -> str:

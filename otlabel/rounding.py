@@ -37,9 +37,12 @@ nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from array_api_compat import array_namespace, device
+
+from ._arrays import to_numpy
 
 
 @dataclass
@@ -60,6 +63,44 @@ class Passes(Protocol):
     def move_costs(self, block: np.ndarray, own: np.ndarray, move_cost: np.ndarray) -> None: ...
 
     def row_gap(self, block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float: ...
+
+    def gather(self, scores: Any, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` of the matrix as a float64 host array (m, K)."""
+
+
+class Collective(Protocol):
+    """How the shards of a sharded problem agree (:mod:`otlabel.distributed`).
+
+    Every method is called by every shard in the same order; one process is
+    the trivial case (:class:`Alone`).
+    """
+
+    rank: int
+
+    def sum(self, values: np.ndarray) -> np.ndarray: ...
+
+    def min(self, values: np.ndarray) -> np.ndarray: ...
+
+    def owner_of_min(self, value: float) -> int:
+        """The rank with the smallest ``value`` (the lowest such rank on ties)."""
+
+
+class Alone:
+    """The collective of a problem held whole by one process."""
+
+    rank = 0
+
+    @staticmethod
+    def sum(values: np.ndarray) -> np.ndarray:
+        return values
+
+    @staticmethod
+    def min(values: np.ndarray) -> np.ndarray:
+        return values
+
+    @staticmethod
+    def owner_of_min(value: float) -> int:
+        return 0
 
 
 class NumpyPasses:
@@ -88,6 +129,35 @@ class NumpyPasses:
         values = np.asarray(block, np.float64) - prices  # (n, K)
         own = values[np.arange(labels.size), labels]
         return float(np.sum(values.max(axis=1) - own))
+
+    @staticmethod
+    def gather(scores: Any, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` as float64 (m, K); a stream gathers them through its source."""
+        return np.asarray(scores[index], np.float64)
+
+
+class HostPasses(NumpyPasses):
+    """The NumPy passes on host copies of each block: any array library (e.g. CuPy)."""
+
+    name = "host"
+
+    @staticmethod
+    def argmax(block: Any, potential: np.ndarray) -> np.ndarray:
+        return NumpyPasses.argmax(to_numpy(block), potential)
+
+    @staticmethod
+    def move_costs(block: Any, own: np.ndarray, move_cost: np.ndarray) -> None:
+        NumpyPasses.move_costs(to_numpy(block), own, move_cost)
+
+    @staticmethod
+    def row_gap(block: Any, labels: np.ndarray, prices: np.ndarray) -> float:
+        return NumpyPasses.row_gap(to_numpy(block), labels, prices)
+
+    @staticmethod
+    def gather(scores: Any, index: np.ndarray) -> np.ndarray:
+        xp = array_namespace(scores)
+        rows = scores[xp.asarray(index, device=device(scores))]
+        return to_numpy(rows).astype(np.float64)
 
 
 def count_bounds(n_samples: int, cluster_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +201,8 @@ def balanced_labels(
     *,
     rows_per_block: int,
     passes: Passes | None = None,
+    group: Collective | None = None,
+    n_samples: int | None = None,
 ) -> BalancedLabels:
     """Exactly balanced labels, optimal with a dual certificate; see the module docstring.
 
@@ -144,19 +216,32 @@ def balanced_labels(
         Normalised cluster proportions ``b``.
     rows_per_block : int
         Rows per block for the passes over the whole matrix.
-    passes : NumpyPasses (default) or otlabel.kernels.rounding_numba.NumbaPasses
+    passes : NumpyPasses (default), NumbaPasses, TorchPasses or HostPasses
         Who runs the three passes over the matrix.
+    group : Collective or None
+        For one shard of a problem sharded over processes: how the shards agree
+        (``scores`` holds this shard's rows, the labels returned are its own, the
+        bounds and the certificate are global).  None: the whole problem.
+    n_samples : int or None
+        The global number of samples when sharded (default: ``scores.shape[0]``).
     """
     passes = passes or NumpyPasses()
-    n_samples = scores.shape[0]
+    group = group or Alone()
+    n_samples = scores.shape[0] if n_samples is None else n_samples
     lower, upper = count_bounds(n_samples, cluster_weights)
     prices = -np.asarray(potential, dtype=np.float64)
     labels = argmax_labels(scores, -prices, rows_per_block, passes)
-    transfers = _Transfers(scores, labels, prices, lower, upper, rows_per_block, passes)
+    transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
     fast_balance = getattr(passes, "balance", None)
     in_memory = isinstance(scores, np.ndarray)  # a stream's rows are gathered in NumPy
-    n_moves = fast_balance(transfers) if fast_balance and in_memory else transfers.balance()
-    gap = certified_gap(scores, labels, transfers.prices, lower, upper, rows_per_block, passes)
+    whole = isinstance(group, Alone)
+    if fast_balance and in_memory and whole:
+        n_moves = fast_balance(transfers)
+    else:
+        n_moves = transfers.balance()
+    gap = certified_gap(
+        scores, labels, transfers.prices, lower, upper, rows_per_block, passes, group
+    )
     return BalancedLabels(labels, gap, transfers.prices, n_moves)
 
 
@@ -168,6 +253,7 @@ def certified_gap(
     upper: np.ndarray,
     rows_per_block: int,
     passes: Passes | None = None,
+    group: Collective | None = None,
 ) -> float:
     """``(D(pi) - P(y)) / N`` with ``pi = level - prices``, the level chosen optimally.
 
@@ -177,11 +263,16 @@ def certified_gap(
     ``upper``), with ``n_k`` the label counts.
     """
     passes = passes or NumpyPasses()
-    n_samples = labels.size
+    group = group or Alone()
+    n_local = labels.size
     row_terms = 0.0
-    for start in range(0, n_samples, rows_per_block):
-        stop = min(start + rows_per_block, n_samples)
+    for start in range(0, n_local, rows_per_block):
+        stop = min(start + rows_per_block, n_local)
         row_terms += passes.row_gap(scores[start:stop], labels[start:stop], prices)
+    counts = np.bincount(labels, minlength=prices.size)
+    totals = group.sum(np.append(counts, row_terms).astype(np.float64))
+    counts, row_terms = totals[:-1].astype(np.int64), float(totals[-1])
+    n_samples = int(counts.sum())
     # The level minimises N level - sum_k bound_k(level - p_k) (level - p_k):
     # its slope turns non-negative once the optional slots of the clusters
     # cheaper than the level cover the sum_k upper_k - N slots left empty.
@@ -191,7 +282,6 @@ def certified_gap(
     level = prices[order[min(int(np.searchsorted(optional_below, n_empty)), order.size - 1)]]
     shift = level - prices  # pi_k
     bound = np.where(shift > 0, lower, upper)
-    counts = np.bincount(labels, minlength=prices.size)
     price_term = float(np.sum((counts - bound) * shift))
     return max(0.0, (row_terms + price_term) / n_samples)
 
@@ -204,26 +294,29 @@ class _Transfers:
         scores: np.ndarray,
         labels: np.ndarray,
         prices: np.ndarray,
-        lower: np.ndarray,
-        upper: np.ndarray,
+        bounds: tuple[np.ndarray, np.ndarray],
         rows_per_block: int,
         passes: Passes,
+        group: Collective,
     ) -> None:
+        """``labels`` are this shard's (all of them for one process); the rest is global."""
         self.scores, self.labels, self.prices = scores, labels, prices.copy()
-        self.passes = passes
+        self.passes, self.group = passes, group
+        lower, upper = bounds
         self.upper = upper
         n_clusters = upper.size
         by_cluster = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=n_clusters)
-        self.members = [group.tolist() for group in np.split(by_cluster, np.cumsum(sizes)[:-1])]
+        self.members = [part.tolist() for part in np.split(by_cluster, np.cumsum(sizes)[:-1])]
+        counts = group.sum(sizes)  # (K,) over all shards
         # Dummies take the cheapest optional slots, where they are at their best.
         self.takes_dummy = upper > lower
-        n_dummies = int(upper.sum()) - labels.size
+        n_dummies = int(upper.sum()) - int(counts.sum())
         cheapest = np.flatnonzero(self.takes_dummy)[np.argsort(prices[self.takes_dummy])]
         self.has_dummy = np.zeros(n_clusters, dtype=bool)
         self.has_dummy[cheapest[:n_dummies]] = True
-        self.occupancy = np.bincount(labels, minlength=n_clusters) + self.has_dummy
-        self.move_cost = self._move_costs(rows_per_block)  # (K, K) C
+        self.occupancy = counts + self.has_dummy
+        self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
         """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k."""
@@ -290,17 +383,25 @@ class _Transfers:
         if by_dummy:
             self.has_dummy[giver], self.has_dummy[taker] = False, True
             return
-        members = np.asarray(self.members[giver])
-        rows = np.asarray(self.scores[members], np.float64)  # (m, K)
-        loss = rows[:, giver] - rows[:, taker]
-        pick = int(np.argmin(loss))
-        sample = int(members[pick])
-        self.members[giver].remove(sample)
-        self.members[taker].append(sample)
-        self.labels[sample] = taker
-        remaining = np.delete(rows, pick, axis=0)
-        self.move_cost[giver] = (
-            np.min(remaining[:, giver][:, None] - remaining, axis=0) if len(remaining) else np.inf
-        )
-        moved_row = rows[pick]
-        self.move_cost[taker] = np.minimum(self.move_cost[taker], moved_row[taker] - moved_row)
+        n_clusters = self.upper.size
+        members = np.asarray(self.members[giver], dtype=np.int64)  # this shard's
+        rows = self.passes.gather(self.scores, members) if members.size else np.empty((0, 0))
+        loss = rows[:, giver] - rows[:, taker] if members.size else np.empty(0)  # (m,)
+        pick = int(np.argmin(loss)) if loss.size else -1
+        mine = self.group.owner_of_min(float(loss[pick]) if loss.size else np.inf)
+        mine = mine == self.group.rank
+        moved_cost = np.full(n_clusters, np.inf)  # (K,) the moved sample's costs, or inf
+        if mine:
+            sample = int(members[pick])
+            self.members[giver].remove(sample)
+            self.members[taker].append(sample)
+            self.labels[sample] = taker
+            moved_row = rows[pick]
+            moved_cost = moved_row[taker] - moved_row
+            rows = np.delete(rows, pick, axis=0)
+        remaining = np.full(n_clusters, np.inf)  # (K,) the giver's cheapest moves left here
+        if len(rows):
+            remaining = np.min(rows[:, giver][:, None] - rows, axis=0)
+        both = self.group.min(np.concatenate([remaining, moved_cost]))  # one reduction
+        self.move_cost[giver] = both[:n_clusters]
+        self.move_cost[taker] = np.minimum(self.move_cost[taker], both[n_clusters:])

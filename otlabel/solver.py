@@ -96,7 +96,7 @@ class BlockSweep:
 
     row_potential: Array  # (n,) new f for the block, score units
     columns: ColumnPartial  # (K,) column mass of the plan (f_new, g)
-    row_error: float  # sum_i |row mass_i - a_i| over the block
+    row_error: Any  # sum_i |row mass_i - a_i| over the block (a float or a 0-d array)
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Relaxation:
 
 def relax_rows(
     exact: Array, previous: Array | None, omega: float, log_a: Array, epsilon: float
-) -> tuple[Array, Array | None, float]:
+) -> tuple[Array, Array | None, Any]:
     """Relax a block's exact row update ``fhat`` (n,).
 
     Returns the relaxed ``f``, ``(f - fhat)/eps`` (None when not relaxed: the
@@ -126,7 +126,7 @@ def relax_rows(
     xp = array_namespace(exact)
     relaxed = (1.0 - omega) * previous + omega * exact
     shift = (relaxed - exact) / epsilon
-    row_error = float(xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(shift))))
+    row_error = xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(shift)))  # 0-d: no host sync here
     return relaxed, shift, row_error
 
 
@@ -180,7 +180,11 @@ def iterate(
     ``potential`` is the starting cluster potential ``g`` (K,) in score units;
     ``omega`` the over-relaxation weight: 1 is plain Sinkhorn-Knopp, a number in
     (0, 2) a fixed weight, ``"auto"`` the weight of :class:`OverRelaxation`.
-    Between two iterates the column update is applied.  Raises
+    Between two iterates the column update is applied.  A kernel with a
+    ``reduce(columns, row_error, f)`` method holds one shard of the rows: the
+    loop hands it the shard's column partial and row error, and it returns those
+    of the whole problem (identical on every shard, so that every shard takes
+    the same steps).  Raises
     :class:`UnstableIteration`, carrying the last finite potential, if the
     iterate stops being finite (only the scaling domain can).
     """
@@ -193,8 +197,10 @@ def iterate(
         omega_now = schedule.weight
         relax = Relaxation(previous, omega_now)
         f, columns, row_error = _sweep(kernel, kernel.column_state(g), relax)
+        if hasattr(kernel, "reduce"):  # a shard of a larger problem (otlabel.distributed)
+            columns, row_error = kernel.reduce(columns, row_error, f)
         log_col_mass = columns.log_mass()
-        error = row_error + float(xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
+        error = float(row_error + xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
         if not (math.isfinite(error) and _all_finite(f)):
             raise _unstable(kernel, g, n_iter)
         n_iter += 1
@@ -309,9 +315,9 @@ def _all_finite(x: Array) -> bool:
     return bool(xp.all(xp.isfinite(x)))
 
 
-def block_rows(n_cols: int, itemsize: int = 8) -> int:
-    """Rows per block so that one block in the working precision is ~BLOCK_BYTES."""
-    return max(1, BLOCK_BYTES // (n_cols * itemsize))
+def block_rows(n_cols: int, itemsize: int = 8, block_bytes: int = BLOCK_BYTES) -> int:
+    """Rows per block so that one block in the working precision is ~``block_bytes``."""
+    return max(1, block_bytes // (n_cols * itemsize))
 
 
 # --------------------------------------------------------------------------
@@ -338,18 +344,27 @@ class LogKernel:
 
     method = "log"
 
-    def __init__(self, scores: Array, log_a: Array, epsilon: float, work_dtype: Any) -> None:
+    def __init__(
+        self,
+        scores: Array,
+        log_a: Array,
+        epsilon: float,
+        work_dtype: Any,
+        *,
+        block_bytes: int = BLOCK_BYTES,
+    ) -> None:
         self.xp = xp = array_namespace(log_a)  # scores may be a stream of blocks
         self.scores = scores  # (N, K)
-        self.log_a = log_a  # (N,)
+        self.log_a = log_a  # (N,) float64, as every potential
         self.epsilon = epsilon
-        self.work_dtype = work_dtype
+        self.work_dtype = work_dtype  # of the (n, K) temporaries
         self.exp_dtype = xp.float32 if scores.dtype == xp.float32 else work_dtype
         self.exp_floor = _EXP_FLOOR["float32" if self.exp_dtype == xp.float32 else "float64"]
-        self.rows_per_block = block_rows(scores.shape[1])
+        itemsize = 4 if work_dtype == xp.float32 else 8
+        self.rows_per_block = block_rows(scores.shape[1], itemsize, block_bytes)
 
     def column_state(self, potential: Array) -> Array:
-        return potential / self.epsilon  # (K,) g / eps
+        return self.xp.astype(potential / self.epsilon, self.work_dtype)  # (K,) g / eps
 
     def blocks(self) -> Iterator[tuple[slice, Array]]:
         return _row_blocks(self.scores, self.rows_per_block)
@@ -361,19 +376,23 @@ class LogKernel:
         x = x - row_max  # <= 0
         e = xp.exp(xp.astype(xp.maximum(x, self.exp_floor), self.exp_dtype))  # (n, K)
         log_a = self.log_a[rows]
-        log_row_scale = log_a - xp.log(xp.sum(e, axis=1, dtype=work))  # (n,)
+        row_sum = xp.astype(xp.sum(e, axis=1, dtype=work), log_a.dtype)  # (n,)
+        log_row_scale = log_a - xp.log(row_sum)  # (n,) float64
         # log P = (S + f + g)/eps = x + log_row_scale, so f/eps = log_row_scale - row_max.
-        exact = self.epsilon * (log_row_scale - row_max[:, 0])  # (n,)
+        exact = self.epsilon * (log_row_scale - xp.astype(row_max[:, 0], log_a.dtype))  # (n,)
         row_potential, shift, row_error = relax_rows(
             exact, relax.rows(rows), relax.omega, log_a, self.epsilon
         )
         if shift is not None:
             log_row_scale = log_row_scale + shift
-        col_sum = xp.exp(log_row_scale) @ xp.astype(e, work, copy=False)  # (K,) frame 0
-        col_log_max = xp.max(x + log_row_scale[:, None], axis=0)  # (K,) largest log P
+        row_scale = xp.astype(log_row_scale, work)  # (n,)
+        col_sum = xp.exp(row_scale) @ xp.astype(e, work, copy=False)  # (K,) frame 0
+        col_log_max = xp.max(x + row_scale[:, None], axis=0)  # (K,) largest log P
+        col_sum = xp.astype(col_sum, log_a.dtype)
+        col_log_max = xp.astype(col_log_max, log_a.dtype)
         # What the clamp may have added to a column is below n e^floor max_i P-scale;
         # keep the sum where that is under 1e-16 of the column's largest term.
-        limit = self.exp_floor + math.log(x.shape[0]) + float(xp.max(log_row_scale)) + 37.0
+        limit = self.exp_floor + math.log(x.shape[0]) + 37.0 + xp.max(log_row_scale)  # 0-d
         reliable = col_log_max > limit
         columns = ColumnPartial(
             xp.where(reliable, xp.zeros_like(col_log_max), col_log_max),
@@ -402,13 +421,14 @@ class ScalingKernel:
         row_max: Array,
         *,
         overwrite: bool = False,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         self.xp = array_namespace(scores, log_a)
         self.epsilon = epsilon
         self.work_dtype = work_dtype
         self.row_max = row_max  # (N,) m
         self.a = self.xp.exp(log_a)  # (N,)
-        self.rows_per_block = block_rows(scores.shape[1])
+        self.rows_per_block = block_rows(scores.shape[1], 8, block_bytes)
         self.kernel = self._build(scores, overwrite)  # (N, K) G, storage dtype
 
     def _build(self, scores: Array, overwrite: bool) -> Array:
@@ -449,7 +469,9 @@ class ScalingKernel:
         return BlockSweep(row_potential, ColumnPartial(zero, col_mass), row_error)
 
 
-def row_extremes(scores: Array, work_dtype: Any) -> tuple[Array, Array]:
+def row_extremes(
+    scores: Array, work_dtype: Any, *, block_bytes: int = BLOCK_BYTES
+) -> tuple[Array, Array]:
     """Each row's maximum and minimum, (N,) each, in one read of the matrix.
 
     NaN or infinite scores show up as non-finite extremes, so this pass also
@@ -457,7 +479,7 @@ def row_extremes(scores: Array, work_dtype: Any) -> tuple[Array, Array]:
     """
     xp = array_namespace(scores)
     maxima, minima = [], []
-    for _, block in _row_blocks(scores, block_rows(scores.shape[1])):
+    for _, block in _row_blocks(scores, block_rows(scores.shape[1], 8, block_bytes)):
         block = xp.astype(block, work_dtype)
         maxima.append(xp.max(block, axis=1))
         minima.append(xp.min(block, axis=1))
@@ -468,6 +490,8 @@ def scaling_is_safe(row_max: Array, row_min: Array, epsilon: float, storage_dtyp
     """Whether every row's spread ``(max_k S_ik - min_k S_ik) / eps`` is within
     :data:`SCALING_SAFE_SPREAD` for the kernel's storage precision."""
     xp = array_namespace(row_max)
+    if storage_dtype not in (xp.float32, xp.float64):
+        return False  # half precision cannot hold exp(-spread/eps) for any useful spread
     limit = SCALING_SAFE_SPREAD["float32" if storage_dtype == xp.float32 else "float64"]
     return float(xp.max(row_max - row_min)) / epsilon <= limit
 

@@ -17,9 +17,13 @@ from typing import Any
 BACKENDS: dict[str, tuple[str | None, str | None]] = {
     "numpy": (None, None),
     "numba": ("otlabel.kernels.numba_", "numba"),
+    "torch": ("otlabel.kernels.torch_", "torch"),
+    "cupy": (None, "cupy"),
 }
-#: What "auto" picks for NumPy input, fastest first.
-AUTO_ORDER = ("numba", "numpy")
+#: What "auto" picks, by the input's array library, fastest first.
+AUTO_ORDER = {"numpy": ("numba", "numpy"), "torch": ("torch",), "cupy": ("cupy",)}
+#: The backends that run each array library's input (results come back in it).
+RUNS = {"numpy": ("numpy", "numba"), "torch": ("torch",), "cupy": ("cupy",)}
 
 
 def installed(name: str) -> bool:
@@ -29,11 +33,19 @@ def installed(name: str) -> bool:
 
 def resolve_backend(name: Any, heads: Sequence[Any]) -> str:
     """The backend that will run ``heads``: ``name`` itself, or the best for ``"auto"``."""
+    from .._arrays import library_of
+
     options = ("auto", *BACKENDS)
     if not isinstance(name, str) or name not in options:
         raise ValueError(f"backend: expected one of {options}, got {name!r}")
+    library = library_of(heads[0]) or "numpy"  # a ChunkedScores stream is read as NumPy
     if name == "auto":
-        return next(backend for backend in AUTO_ORDER if installed(backend))
+        return next(backend for backend in AUTO_ORDER[library] if installed(backend))
+    if name not in RUNS[library]:
+        raise ValueError(
+            f"backend={name!r} does not run {library} input; use backend='auto' (or one of "
+            f"{RUNS[library]}), or convert the scores to the backend's array library"
+        )
     if not installed(name):
         package = BACKENDS[name][1]
         raise ImportError(

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from ..rounding import NumpyPasses
+
 __all__ = ["NumbaPasses", "balance"]
 
 
@@ -35,6 +37,11 @@ class NumbaPasses:
         clusters, first = np.unique(own[order], return_index=True)
         bounds = np.append(first, own.size)
         _cluster_min_loss(np.ascontiguousarray(block), order, bounds, clusters, move_cost)
+
+    @staticmethod
+    def gather(scores: Any, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` as float64 (m, K) (a stream's repair runs in NumPy)."""
+        return NumpyPasses.gather(scores, index)
 
     @staticmethod
     def balance(transfers: Any) -> int:

@@ -1,0 +1,104 @@
+"""The Torch backend: the reference iteration on Torch tensors, CPU or CUDA.
+
+The Sinkhorn loop is :func:`otlabel.solver.solve` with the reference kernels
+of :mod:`otlabel.solver` on the array-API namespace of Torch; this module holds
+what is specific to Torch: block sizes per device, a solve context (thread
+count, TF32 off), and the three passes of balanced rounding on the tensor's
+device, so that only vectors of length N or K cross to the host.
+
+Precision: the (n, K) temporaries of a block are float32 for float32, float16
+and bfloat16 scores (float64 for float64 scores), read block by block, never
+converted whole; row and column sums are accumulated in float32 within a
+block and every potential, partial and error is float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Bytes of the working precision per block of rows, by device type: CPU blocks
+#: amortise Torch's per-operation overhead, GPU blocks its launch latency.
+BLOCK_BYTES = {"cpu": 16 << 20, "cuda": 512 << 20}
+
+
+def block_bytes(scores: torch.Tensor) -> int:
+    return BLOCK_BYTES.get(scores.device.type, BLOCK_BYTES["cuda"])
+
+
+def work_dtype(scores: torch.Tensor) -> torch.dtype:
+    """float64 for float64 scores, else float32 (float16 and bfloat16 included)."""
+    return torch.float64 if scores.dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def solve_context(n_threads: int | None) -> Iterator[None]:
+    """Torch's CPU thread count fixed to ``n_threads``; TF32 matmuls off (restored after)."""
+    threads = torch.get_num_threads()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    try:
+        if n_threads is not None:
+            torch.set_num_threads(n_threads)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.set_float32_matmul_precision(precision)
+
+
+class TorchPasses:
+    """The passes of balanced rounding on the block's device, float64 per element.
+
+    Same arithmetic as :class:`otlabel.rounding.NumpyPasses`: maxima and minima
+    are exact, so labels and move costs are identical to NumPy's on the same
+    scores; only labels (n,) and per-cluster minima cross to the host.
+    """
+
+    name = "torch"
+
+    @staticmethod
+    def argmax(block: torch.Tensor, potential: np.ndarray) -> np.ndarray:
+        shifted = block.to(torch.float64) + _on(potential, block)  # (n, K)
+        return torch.argmax(shifted, dim=1).cpu().numpy()
+
+    @staticmethod
+    def move_costs(block: torch.Tensor, own: np.ndarray, move_cost: np.ndarray) -> None:
+        """``C[k] = min(C[k], min_{i in k} S_ik - S_i)`` over the block's rows, in place."""
+        rows = block.to(torch.float64)  # (n, K)
+        own_t = torch.as_tensor(own, device=block.device)
+        loss = rows.gather(1, own_t[:, None]) - rows  # (n, K)
+        clusters, slot = torch.unique(own_t, return_inverse=True)
+        shape = (clusters.numel(), rows.shape[1])
+        block_min = torch.full(shape, torch.inf, dtype=rows.dtype, device=block.device)
+        block_min.scatter_reduce_(0, slot[:, None].expand_as(loss), loss, "amin")
+        present = clusters.cpu().numpy()
+        move_cost[present] = np.minimum(move_cost[present], block_min.cpu().numpy())
+
+    @staticmethod
+    def row_gap(block: torch.Tensor, labels: np.ndarray, prices: np.ndarray) -> float:
+        values = block.to(torch.float64) - _on(prices, block)  # (n, K)
+        own = values.gather(1, torch.as_tensor(labels, device=block.device)[:, None])[:, 0]
+        return float(torch.sum(values.max(dim=1).values - own))
+
+    @staticmethod
+    def gather(scores: torch.Tensor, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` of the matrix as a float64 host array (m, K)."""
+        rows = scores[torch.as_tensor(index, device=scores.device)]
+        return rows.to(torch.float64).cpu().numpy()
+
+
+def _on(vector: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(vector, dtype=torch.float64, device=like.device)
+
+
+def rows_per_block(scores: Any) -> int:
+    """Rows per block of the rounding passes (float64 copies of a block)."""
+    return max(1, block_bytes(scores) // (scores.shape[1] * 8))
