@@ -1,0 +1,53 @@
+"""Rank processes of tests/test_distributed.py (spawned: importable by name)."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def run(rank: int, world: int, folder: str, cases: list[dict]) -> None:
+    """Solve each case's shard of this rank; pickle the results (or the error)."""
+    import torch
+    import torch.distributed as dist
+
+    import otlabel.distributed
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
+    outcomes = []
+    try:
+        for case in cases:
+            scores = case["shards"][rank]
+            if case.get("torch"):
+                scores = torch.as_tensor(scores)
+            kwargs = dict(case.get("kwargs", {}))
+            if "sample_weights" in case:
+                kwargs["sample_weights"] = case["sample_weights"][rank]
+            try:
+                result = otlabel.distributed.assign(scores, case["epsilon"], **kwargs)
+                outcomes.append({"result": _host(result)})
+            except (ValueError, TypeError) as error:
+                outcomes.append({"error": (type(error).__name__, str(error))})
+    except Exception:
+        outcomes.append({"crash": traceback.format_exc()})
+    finally:
+        dist.destroy_process_group()
+        Path(folder, f"rank{rank}.pkl").write_bytes(pickle.dumps(outcomes))
+
+
+def _host(result):
+    fields = {}
+    for name in ("labels", "counts", "potential", "row_potential"):
+        value = getattr(result, name)
+        fields[name] = (
+            None if value is None else np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+        )
+        fields[name + "_type"] = type(value).__module__.split(".")[0]
+    for name in ("n_iter", "error", "converged", "cost", "gap", "method", "backend"):
+        fields[name] = getattr(result, name)
+    return fields

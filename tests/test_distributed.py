@@ -1,0 +1,148 @@
+"""The sharded solve on Gloo (2 and 3 local processes) equals the single-process solve."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import otlabel
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+TIMEOUT = 90  # seconds for a whole launch: a deadlock fails the test instead of hanging it
+
+
+def launch(world: int, cases: list[dict], folder: Path) -> list[list[dict]]:
+    """Run ``cases`` on ``world`` spawned Gloo ranks; each rank's outcomes per case."""
+    from _distributed_worker import run
+
+    context = multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=run, args=(r, world, str(folder), cases)) for r in range(world)]
+    for process in ranks:
+        process.start()
+    deadline = time.monotonic() + TIMEOUT
+    for process in ranks:
+        process.join(max(0.0, deadline - time.monotonic()))
+    alive = [process for process in ranks if process.is_alive()]
+    for process in alive:
+        process.kill()
+    assert not alive, "a rank did not finish: deadlock in a collective"
+    outcomes = [pickle.loads(Path(folder, f"rank{r}.pkl").read_bytes()) for r in range(world)]
+    for rank_outcomes in outcomes:
+        crashes = [o["crash"] for o in rank_outcomes if "crash" in o]
+        assert not crashes, crashes[0]
+    return [[outcomes[r][c] for r in range(world)] for c in range(len(cases))]
+
+
+def shards_of(scores: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(scores, np.cumsum(sizes)[:-1])
+
+
+def assert_equals_single(per_rank, scores, sizes, epsilon, **kwargs):
+    """Labels (per rank) identical, counts identical, plan within 1e-6 relative."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "backend"}
+    single = otlabel.assign(scores, epsilon, method="log", backend="numpy", **kwargs)
+    offsets = np.cumsum([0, *sizes])
+    for rank, outcome in enumerate(per_rank):
+        assert "result" in outcome, outcome
+        result = outcome["result"]
+        own = slice(offsets[rank], offsets[rank + 1])
+        assert result["labels"].shape == (sizes[rank],)
+        np.testing.assert_array_equal(result["labels"], single.labels[own])
+        np.testing.assert_array_equal(result["counts"], single.counts)
+        assert abs(result["n_iter"] - single.n_iter) <= 1
+        # plan entries exp((S + f + g)/eps): relative difference exp(df/eps + dg/eps) - 1
+        relative = np.abs(result["potential"] - single.potential).max() / epsilon
+        relative += np.abs(result["row_potential"] - single.row_potential[own]).max() / epsilon
+        assert relative < 1e-6
+        assert result["cost"] == pytest.approx(single.cost, rel=1e-12)
+        if single.gap is not None:
+            assert result["gap"] <= 1e-9
+    first = per_rank[0]["result"]
+    for outcome in per_rank[1:]:  # every rank holds the same global values
+        np.testing.assert_array_equal(outcome["result"]["potential"], first["potential"])
+        assert outcome["result"]["error"] == first["error"]
+
+
+def test_two_ranks_with_uneven_shards(tmp_path, rng):
+    scores = rng.normal(size=(600, 7)) * 2
+    sizes = [230, 370]
+    shards = shards_of(scores, sizes)
+    weights = rng.random(600) + 0.5
+    cluster_w = rng.random(7) + 0.5
+    bad = [shards[0], shards[1].copy()]
+    bad[1][17, 3] = np.nan
+    cases = [
+        {"shards": shards, "epsilon": 0.1, "kwargs": {"tol": 1e-9}},
+        {"shards": shards, "epsilon": 0.1, "kwargs": {"tol": 1e-9, "backend": "numpy"}},
+        {
+            "shards": shards,
+            "epsilon": 0.2,
+            "torch": True,
+            "sample_weights": shards_of(weights, sizes),
+            "kwargs": {"tol": 1e-9, "cluster_weights": cluster_w, "rounding": "argmax"},
+        },
+        {"shards": bad, "epsilon": 0.1},
+        {"shards": [shards[0], shards[1][:, :5]], "epsilon": 0.1},
+    ]
+    balanced, on_numpy, on_torch, nan_case, k_case = launch(2, cases, tmp_path)
+
+    assert_equals_single(balanced, scores, sizes, 0.1, tol=1e-9)
+    assert balanced[0]["result"]["backend"] == "numba"
+    assert_equals_single(on_numpy, scores, sizes, 0.1, tol=1e-9)
+    assert_equals_single(
+        on_torch,
+        scores,
+        sizes,
+        0.2,
+        tol=1e-9,
+        sample_weights=weights,
+        cluster_weights=cluster_w,
+        rounding="argmax",
+    )
+    assert on_torch[0]["result"]["labels_type"] == "torch"
+    for outcome in nan_case:  # rank 1's NaN raises on both ranks
+        assert outcome["error"][0] == "ValueError"
+        assert outcome["error"][1].startswith("rank 1: local_scores: contains NaN")
+        assert "row 17" in outcome["error"][1]
+    for outcome in k_case:
+        assert outcome["error"] == (
+            "ValueError",
+            "local_scores: every rank needs the same K, got [7, 5]",
+        )
+
+
+def test_three_ranks_balanced_with_cluster_weights(tmp_path, rng):
+    scores = rng.normal(size=(513, 5)) * 3
+    sizes = [100, 250, 163]
+    cluster_w = np.array([0.1, 0.3, 0.2, 0.25, 0.15])
+    cases = [
+        {
+            "shards": shards_of(scores, sizes),
+            "epsilon": 0.05,
+            "kwargs": {"tol": 1e-9, "cluster_weights": cluster_w},
+        },
+        {"shards": shards_of(scores, sizes), "epsilon": 0.05, "kwargs": {"rounding": "nope"}},
+    ]
+    balanced, bad_name = launch(3, cases, tmp_path)
+    assert_equals_single(balanced, scores, sizes, 0.05, tol=1e-9, cluster_weights=cluster_w)
+    counts = balanced[0]["result"]["counts"]
+    lower, upper = otlabel.count_bounds(513, cluster_w)
+    assert np.all(lower <= counts) and np.all(counts <= upper) and counts.sum() == 513
+    for outcome in bad_name:
+        assert outcome["error"][0] == "ValueError"
+        assert outcome["error"][1].startswith("rank 0: rounding: expected one of")
+
+
+def test_needs_an_initialised_process_group():
+    import otlabel.distributed
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        otlabel.distributed.assign(np.zeros((4, 2)))
