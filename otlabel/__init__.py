@@ -12,6 +12,7 @@ model's scores, by Sinkhorn-Knopp matrix scaling.
 
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, sinkhorn
 from .datasets import make_scores
+from .online import soft_assign
 from .result import ConvergenceWarning, Result
 from .rounding import count_bounds
 from .streaming import ChunkedScores
@@ -29,4 +30,5 @@ __all__ = [
     "count_bounds",
     "make_scores",
     "sinkhorn",
+    "soft_assign",
 ]

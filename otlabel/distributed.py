@@ -102,7 +102,7 @@ def assign(
         res = otlabel.distributed.assign(scores, epsilon=0.05)
         res.labels   # this rank's 1000 labels; res.counts: global, 200 each
     """
-    collective = TorchCollective(group, local_scores)
+    collective = TorchCollective(group)
     verdict: Exception | None = None
     try:
         problem = _Problem.check(local_scores, epsilon, locals(), collective)
@@ -257,19 +257,9 @@ class _Shard:
         """All ranks' partials, combined in rank order: the same on every rank."""
         xp = array_namespace(columns.log_max)
         finite = bool(xp.all(xp.isfinite(f)))
-        packed = np.concatenate(
-            [to_numpy(columns.log_max), to_numpy(columns.scaled_sum), [float(row_error), finite]]
-        )
-        gathered = self.collective.gather(packed)  # (ranks, 2K + 2)
-        n_clusters = (gathered.shape[1] - 2) // 2
-        total: ColumnPartial | None = None
-        for part in gathered:
-            shard = ColumnPartial(part[:n_clusters], part[n_clusters:-2])
-            total = shard if total is None else total.combine(shard)
-        assert total is not None
-        error = float(gathered[:, -2].sum()) if gathered[:, -1].all() else float("nan")
-        where = device_of(columns.log_max)
-        return ColumnPartial(*(from_host(v, xp, where) for v in vars(total).values())), error
+        total, extras = self.collective.combine(columns, [float(row_error), finite])
+        error = float(extras[:, 0].sum()) if extras[:, 1].all() else float("nan")
+        return total, error
 
 
 class TorchCollective:
@@ -279,7 +269,7 @@ class TorchCollective:
     every method is called by every rank in the same order.
     """
 
-    def __init__(self, group: Any, scores: Any) -> None:
+    def __init__(self, group: Any) -> None:
         import torch
         import torch.distributed as dist
 
@@ -317,6 +307,25 @@ class TorchCollective:
         mine.n_samples = int(sum(summary[0] for summary in summaries))
         mine.weight_total = float(sum(summary[1] for summary in summaries))
         return mine
+
+    def combine(
+        self, columns: ColumnPartial, extras: list[float]
+    ) -> tuple[ColumnPartial, np.ndarray]:
+        """Every rank's column partial combined in rank order (in ``columns``' namespace
+        and device), and every rank's ``extras`` (ranks, len(extras)): one exchange."""
+        packed = np.concatenate(
+            [to_numpy(columns.log_max), to_numpy(columns.scaled_sum), np.asarray(extras, float)]
+        )
+        gathered = self.gather(packed)  # (ranks, 2K + len(extras))
+        n_clusters = (gathered.shape[1] - len(extras)) // 2
+        total: ColumnPartial | None = None
+        for part in gathered:
+            shard = ColumnPartial(part[:n_clusters], part[n_clusters : 2 * n_clusters])
+            total = shard if total is None else total.combine(shard)
+        assert total is not None
+        xp, where = array_namespace(columns.log_max), device_of(columns.log_max)
+        log_max, scaled_sum = (from_host(v, xp, where) for v in (total.log_max, total.scaled_sum))
+        return ColumnPartial(log_max, scaled_sum), gathered[:, 2 * n_clusters :]
 
     def gather_object(self, values: np.ndarray) -> list[np.ndarray]:
         everyone: list[Any] = [None] * self.size

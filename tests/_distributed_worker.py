@@ -14,6 +14,7 @@ def run(rank: int, world: int, folder: str, cases: list[dict]) -> None:
     import torch
     import torch.distributed as dist
 
+    import otlabel
     import otlabel.distributed
 
     dist.init_process_group(
@@ -29,6 +30,12 @@ def run(rank: int, world: int, folder: str, cases: list[dict]) -> None:
             if "sample_weights" in case:
                 kwargs["sample_weights"] = case["sample_weights"][rank]
             try:
+                if case.get("soft"):
+                    codes = otlabel.soft_assign(
+                        scores, case["epsilon"], group=dist.group.WORLD, **kwargs
+                    )
+                    outcomes.append({"codes": np.asarray(codes)})
+                    continue
                 result = otlabel.distributed.assign(scores, case["epsilon"], **kwargs)
                 outcomes.append({"result": _host(result)})
             except (ValueError, TypeError) as error:

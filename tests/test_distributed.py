@@ -91,8 +91,9 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
         },
         {"shards": bad, "epsilon": 0.1},
         {"shards": [shards[0], shards[1][:, :5]], "epsilon": 0.1},
+        {"shards": shards, "epsilon": 0.5, "soft": True, "kwargs": {"n_iter": 4}},
     ]
-    balanced, on_numpy, on_torch, nan_case, k_case = launch(2, cases, tmp_path)
+    balanced, on_numpy, on_torch, nan_case, k_case, soft = launch(2, cases, tmp_path)
 
     assert_equals_single(balanced, scores, sizes, 0.1, tol=1e-9)
     assert balanced[0]["result"]["backend"] == "numba"
@@ -112,6 +113,10 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
         assert outcome["error"][0] == "ValueError"
         assert outcome["error"][1].startswith("rank 1: local_scores: contains NaN")
         assert "row 17" in outcome["error"][1]
+    # SwAV-style codes shared over the ranks: those of the whole batch, split by rank
+    codes = otlabel.soft_assign(scores, 0.5, n_iter=4)
+    np.testing.assert_allclose(soft[0]["codes"], codes[:230], rtol=1e-12)
+    np.testing.assert_allclose(soft[1]["codes"], codes[230:], rtol=1e-12)
     for outcome in k_case:
         assert outcome["error"] == (
             "ValueError",

@@ -1,0 +1,191 @@
+"""SwAV-style online codes: :func:`soft_assign`.
+
+SwAV (Caron et al., 2020) and DeepCluster-v2 compute, for every minibatch,
+soft codes ``Q`` (B, K) with equipartitioned clusters by a few Sinkhorn-Knopp
+iterations on ``exp(scores / epsilon)``; SwAV's copy of the loop overflows to
+``inf``/NaN once ``scores / epsilon`` exceeds about 88 in float32 (scores that are
+not cosine similarities, a small epsilon) and divides by zero when a cluster's
+column underflows.  :func:`soft_assign` takes the same steps in the log domain
+(the one loop of :mod:`otlabel.solver`): the same codes where SwAV's are
+finite, finite codes everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import _validation as check
+from ._arrays import device_of, from_host, library_of
+from .solver import BLOCK_BYTES, ColumnPartial, LogKernel, iterate, plan_of
+
+__all__ = ["soft_assign"]
+
+
+def soft_assign(
+    scores: Any,
+    epsilon: float = 0.05,
+    *,
+    n_iter: int = 3,
+    tol: float | None = None,
+    queue: Any = None,
+    cluster_weights: Any = None,
+    group: Any = None,
+) -> Any:
+    """Soft codes of a minibatch: rows summing to 1, clusters equipartitioned.
+
+    SwAV's ``distributed_sinkhorn``, in the log domain: starting from
+    ``exp(scores / epsilon)``, each iteration scales every cluster's column to
+    its share, then every sample's row to 1.  A drop-in for SwAV and
+    DeepCluster-v2 training loops: ``q = otlabel.soft_assign(scores)``.
+
+    Parameters
+    ----------
+    scores : array (B, K)
+        The minibatch's scores (e.g. cosine similarities to the prototypes), NumPy,
+        Torch (CPU or CUDA; float16 and bfloat16 read in float32) or CuPy.  No
+        gradient flows through the codes.
+    epsilon : float, default 0.05
+        Entropic regularisation in score units (SwAV: 0.05).
+    n_iter : int, default 3
+        Iterations (SwAV: 3).  With ``tol``, the most iterations.
+    tol : float or None
+        Stop earlier, once the L1 marginal error of the codes' plan is at most
+        ``tol``; None runs exactly ``n_iter`` iterations, as SwAV does.
+    queue : array (Q, K) or None
+        Scores of earlier samples (SwAV's queue), same library: they take part
+        in the equipartition, and only the batch's codes are returned.
+    cluster_weights : array (K,) or None
+        Cluster proportions (positive, normalised); None is uniform, as SwAV.
+    group : torch.distributed.ProcessGroup or None
+        Share the equipartition over the ranks of a group (SwAV's
+        ``world_size > 1``): each rank passes its own batch and gets its own
+        codes, computed as for all ranks' batches together.  None: this process.
+
+    Returns
+    -------
+    array (B, K)
+        In the library, device and dtype of ``scores``; every row sums to 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import otlabel
+    >>> scores = np.random.default_rng(0).uniform(-1, 1, size=(256, 8))
+    >>> codes = otlabel.soft_assign(scores, epsilon=0.05)
+    >>> bool(np.allclose(codes.sum(axis=1), 1)), codes.shape
+    (True, (256, 8))
+    >>> huge = scores * 1000  # SwAV's own loop returns NaN here
+    >>> bool(np.isfinite(otlabel.soft_assign(huge)).all())
+    True
+    """
+    epsilon = check.positive_float(epsilon, "epsilon")
+    n_iter = check.positive_int(n_iter, "n_iter")  # type: ignore[assignment]
+    if tol is not None:
+        tol = check.positive_float(tol, "tol")
+    batch = _scores(scores, "scores")
+    rows = _with_queue(batch, queue)
+    xp, where = array_namespace(rows), device_of(rows)
+    cluster_w = check.weights(cluster_weights, rows.shape[1], "cluster_weights")
+    collective = _collective(group)
+    with _quiet(batch):
+        return _codes(rows, batch.shape[0], epsilon, n_iter, tol, cluster_w, collective, xp, where)
+
+
+def _codes(
+    rows: Any,
+    n_batch: int,
+    epsilon: float,
+    n_iter: int,
+    tol: float | None,
+    cluster_w: np.ndarray,
+    collective: Any,
+    xp: Any,
+    where: Any,
+) -> Any:
+    n_local = rows.shape[0]
+    n_total = n_local if collective is None else int(collective.sum(np.array([n_local]))[0])
+    # float64 throughout: a minibatch is small, and rows then sum to 1 to the last bit of
+    # the output precision however large scores / eps is (float32 holds it to ~1e-7 of it)
+    work = xp.float64
+    log_a = from_host(np.full(n_local, -np.log(n_total)), xp, where)  # (Q + B,) uniform
+    log_b = from_host(np.log(cluster_w), xp, where)
+    kernel: Any = LogKernel(rows, log_a, epsilon, work, block_bytes=64 * BLOCK_BYTES)
+    if collective is not None:
+        from .distributed import _Shard
+
+        kernel = _Shard(kernel, collective)
+    # SwAV's first step scales the columns of exp(S / eps): that is the start g.
+    log_mass = _column_log_mass(rows, epsilon, work, collective)
+    start = epsilon * (log_b - log_mass)
+    for current in iterate(kernel, log_b, epsilon, start, omega=1.0):
+        if current.n_iter == n_iter or (tol is not None and current.error <= tol):
+            break
+    # rows of the plan sum to 1/N_total; codes are N_total times the plan
+    row_potential = current.row_potential + epsilon * float(np.log(n_total))
+    codes = plan_of(rows, row_potential, current.potential, epsilon)
+    return codes[n_local - n_batch :, ...]
+
+
+def _column_log_mass(rows: Any, epsilon: float, work: Any, collective: Any) -> Any:
+    """``log sum_i exp(S_ik / eps)`` (K,), over every rank's rows."""
+    xp = array_namespace(rows)
+    x = xp.astype(rows, work) / epsilon  # (n, K)
+    col_max = xp.max(x, axis=0)  # (K,)
+    scaled = xp.sum(xp.exp(x - col_max), axis=0)
+    columns = ColumnPartial(xp.astype(col_max, xp.float64), xp.astype(scaled, xp.float64))
+    if collective is not None:
+        columns, _ = collective.combine(columns, [])
+    return columns.log_mass()
+
+
+def _scores(value: Any, name: str) -> Any:
+    if library_of(value) is None:
+        raise TypeError(
+            f"{name}: expected an array (B, K) (NumPy, Torch or CuPy), got {type(value).__name__}"
+        )
+    matrix = check._matrix(value, name)
+    xp = array_namespace(matrix)
+    if not bool(xp.all(xp.isfinite(matrix))):
+        raise ValueError(f"{name}: contains NaN or infinite values; scores must be finite")
+    return matrix
+
+
+def _with_queue(batch: Any, queue: Any) -> Any:
+    """The queue's rows, then the batch's (SwAV's order), in one array."""
+    if queue is None:
+        return batch
+    rows = _scores(queue, "queue")
+    if library_of(rows) != library_of(batch) or rows.shape[1] != batch.shape[1]:
+        raise ValueError(
+            f"queue: expected a ({batch.shape[1]},)-column array of the scores' library, got "
+            f"{type(queue).__name__} of shape {tuple(rows.shape)}"
+        )
+    xp = array_namespace(batch)
+    return xp.concat([xp.astype(rows, batch.dtype), batch], axis=0)
+
+
+def _collective(group: Any) -> Any:
+    if group is None:
+        return None
+    if isinstance(group, numbers.Number | str):
+        raise TypeError(
+            "group: expected a torch.distributed process group (e.g. "
+            "torch.distributed.group.WORLD) or None"
+        )
+    from .distributed import TorchCollective
+
+    return TorchCollective(group)
+
+
+def _quiet(batch: Any) -> Any:
+    """Torch: no autograd graph, TF32 off; NumPy: exp's underflow to 0 is expected."""
+    if library_of(batch) == "torch":
+        from .kernels.torch_ import solve_context
+
+        return solve_context(None)  # no graph, TF32 off
+    return np.errstate(all="ignore") if library_of(batch) == "numpy" else contextlib.nullcontext()

@@ -1,0 +1,105 @@
+"""soft_assign: SwAV's codes where SwAV's loop is finite, finite codes everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import otlabel
+
+torch = pytest.importorskip("torch")
+
+
+def swav_codes(out, eps, iters):
+    """SwAV's distributed_sinkhorn on one process, as published (the oracle)."""
+    q = torch.exp(out / eps).t()  # (K, B)
+    n_clusters, n_batch = q.shape
+    q /= torch.sum(q)
+    for _ in range(iters):
+        q /= torch.sum(q, dim=1, keepdim=True)
+        q /= n_clusters
+        q /= torch.sum(q, dim=0, keepdim=True)
+        q /= n_batch
+    return (q * n_batch).t()
+
+
+@pytest.fixture
+def cosine(rng):
+    """Cosine similarities of 256 samples to 30 prototypes, SwAV's scores."""
+    x = rng.normal(size=(256, 16))
+    prototypes = rng.normal(size=(30, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+    return x @ prototypes.T
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("iters", [1, 3, 10])
+def test_equals_swav_where_swav_is_finite(cosine, dtype, atol, iters):
+    scores = torch.as_tensor(cosine, dtype=dtype)
+    codes = otlabel.soft_assign(scores, 0.05, n_iter=iters)
+    assert isinstance(codes, torch.Tensor) and codes.dtype == dtype and codes.shape == (256, 30)
+    torch.testing.assert_close(codes, swav_codes(scores, 0.05, iters), rtol=0, atol=atol)
+    on_numpy = otlabel.soft_assign(cosine, 0.05, n_iter=iters)
+    assert isinstance(on_numpy, np.ndarray)
+    np.testing.assert_allclose(
+        on_numpy, swav_codes(torch.as_tensor(cosine), 0.05, iters), atol=1e-12
+    )
+
+
+def test_finite_where_swav_overflows(cosine):
+    logits = torch.as_tensor(cosine * 100, dtype=torch.float32)  # scores / eps up to 2000
+    assert torch.isnan(swav_codes(logits, 0.05, 3)).any()
+    codes = otlabel.soft_assign(logits, 0.05)
+    assert torch.isfinite(codes).all()
+    torch.testing.assert_close(codes.sum(dim=1), torch.ones(256), rtol=0, atol=1e-5)
+
+
+def test_tolerance_reaches_the_equipartition(cosine):
+    weights = np.linspace(1, 2, 30)
+    codes = otlabel.soft_assign(cosine, 0.05, n_iter=10_000, tol=1e-9, cluster_weights=weights)
+    np.testing.assert_allclose(codes.sum(axis=1), 1, atol=1e-12)
+    np.testing.assert_allclose(codes.sum(axis=0), 256 * weights / weights.sum(), rtol=1e-8)
+    three = otlabel.soft_assign(cosine, 0.05, n_iter=3, tol=1e-9)  # n_iter is the most
+    np.testing.assert_allclose(three, otlabel.soft_assign(cosine, 0.05), atol=0)
+
+
+def test_queue_takes_part_and_only_the_batch_is_returned(cosine):
+    scores = torch.as_tensor(cosine)
+    codes = otlabel.soft_assign(scores[:64], 0.05, queue=scores[64:])
+    everything = swav_codes(torch.cat([scores[64:], scores[:64]]), 0.05, 3)
+    assert codes.shape == (64, 30)
+    torch.testing.assert_close(codes, everything[-64:], rtol=0, atol=1e-12)
+
+
+def test_half_precision_and_no_gradient(cosine):
+    scores = torch.as_tensor(cosine, dtype=torch.float32).requires_grad_()
+    codes = otlabel.soft_assign(scores.to(torch.bfloat16))
+    assert codes.dtype == torch.bfloat16 and not codes.requires_grad
+    reference = otlabel.soft_assign(scores.detach().to(torch.bfloat16).float())
+    torch.testing.assert_close(codes.float(), reference, rtol=0, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_iter": 0}, ValueError, "n_iter: expected an integer >= 1"),
+        ({"tol": -1.0}, ValueError, "tol: expected a finite number > 0"),
+        ({"epsilon": 0}, ValueError, "epsilon: expected a finite number > 0"),
+        ({"queue": np.zeros((5, 3))}, ValueError, r"queue: expected a \(30,\)-column array"),
+        ({"group": "world"}, TypeError, "group: expected a torch.distributed process group"),
+        ({"cluster_weights": np.ones(3)}, ValueError, r"cluster_weights: expected shape \(30,\)"),
+    ],
+)
+def test_bad_arguments_are_named(cosine, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        otlabel.soft_assign(cosine, **kwargs)
+
+
+def test_bad_scores_are_named(cosine):
+    bad = cosine.copy()
+    bad[3, 4] = np.inf
+    with pytest.raises(ValueError, match="scores: contains NaN or infinite"):
+        otlabel.soft_assign(bad)
+    with pytest.raises(TypeError, match=r"scores: expected an array \(B, K\)"):
+        otlabel.soft_assign(cosine.tolist())
