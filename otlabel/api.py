@@ -216,7 +216,8 @@ def assign(
             cluster_w = check.weights(cluster_ws[h], head.shape[1], name)
             start = check.initial_potential(inits[h], head.shape[1])
             outcomes.append(_assign_head(head, sample_w, cluster_w, start, options, index))
-    return _assemble(outcomes, layout, options, reference=heads[0])
+    reference = heads[0].template() if isinstance(heads[0], ChunkedScores) else heads[0]
+    return _assemble(outcomes, layout, options, reference)
 
 
 def sinkhorn(
@@ -296,7 +297,8 @@ def _assign_head(
     check.check_finite_rows(row_max, row_min, _name("scores", head))
     log_a, log_b = np.log(sample_w), np.log(cluster_w)
     if options.backend in ("torch", "cupy"):  # potentials live on the scores' device
-        xp, where = array_namespace(scores), device_of(scores)
+        template = scores.template() if isinstance(scores, ChunkedScores) else scores
+        xp, where = array_namespace(template), device_of(template)
         log_a, log_b, start = (from_host(v, xp, where) for v in (log_a, log_b, start))
     if isinstance(scores, ChunkedScores):
         if options.return_plan:
@@ -366,9 +368,8 @@ def _mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> f
         return float(xp.sum(xp.astype(picked, xp.float64))) / labels.size
     total = 0.0
     for start in range(0, labels.size, rows_per_block):
-        block = np.asarray(scores[start : start + rows_per_block])
-        own = labels[start : start + rows_per_block]
-        total += float(np.sum(block[np.arange(own.size), own], dtype=np.float64))
+        block = scores[start : start + rows_per_block]
+        total += _mean_label_score(block, labels[start : start + rows_per_block], 0) * len(block)
     return total / labels.size
 
 
@@ -552,7 +553,8 @@ def _row_extremes(scores: np.ndarray, options: _Options) -> tuple[np.ndarray, np
             _row_extremes(scores[start : start + rows], options)
             for start in range(0, scores.shape[0], rows)
         ]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        xp = scores.namespace()
+        return xp.concat([p[0] for p in parts]), xp.concat([p[1] for p in parts])
     if options.backend == "numba":
         from .kernels import numba_
 

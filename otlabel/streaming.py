@@ -22,6 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
+
+from ._arrays import library_of, to_numpy
 
 __all__ = ["ChunkedScores"]
 
@@ -37,7 +40,8 @@ class ChunkedScores:
     source : path, array, list of arrays, or callable
         - a path to a ``.npy`` file: memory-mapped read-only (its pages are
           the page cache's, not the process's);
-        - a NumPy array or ``numpy.memmap`` ``(N, K)``;
+        - a NumPy array or ``numpy.memmap`` ``(N, K)``, or a Torch tensor (for
+          a GPU solve: a pinned CPU tensor, ``tensor.pin_memory()``);
         - a list of ``(n_c, K)`` arrays, the chunks in row order;
         - a callable ``source(i0, i1)`` returning rows ``i0:i1`` as an
           ``(i1 - i0, K)`` array for any ``0 <= i0 < i1 <= N``, e.g.
@@ -47,6 +51,13 @@ class ChunkedScores:
         N; required for a callable, checked against the others.
     n_clusters : int, optional
         K; read from the data when not given.
+    device : str or torch.device, optional
+        Deliver every block as a Torch tensor on this device (e.g. ``"cuda"``):
+        the matrix can then be larger than GPU memory, held in (pinned) host
+        memory, on disk, or computed per block on the GPU.  Torch sources (a
+        tensor, a list of tensors, a callable returning tensors) are Torch
+        streams on their own device without it.  The solve then runs on the
+        Torch backend, and results come back as tensors on that device.
 
     Notes
     -----
@@ -64,14 +75,16 @@ class ChunkedScores:
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | np.ndarray | Sequence[np.ndarray] | Callable[..., Any],
+        source: str | os.PathLike[str] | Any | Sequence[Any] | Callable[..., Any],
         *,
         n_samples: int | None = None,
         n_clusters: int | None = None,
+        device: Any = None,
     ) -> None:
         if isinstance(source, str | os.PathLike):
             source = np.load(source, mmap_mode="r")
-        if isinstance(source, np.ndarray):
+        self.device = device
+        if library_of(source) is not None:
             self._reader: _Reader = _ArrayReader(source)
         elif isinstance(source, list | tuple):
             self._reader = _ChunkReader(list(source))
@@ -95,8 +108,37 @@ class ChunkedScores:
         if n == 0 or k == 0:
             raise ValueError(f"scores: needs at least one sample and one cluster, got {(n, k)}")
         self.shape: tuple[int, int] = (n, k)
-        self.dtype: np.dtype = self._reader.dtype
         self.ndim = 2
+        self.library = "torch" if device is not None else self._reader.library
+        if self.library == "torch":
+            self._torch_stream(device)
+        else:
+            self.dtype: Any = self._reader.dtype
+            self.device = "cpu"
+
+    def _torch_stream(self, device: Any) -> None:
+        """Blocks as Torch tensors on ``device`` (default: the source's own)."""
+        import torch
+
+        dtype = self._reader.dtype
+        if self._reader.library == "numpy":  # NumPy rows carried to the device
+            dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+                np.dtype(dtype)
+            ]
+        self.dtype = dtype
+        self.device = torch.device(device if device is not None else self._reader.device)
+
+    def template(self) -> Any:
+        """An empty array in the stream's library and on its device (results follow it)."""
+        if self.library == "torch":
+            import torch
+
+            return torch.empty(0, dtype=self.dtype, device=self.device)
+        return np.empty(0, self.dtype)
+
+    def namespace(self) -> Any:
+        """The array-API namespace of the stream's blocks."""
+        return array_namespace(self.template())
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -105,7 +147,7 @@ class ChunkedScores:
         kind = type(self._reader).__name__.removeprefix("_").removesuffix("Reader").lower()
         return f"ChunkedScores({kind}, shape={self.shape}, dtype={self.dtype})"
 
-    def __getitem__(self, key: Any) -> np.ndarray:
+    def __getitem__(self, key: Any) -> Any:
         """Rows of the matrix: ``stream[i0:i1]`` (a block) or ``stream[indices]`` (a gather)."""
         if isinstance(key, tuple):
             if len(key) != 2 or key[1] is not Ellipsis:
@@ -114,42 +156,59 @@ class ChunkedScores:
         if isinstance(key, slice):
             start, stop, step = key.indices(self.shape[0])
             if step == 1:
-                return self._checked(self._reader.rows(start, max(start, stop)), start)
+                block = self._checked(self._reader.rows(start, max(start, stop)), start)
+                return self._delivered(block)
             key = np.arange(start, stop, step)
-        indices = np.asarray(key)
+        indices = to_numpy(key) if library_of(key) is not None else np.asarray(key)
         if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
             raise IndexError("ChunkedScores rows must be a slice or a 1-D integer array")
-        return self._gather(indices.astype(np.int64))
+        return self._delivered(self._gather(indices.astype(np.int64)))
 
     def _gather(self, indices: np.ndarray) -> np.ndarray:
         if indices.size and (indices.min() < 0 or indices.max() >= self.shape[0]):
             raise IndexError(f"row index out of range for {self.shape[0]} rows")
         order = np.argsort(indices, kind="stable")
         wanted = indices[order]
-        out = np.empty((indices.size, self.shape[1]), self.dtype)
+        out = np.empty((indices.size, self.shape[1]), _host_dtype(self._reader.dtype))
         position = 0
         while position < wanted.size:
             start = int(wanted[position])
             stop = min(start + GATHER_ROWS, self.shape[0])
             end = int(np.searchsorted(wanted, stop))
-            block = self[start:stop] if self._reader.computes else None
-            for i in range(position, end):
-                row = int(wanted[i])
-                out[order[i]] = block[row - start] if block is not None else self._reader.row(row)
+            if self._reader.computes:
+                block = to_numpy(self._checked(self._reader.rows(start, stop), start))
+                picked = wanted[position:end] - start
+                out[order[position:end]] = block[picked]
+            else:
+                for i in range(position, end):
+                    out[order[i]] = to_numpy(self._reader.row(int(wanted[i])))
             position = end
-        return out
+        return out  # host rows; _delivered moves them
+
+    def _delivered(self, block: Any) -> Any:
+        """A block in the stream's library, on its device."""
+        if self.library != "torch":
+            return block
+        import torch
+
+        if library_of(block) == "numpy":
+            block = torch.from_numpy(np.ascontiguousarray(block))
+        return block.to(self.device, non_blocking=True)
 
     def _checked(self, block: Any, start: int) -> np.ndarray:
         stop = start + (block.shape[0] if hasattr(block, "shape") else 0)
         where = f"scores rows {start}:{stop}"
-        if not isinstance(block, np.ndarray):
-            raise TypeError(f"{where}: the source returned {type(block).__name__}, not an array")
+        if library_of(block) != self._reader.library:
+            raise TypeError(
+                f"{where}: the source returned {type(block).__name__}, not a "
+                f"{self._reader.library} array"
+            )
         expected = (stop - start, self.shape[1])
         if block.ndim != 2 or block.shape[1] != self.shape[1]:
-            raise ValueError(f"{where}: expected shape {expected}, got {block.shape}")
-        if block.dtype != self.dtype:
+            raise ValueError(f"{where}: expected shape {expected}, got {tuple(block.shape)}")
+        if block.dtype != self._reader.dtype:
             raise TypeError(
-                f"{where}: dtype {block.dtype}, but the stream's is {self.dtype}; "
+                f"{where}: dtype {block.dtype}, but the stream's is {self._reader.dtype}; "
                 "return one float dtype from every chunk"
             )
         return block
@@ -162,8 +221,19 @@ class ChunkedScores:
 
 class _Reader:
     shape: tuple[int, int]
-    dtype: np.dtype
+    dtype: Any  # NumPy's, or Torch's for Torch sources
+    library = "numpy"
+    device: Any = "cpu"
     computes = False  # True: rows cost a computation, gather them in blocks
+
+    def _adopt(self, sample: Any, where: str) -> None:
+        """Library, device and dtype of the source, from one of its arrays."""
+        self.library = library_of(sample) or "numpy"
+        if self.library == "torch":
+            self.device = sample.device
+            self.dtype = _torch_float_dtype(sample.dtype, where)
+        else:
+            self.dtype = _float_dtype(sample.dtype, where)
 
     def rows(self, start: int, stop: int) -> Any:
         raise NotImplementedError
@@ -181,13 +251,30 @@ def _float_dtype(dtype: np.dtype, where: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+def _torch_float_dtype(dtype: Any, where: str) -> Any:
+    import torch
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{where}: expected floating-point scores, got dtype {dtype}")
+    return dtype
+
+
+def _host_dtype(dtype: Any) -> Any:
+    """The NumPy dtype that holds rows of ``dtype`` (half precision: float32)."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    import torch
+
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
 class _ArrayReader(_Reader):
-    def __init__(self, array: np.ndarray) -> None:
+    def __init__(self, array: Any) -> None:
         if array.ndim != 2:
-            raise ValueError(f"scores: expected a 2-D array (N, K), got shape {array.shape}")
+            raise ValueError(f"scores: expected a 2-D array (N, K), got shape {tuple(array.shape)}")
         self.array = array
         self.shape = (int(array.shape[0]), int(array.shape[1]))
-        self.dtype = _float_dtype(array.dtype, "scores")
+        self._adopt(array, "scores")
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
@@ -201,7 +288,7 @@ class _ChunkReader(_Reader):
         if not chunks:
             raise ValueError("scores: an empty list of chunks; give at least one (n, K) array")
         for c, chunk in enumerate(chunks):
-            if not isinstance(chunk, np.ndarray) or chunk.ndim != 2:
+            if library_of(chunk) != library_of(chunks[0]) or chunk.ndim != 2:
                 shape = getattr(chunk, "shape", type(chunk).__name__)
                 raise ValueError(f"scores chunk {c}: expected a 2-D array (n, K), got {shape}")
             if chunk.shape[1] != chunks[0].shape[1]:
@@ -217,7 +304,7 @@ class _ChunkReader(_Reader):
         self.chunks = chunks
         self.offsets = np.cumsum([0] + [chunk.shape[0] for chunk in chunks])
         self.shape = (int(self.offsets[-1]), int(chunks[0].shape[1]))
-        self.dtype = _float_dtype(chunks[0].dtype, "scores chunk 0")
+        self._adopt(chunks[0], "scores chunk 0")
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
@@ -226,7 +313,9 @@ class _ChunkReader(_Reader):
             self.chunks[c][max(start - self.offsets[c], 0) : stop - self.offsets[c]]
             for c in range(first, last)
         ]
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if len(pieces) == 1:
+            return pieces[0]
+        return array_namespace(pieces[0]).concat(pieces, axis=0)
 
     def row(self, index: int) -> np.ndarray:
         c = int(np.searchsorted(self.offsets, index, side="right")) - 1
@@ -241,13 +330,13 @@ class _CallableReader(_Reader):
             raise ValueError(f"n_samples: expected a positive number of rows, got {n_samples}")
         self.function = function
         first = self.rows(0, 1)
-        if not isinstance(first, np.ndarray) or first.ndim != 2 or first.shape[0] != 1:
+        if library_of(first) is None or first.ndim != 2 or first.shape[0] != 1:
             shape = getattr(first, "shape", type(first).__name__)
             raise ValueError(
                 f"scores rows 0:1: the callable must return a (1, K) array for (0, 1), got {shape}"
             )
         self.shape = (n_samples, int(first.shape[1]) if n_clusters is None else int(n_clusters))
-        self.dtype = _float_dtype(first.dtype, "scores rows 0:1")
+        self._adopt(first, "scores rows 0:1")
 
     def rows(self, start: int, stop: int) -> Any:
         try:
@@ -257,9 +346,9 @@ class _CallableReader(_Reader):
                 f"scores rows {start}:{stop}: the source callable raised "
                 f"{type(error).__name__}: {error}"
             ) from error
-        if isinstance(block, np.ndarray) and block.shape[:1] != (stop - start,):
+        if library_of(block) is not None and tuple(block.shape[:1]) != (stop - start,):
             raise ValueError(
                 f"scores rows {start}:{stop}: the callable returned {block.shape[0]} rows "
-                f"(shape {block.shape}); it must return rows i0:i1"
+                f"(shape {tuple(block.shape)}); it must return rows i0:i1"
             )
         return block

@@ -180,3 +180,40 @@ def test_backend_must_run_the_input_library(rng):
         otlabel.assign([scores, torch.as_tensor(scores)])
     with pytest.raises(TypeError, match=r"real floating-point scores, got dtype torch\.bool"):
         otlabel.assign(torch.as_tensor(scores) > 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["callable", "tensor", "chunks", "numpy to device"])
+def test_torch_streams_equal_the_tensor_in_memory(rng, device, kind):
+    device = _device(device)
+    features = torch.as_tensor(rng.normal(size=(3000, 16)).astype(np.float32), device=device)
+    head = torch.as_tensor(rng.normal(size=(9, 16)).astype(np.float32), device=device)
+    scores = features @ head.T  # (3000, 9)
+    sources = {
+        "callable": lambda: otlabel.ChunkedScores(
+            lambda i0, i1: features[i0:i1] @ head.T, n_samples=3000
+        ),
+        "tensor": lambda: otlabel.ChunkedScores(scores),
+        "chunks": lambda: otlabel.ChunkedScores([scores[:1234], scores[1234:]]),
+        "numpy to device": lambda: otlabel.ChunkedScores(scores.cpu().numpy(), device=device),
+    }
+    stream = sources[kind]()
+    assert stream.library == "torch" and stream.dtype == torch.float32
+    streamed = otlabel.assign(stream, 0.1, tol=1e-5)
+    in_memory = otlabel.assign(scores, 0.1, method="log", tol=1e-5)
+    assert streamed.backend == "torch" and streamed.labels.device.type == device
+    assert streamed.n_iter == in_memory.n_iter
+    torch.testing.assert_close(streamed.potential, in_memory.potential, rtol=0, atol=1e-12)
+    assert torch.equal(streamed.labels, in_memory.labels)
+    assert streamed.cost == pytest.approx(in_memory.cost, rel=1e-12)
+
+
+def test_torch_stream_errors_are_named(rng):
+    features = torch.as_tensor(rng.normal(size=(100, 4)).astype(np.float32))
+    returns_numpy = otlabel.ChunkedScores(
+        lambda i0, i1: features[i0:i1] if i0 == 0 else features[i0:i1].numpy(), n_samples=100
+    )
+    with pytest.raises(TypeError, match=r"scores rows \d+:\d+: the source returned ndarray"):
+        otlabel.assign(returns_numpy, 0.1)
+    with pytest.raises(TypeError, match=r"expected floating-point scores, got dtype torch\.int64"):
+        otlabel.ChunkedScores(torch.zeros((4, 2), dtype=torch.int64))

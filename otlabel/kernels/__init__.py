@@ -38,7 +38,7 @@ def resolve_backend(name: Any, heads: Sequence[Any]) -> str:
     options = ("auto", *BACKENDS)
     if not isinstance(name, str) or name not in options:
         raise ValueError(f"backend: expected one of {options}, got {name!r}")
-    library = library_of(heads[0]) or "numpy"  # a ChunkedScores stream is read as NumPy
+    library: str = getattr(heads[0], "library", None) or library_of(heads[0]) or "numpy"
     if name == "auto":
         return next(backend for backend in AUTO_ORDER[library] if installed(backend))
     if name not in RUNS[library]:
