@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def run(rank: int, world: int, folder: str, cases: list[dict]) -> None:
+def run(rank: int, world: int, folder: str, cases: list[dict], backend: str = "gloo") -> None:
     """Solve each case's shard of this rank; pickle the results (or the error)."""
     import torch
     import torch.distributed as dist
@@ -17,15 +17,19 @@ def run(rank: int, world: int, folder: str, cases: list[dict]) -> None:
     import otlabel
     import otlabel.distributed
 
+    device = "cpu"
+    if backend == "nccl":  # one GPU per rank
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
     dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+        backend, init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
     )
     outcomes = []
     try:
         for case in cases:
             scores = case["shards"][rank]
-            if case.get("torch"):
-                scores = torch.as_tensor(scores)
+            if case.get("torch") or backend == "nccl":
+                scores = torch.as_tensor(scores, device=device)
             kwargs = dict(case.get("kwargs", {}))
             if "sample_weights" in case:
                 kwargs["sample_weights"] = case["sample_weights"][rank]

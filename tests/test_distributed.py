@@ -19,12 +19,15 @@ if not torch.distributed.is_available():
 TIMEOUT = 90  # seconds for a whole launch: a deadlock fails the test instead of hanging it
 
 
-def launch(world: int, cases: list[dict], folder: Path) -> list[list[dict]]:
-    """Run ``cases`` on ``world`` spawned Gloo ranks; each rank's outcomes per case."""
+def launch(world: int, cases: list[dict], folder: Path, backend: str = "gloo") -> list[list[dict]]:
+    """Run ``cases`` on ``world`` spawned ranks; each rank's outcomes per case."""
     from _distributed_worker import run
 
     context = multiprocessing.get_context("spawn")
-    ranks = [context.Process(target=run, args=(r, world, str(folder), cases)) for r in range(world)]
+    ranks = [
+        context.Process(target=run, args=(r, world, str(folder), cases, backend))
+        for r in range(world)
+    ]
     for process in ranks:
         process.start()
     deadline = time.monotonic() + TIMEOUT
@@ -151,3 +154,16 @@ def test_needs_an_initialised_process_group():
 
     with pytest.raises(RuntimeError, match="init_process_group"):
         otlabel.distributed.assign(np.zeros((4, 2)))
+
+
+@pytest.mark.gpu
+def test_nccl_ranks_on_gpus_equal_the_single_process_solve(tmp_path, rng):
+    """One rank per GPU (NCCL needs distinct devices): 1 rank on a one-GPU machine."""
+    if not torch.cuda.is_available() or not torch.distributed.is_nccl_available():
+        pytest.skip("no CUDA device or no NCCL")
+    world = min(torch.cuda.device_count(), 2)
+    scores = rng.normal(size=(400, 6)) * 2
+    sizes = [400 // world + 400 % world] + [400 // world] * (world - 1)
+    cases = [{"shards": shards_of(scores, sizes), "epsilon": 0.1, "kwargs": {"tol": 1e-9}}]
+    (balanced,) = launch(world, cases, tmp_path, backend="nccl")
+    assert_equals_single(balanced, scores, sizes, 0.1, tol=1e-9)
