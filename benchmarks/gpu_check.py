@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe = PROBE_BYTES["tiny" if args.tiny else "full"]
     for n_samples, n_clusters in sizes:
         scores = head_scores(n_samples, n_clusters, device)
-        for backend in _backends():
+        for backend in _backends(device):
             report["rows"].append(
                 _pass_row(scores, backend, probe, args.passes) | {"N": n_samples, "K": n_clusters}
             )
@@ -88,10 +88,10 @@ def head_scores(n_samples: int, n_clusters: int, device: torch.device) -> torch.
     return scores
 
 
-def _backends() -> list[str]:
-    """The backends that run CUDA tensors here: the reference kernels, and fused ones."""
+def _backends(device: torch.device) -> list[str]:
+    """The backends that run the device's tensors: the reference kernels, and fused ones."""
     fused = [name for name in ("triton",) if name in BACKENDS and installed(name)]
-    return ["torch", *fused]
+    return ["torch", *fused] if device.type == "cuda" else ["torch"]
 
 
 def _pass_row(scores: torch.Tensor, backend: str, probe_bytes: int, passes: int) -> dict:
@@ -126,7 +126,7 @@ def _imagenet_rows(n_samples: int, n_clusters: int, device: torch.device) -> lis
     """assign to the default tolerance with balanced labels: in memory, then streamed."""
     rows = []
     scores = head_scores(n_samples, n_clusters, device)
-    for backend in _backends():
+    for backend in _backends(device):
         solve = lambda b=backend, s=scores: otlabel.assign(s, backend=b)  # noqa: E731
         elapsed, result = _timed_result(solve, device)
         rows.append(_assign_row("in GPU memory", backend, elapsed, result))

@@ -42,6 +42,8 @@ DEFAULT_MAX_ITER = 5000
 #: The working precision of the NumPy backend: every block is computed in
 #: float64, whatever the storage precision of the scores.
 WORK_DTYPE = np.float64
+#: Backends whose potentials live on the scores' device (Torch, CuPy arrays).
+ON_DEVICE = ("torch", "triton", "cupy")
 #: Bytes per block of rows on a GPU (CuPy; Torch's are in kernels/torch_.py).
 DEVICE_BLOCK_BYTES = 512 << 20
 
@@ -296,7 +298,7 @@ def _assign_head(
     row_max, row_min = _row_extremes(scores, options)
     check.check_finite_rows(row_max, row_min, _name("scores", head))
     log_a, log_b = np.log(sample_w), np.log(cluster_w)
-    if options.backend in ("torch", "cupy"):  # potentials live on the scores' device
+    if options.backend in ON_DEVICE:  # potentials live on the scores' device
         template = scores.template() if isinstance(scores, ChunkedScores) else scores
         xp, where = array_namespace(template), device_of(template)
         log_a, log_b, start = (from_host(v, xp, where) for v in (log_a, log_b, start))
@@ -336,7 +338,7 @@ def _rounding_passes(scores: Any, options: _Options) -> tuple[Any, int]:
 
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
-    if options.backend == "torch":
+    if options.backend in ("torch", "triton"):
         from .kernels import torch_
 
         return torch_.TorchPasses(), torch_.rows_per_block(scores)
@@ -351,7 +353,7 @@ def _backend_context(options: _Options) -> Any:
         from .kernels.numba_ import threads
 
         return threads(options.n_threads)
-    if options.backend == "torch":
+    if options.backend in ("torch", "triton"):
         from .kernels.torch_ import solve_context
 
         return solve_context(options.n_threads)
@@ -375,7 +377,7 @@ def _mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> f
 
 def _work(scores: Any, options: _Options) -> tuple[Any, int]:
     """The precision of the (n, K) temporaries, and the bytes of one block in it."""
-    if options.backend == "torch":
+    if options.backend in ("torch", "triton"):
         from .kernels import torch_
 
         return torch_.work_dtype(scores), torch_.block_bytes(scores)
@@ -407,7 +409,11 @@ def _solve(
             "coarse for float16/bfloat16; use method='auto' or 'log'"
         )
     if method == "auto":
-        safe = not is_half(scores) and scaling_is_safe(row_max, row_min, eps, scores.dtype)
+        safe = (
+            options.backend != "triton"  # its fused kernel is the log domain's
+            and not is_half(scores)
+            and scaling_is_safe(row_max, row_min, eps, scores.dtype)
+        )
         method = "scaling" if safe else "log"
     done = 0
     if method == "scaling":
@@ -581,6 +587,10 @@ def _log_kernel(scores: Any, log_a: Any, options: _Options) -> Any:
         from .kernels.numba_ import NumbaLogKernel
 
         return NumbaLogKernel(scores, log_a, options.epsilon, options.n_threads)
+    if options.backend == "triton":
+        from .kernels.triton_ import TritonLogKernel
+
+        return TritonLogKernel(scores, log_a, options.epsilon)
     work, block_bytes = _work(scores, options)
     return LogKernel(scores, log_a, options.epsilon, work, block_bytes=block_bytes)
 

@@ -18,12 +18,14 @@ BACKENDS: dict[str, tuple[str | None, str | None]] = {
     "numpy": (None, None),
     "numba": ("otlabel.kernels.numba_", "numba"),
     "torch": ("otlabel.kernels.torch_", "torch"),
+    "triton": ("otlabel.kernels.triton_", "triton"),
     "cupy": (None, "cupy"),
 }
-#: What "auto" picks, by the input's array library, fastest first.
+#: What "auto" picks, by the input's array library, fastest first ("triton" is
+#: opt-in until benchmarks/gpu_check.py has measured it faster on a GPU).
 AUTO_ORDER = {"numpy": ("numba", "numpy"), "torch": ("torch",), "cupy": ("cupy",)}
 #: The backends that run each array library's input (results come back in it).
-RUNS = {"numpy": ("numpy", "numba"), "torch": ("torch",), "cupy": ("cupy",)}
+RUNS = {"numpy": ("numpy", "numba"), "torch": ("torch", "triton"), "cupy": ("cupy",)}
 
 
 def installed(name: str) -> bool:
