@@ -95,11 +95,15 @@ def assign(
 
     Parameters
     ----------
-    scores : array (N, K), stack (H, N, K), or list of (N, K) arrays
-        Model scores: logits, log-probabilities or similarities, finite.
-        float32 and float64 are kept as they are; float16 and integers are
-        converted.  A stack or list is H heads solved as H problems, each
-        stopping on its own (a list may mix K).
+    scores : array (N, K), stack (H, N, K), list of (N, K) arrays, or ChunkedScores
+        Model scores: logits, log-probabilities or similarities, finite; a
+        NumPy array, a Torch tensor (CPU or CUDA) or a CuPy array, solved on
+        its device; results come back in its library.  float32 and float64
+        are kept as they are; Torch's float16 and bfloat16 are read block by
+        block in float32; NumPy's float16 and integers are converted.  A stack
+        or list is H heads solved as H problems, each stopping on its own (a
+        list may mix K).  :class:`~otlabel.ChunkedScores`: a matrix read block
+        by block, never held whole.
     epsilon : float, default 0.04
         Entropic regularisation in score units (SeLa: ``1/lambda``, 0.04 on
         ImageNet; SwAV: 0.05).  Smaller is closer to the exact assignment and
@@ -122,9 +126,11 @@ def assign(
         (always finite).  ``"auto"`` takes the scaling domain when it is
         provably safe for the input and falls back to the log domain, warm,
         if it under- or overflows anyway.  It never returns NaN or inf.
-    backend : {"auto", "numpy"}
-        Implementation of the iteration; ``"auto"`` picks the fastest installed
-        one for the input.
+    backend : {"auto", "numpy", "numba", "torch", "triton", "cupy"}
+        Implementation of the iteration.  ``"auto"`` picks the fastest
+        installed one for the input's library: Numba (else NumPy) for NumPy
+        arrays, Torch for tensors, CuPy for CuPy arrays.  ``"triton"`` (CUDA
+        tensors; opt-in) fuses the log-domain pass into one Triton kernel.
     rounding : {"balanced", "argmax", None}
         ``"balanced"``: labels with ``floor(N b_k) <= n_k <= ceil(N b_k)`` that
         maximise ``sum_i S_{i, y_i}`` (exact, with a certified ``gap``).
@@ -143,8 +149,8 @@ def assign(
         (see the guide), which come back as an upper bound.
     n_threads : int or None
         Thread count of the fused kernels (results are identical run to run and
-        do not depend on the count).  The NumPy backend uses the BLAS library's
-        own threads.
+        do not depend on the count) and of Torch on the CPU.  The NumPy backend
+        uses the BLAS library's own threads.
     overrelaxation : "auto" or float, default "auto"
         Weight ``omega`` of over-relaxed Sinkhorn: each potential moves to
         ``(1 - omega) old + omega new``.  ``"auto"`` runs a few plain passes,
