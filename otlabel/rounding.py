@@ -64,8 +64,8 @@ class Passes(Protocol):
 
     def row_gap(self, block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float: ...
 
-    def gather(self, scores: Any, index: np.ndarray) -> np.ndarray:
-        """Rows ``index`` of the matrix as a float64 host array (m, K)."""
+    def gather(self, scores: Any, index: np.ndarray) -> Any:
+        """Rows ``index`` of the matrix as float64 (m, K), NumPy or on the scores' device."""
 
 
 class Collective(Protocol):
@@ -385,23 +385,26 @@ class _Transfers:
             return
         n_clusters = self.upper.size
         members = np.asarray(self.members[giver], dtype=np.int64)  # this shard's
-        rows = self.passes.gather(self.scores, members) if members.size else np.empty((0, 0))
-        loss = rows[:, giver] - rows[:, taker] if members.size else np.empty(0)  # (m,)
-        pick = int(np.argmin(loss)) if loss.size else -1
-        mine = self.group.owner_of_min(float(loss[pick]) if loss.size else np.inf)
-        mine = mine == self.group.rank
+        # the members' rows (m, K), float64, where the passes keep them (Torch: the device)
+        rows = self.passes.gather(self.scores, members) if members.size else None
+        best, pick = np.inf, -1
+        if rows is not None:
+            xp = array_namespace(rows)
+            loss = rows[:, giver] - rows[:, taker]  # (m,)
+            pick = int(xp.argmin(loss))  # the first on ties, in NumPy and Torch alike
+            best = float(loss[pick])
+        mine = self.group.owner_of_min(best) == self.group.rank
         moved_cost = np.full(n_clusters, np.inf)  # (K,) the moved sample's costs, or inf
-        if mine:
+        if mine and rows is not None:
             sample = int(members[pick])
             self.members[giver].remove(sample)
             self.members[taker].append(sample)
             self.labels[sample] = taker
-            moved_row = rows[pick]
-            moved_cost = moved_row[taker] - moved_row
-            rows = np.delete(rows, pick, axis=0)
+            moved_cost = to_numpy(rows[pick, taker] - rows[pick, :])
+            rows = xp.concat([rows[:pick, :], rows[pick + 1 :, :]], axis=0)
         remaining = np.full(n_clusters, np.inf)  # (K,) the giver's cheapest moves left here
-        if len(rows):
-            remaining = np.min(rows[:, giver][:, None] - rows, axis=0)
+        if rows is not None and rows.shape[0]:
+            remaining = to_numpy(xp.min(rows[:, giver][:, None] - rows, axis=0))
         both = self.group.min(np.concatenate([remaining, moved_cost]))  # one reduction
         self.move_cost[giver] = both[:n_clusters]
         self.move_cost[taker] = np.minimum(self.move_cost[taker], both[n_clusters:])

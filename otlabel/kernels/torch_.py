@@ -89,10 +89,11 @@ class TorchPasses:
         return float(torch.sum(values.max(dim=1).values - own))
 
     @staticmethod
-    def gather(scores: torch.Tensor, index: np.ndarray) -> np.ndarray:
-        """Rows ``index`` of the matrix as a float64 host array (m, K)."""
+    def gather(scores: Any, index: np.ndarray) -> torch.Tensor:
+        """Rows ``index`` of the matrix as float64 (m, K) on its device: the repair's
+        per-move arithmetic stays there, and only K-vectors cross to the host."""
         rows = scores[torch.as_tensor(index, device=scores.device)]
-        return rows.to(torch.float64).cpu().numpy()
+        return rows.to(torch.float64)
 
 
 def _on(vector: np.ndarray, like: torch.Tensor) -> torch.Tensor:
