@@ -106,7 +106,7 @@ def assign(
     verdict: Exception | None = None
     try:
         problem = _Problem.check(local_scores, epsilon, locals(), collective)
-    except (ValueError, TypeError) as error:
+    except Exception as error:  # every rank must hear of it, or the others wait forever
         verdict = error
     problem = collective.agree(verdict, lambda: problem)
     with _backend_context(problem.options):
@@ -291,7 +291,8 @@ class TorchCollective:
         self.dist.all_gather_object(messages, own, group=self.group)
         for rank, message in enumerate(messages):
             if message is not None:
-                kind = TypeError if message[0] == "TypeError" else ValueError
+                kinds = {"TypeError": TypeError, "ValueError": ValueError}
+                kind = kinds.get(message[0], RuntimeError)
                 raise kind(f"rank {rank}: {message[1]}") from verdict
         mine = problem()
         summaries = self.gather_object(mine.summary())
