@@ -113,8 +113,17 @@ def test_missing_numba_is_a_clear_error(rng, monkeypatch):
     assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
 
 
+@pytest.fixture(params=["dense", "sparse"])
+def storage(request, monkeypatch):
+    """Force the stored kernel dense or sparse (the choice goes by its density)."""
+    from otlabel.kernels import numba_
+
+    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0 if request.param == "sparse" else 0.0)
+    return request.param
+
+
 @pytest.mark.parametrize("overrelaxation", [1.0, "auto"])
-def test_stored_kernel_reports_the_true_error_of_its_plan(overrelaxation):
+def test_stored_kernel_reports_the_true_error_of_its_plan(overrelaxation, storage):
     """After the switch to the stored float32 kernel, the reported error is that of
     the plan rebuilt in float64 from the returned potentials, up to float32 precision."""
     scores = otlabel.make_scores(3000, 30, kind="sela", seed=4)
@@ -126,7 +135,7 @@ def test_stored_kernel_reports_the_true_error_of_its_plan(overrelaxation):
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_hybrid_matches_the_exact_log_domain(overwrite):
+def test_hybrid_matches_the_exact_log_domain(overwrite, storage):
     scores = otlabel.make_scores(4000, 40, kind="head", seed=6)
     exact = otlabel.assign(scores.astype(np.float64), 0.04, tol=1e-9)
     work = scores.copy()
@@ -134,10 +143,54 @@ def test_hybrid_matches_the_exact_log_domain(overwrite):
     assert fast.method == "scaling"
     np.testing.assert_allclose(fast.potential, exact.potential, atol=5e-4)
     assert np.mean(fast.labels == exact.labels) >= 0.999
+    if storage == "sparse":  # the scores are never touched
+        np.testing.assert_array_equal(work, scores)
     # restored in place; entries well clear of the flush threshold come back exact
     shifted = (scores + fast.potential) / 0.04
     clear = shifted > shifted.max(axis=1, keepdims=True) - 60
     np.testing.assert_allclose(work[clear], scores[clear], atol=1e-4)
+
+
+@pytest.mark.parametrize("overrelaxation", [1.0, "auto"])
+def test_sparse_stored_kernel_equals_the_dense_one(rng, monkeypatch, overrelaxation):
+    """Same stored values, only the zeros skipped: the same iterates up to float32 sums."""
+    from otlabel.kernels import numba_
+
+    scores = otlabel.make_scores(5000, 60, kind="head", seed=3)
+    results = {}
+    for storage, density in (("dense", 0.0), ("sparse", 1.0)):
+        monkeypatch.setattr(numba_, "SPARSE_DENSITY", density)
+        results[storage] = otlabel.assign(
+            scores, 0.04, tol=1e-6, overrelaxation=overrelaxation, n_threads=2
+        )
+    dense, sparse = results["dense"], results["sparse"]
+    assert dense.method == sparse.method == "scaling"
+    assert abs(int(dense.n_iter) - int(sparse.n_iter)) <= 1
+    np.testing.assert_allclose(sparse.potential, dense.potential, atol=1e-6)
+    np.testing.assert_array_equal(sparse.labels, dense.labels)
+    again = otlabel.assign(scores, 0.04, tol=1e-6, overrelaxation=overrelaxation, n_threads=2)
+    np.testing.assert_array_equal(again.potential, sparse.potential)  # deterministic
+
+
+def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
+    from otlabel.kernels import numba_
+    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+
+    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0)
+    scores = otlabel.make_scores(2000, 50, kind="head", seed=1)
+    potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
+    log_a = np.full(2000, -np.log(2000))
+    kernel = NumbaKernel(scores, log_a, 0.04, None, overwrite=False, store_at_start=True)
+    kernel.column_state(potential)
+    assert isinstance(kernel.stored, SparseKernel)
+    dense = np.exp(scores / 0.04 + kernel.g_ref + kernel.f_ref[:, None]).astype(np.float32)
+    kept = dense > 1.7e-38
+    # the kernel works out exponents ~1e2 in float32: 1e-5 relative, and at the
+    # threshold a handful of entries may fall on either side of it
+    assert abs(kernel.stored.values.size - kept.sum()) <= 1e-3 * kept.sum()
+    assert kept.sum() < 0.5 * scores.size
+    rows = np.repeat(np.arange(2000), np.diff(kernel.stored.indptr))
+    np.testing.assert_allclose(kernel.stored.values, dense[rows, kernel.stored.indices], rtol=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(4))
