@@ -205,6 +205,7 @@ SPARSE_DENSITY = 0.1
 #: Stored entries at or below this are flushed to zero: subnormal float32 keep
 #: few bits (they would restore badly) and take a slow path in arithmetic.
 _TINY32 = 1.7e-38
+_LOG_TINY32 = math.log(_TINY32)
 
 
 @njit(fastmath=_NO_EXP, cache=True)
@@ -350,34 +351,37 @@ class SparseKernel:
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
-    """Entries of ``G`` (as :func:`_build_kernel` makes it) above the flush, per row."""
+    """Entries of ``G`` (as :func:`_build_kernel` makes it) kept, per row: those whose
+    exponent is above log(_TINY32), decided without an ``exp``."""
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
-    scale, tiny = np.float32(inv_eps), np.float32(_TINY32)
+    scale, floor = np.float32(inv_eps), np.float32(_LOG_TINY32)
     for i in prange(n_rows):
         row = scores[i]
         row_max = _shifted_max(row, scale, g32)
         f_ref[i] = -row_max
         kept = 0
         for j in range(n_cols):
-            if exp_neg(row[j] * scale + g32[j] - row_max) > tiny:
-                kept += 1
+            kept += row[j] * scale + g32[j] - row_max > floor
         counts[i] = kept
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values):
-    """The kept entries of ``G``, the same float32 values as :func:`_build_kernel`."""
+    """The kept entries of ``G``: the same float32 values as :func:`_build_kernel`
+    (one at the threshold that ``exp`` puts below it is stored as zero)."""
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
-    scale, tiny = np.float32(inv_eps), np.float32(_TINY32)
+    scale, floor = np.float32(inv_eps), np.float32(_LOG_TINY32)
+    tiny, zero = np.float32(_TINY32), np.float32(0.0)
     for i in prange(n_rows):
         row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
         for j in range(n_cols):
-            value = exp_neg(row[j] * scale + g32[j] - row_max)
-            if value > tiny:
+            exponent = row[j] * scale + g32[j] - row_max
+            if exponent > floor:
+                value = exp_neg(exponent)
                 indices[position] = j
-                values[position] = value
+                values[position] = value if value > tiny else zero
                 position += 1
 
 
