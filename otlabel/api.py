@@ -576,15 +576,18 @@ def _row_extremes(scores: np.ndarray, options: _Options) -> tuple[np.ndarray, np
 
 
 #: Large problems solved cold start from a solve on about this many rows
-#: (at least 20 per cluster), to this tolerance.
-SUBSAMPLE_ROWS = 50_000
+#: (at least 20 per cluster), to this tolerance.  Its log-domain passes cost an
+#: ``exp`` per element; the sparse stored kernel's passes that follow cost little,
+#: so a subsample pays from twice its size on (measured: 50 000 x 1 000 to
+#: tolerance 5.3 s -> 2.1 s, 200 000 x 3 000 45 s -> 15 s; docs/benchmarks.md).
+SUBSAMPLE_ROWS = 20_000
 SUBSAMPLE_TOL = 3e-2
 
 
 def _subsample_stride(n_samples: int, n_clusters: int) -> int:
-    """1 (no subsample) unless the matrix has at least 4 times the subsample's rows."""
+    """1 (no subsample) unless the matrix has at least twice the subsample's rows."""
     rows = max(SUBSAMPLE_ROWS, 20 * n_clusters)
-    return n_samples // rows if n_samples >= 4 * rows else 1
+    return n_samples // rows if n_samples >= 2 * rows else 1
 
 
 def _log_kernel(scores: Any, log_a: Any, options: _Options) -> Any:
