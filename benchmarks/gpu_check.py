@@ -178,11 +178,7 @@ def _gpu_tests(out: Path) -> dict:
 
 
 def _timed(step: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
-    started = time.perf_counter()
-    step()
-    _synchronize(device)
-    return time.perf_counter() - started
+    return _timed_result(step, device)[0]
 
 
 def _timed_result(run: Callable[[], Any], device: torch.device) -> tuple[float, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace, is_cupy_array, is_numpy_array, is_torch_array
+from array_api_compat import device as device_of
 
 #: Array libraries that :func:`otlabel.assign` accepts, by the name of their module.
 LIBRARIES = ("numpy", "torch", "cupy")
@@ -44,20 +45,14 @@ def like(value: Any, reference: Any) -> Any:
     """``value`` (NumPy or None) in the library and on the device of ``reference``."""
     if value is None or library_of(reference) in ("numpy", None):
         return value
-    xp = array_namespace(reference)
-    return xp.asarray(np.ascontiguousarray(value), device=_device(reference))
+    return from_host(value, array_namespace(reference), device_of(reference))
 
 
 def from_host(value: np.ndarray, xp: Any, device: Any) -> Any:
-    """A NumPy vector as an array of namespace ``xp`` on ``device``."""
+    """A NumPy array as an array of namespace ``xp`` on ``device``."""
     if xp.__name__.endswith("numpy"):
         return value
     return xp.asarray(np.ascontiguousarray(value), device=device)
-
-
-def device_of(value: Any) -> Any:
-    """The device of an array (``"cpu"`` for NumPy)."""
-    return _device(value)
 
 
 def is_half(value: Any) -> bool:
@@ -66,12 +61,6 @@ def is_half(value: Any) -> bool:
     if library == "torch":
         return value.dtype in _TORCH_HALF()
     return str(getattr(value, "dtype", "")) == "float16"
-
-
-def _device(value: Any) -> Any:
-    from array_api_compat import device
-
-    return device(value)
 
 
 def _TORCH_HALF() -> tuple[Any, ...]:

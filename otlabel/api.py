@@ -44,6 +44,8 @@ DEFAULT_MAX_ITER = 5000
 WORK_DTYPE = np.float64
 #: Backends whose potentials live on the scores' device (Torch, CuPy arrays).
 ON_DEVICE = ("torch", "triton", "cupy")
+#: Backends on Torch tensors: Torch's block sizes, passes and solve context.
+ON_TORCH = ("torch", "triton")
 #: Bytes per block of rows on a GPU (CuPy; Torch's are in kernels/torch_.py).
 DEVICE_BLOCK_BYTES = 512 << 20
 
@@ -200,17 +202,18 @@ def assign(
     (1, True)
     """
     heads, layout = check.heads_of(scores)
-    options = _Options(
-        epsilon=check.positive_float(epsilon, "epsilon"),
-        tol=check.positive_float(tol, "tol"),
-        max_iter=check.positive_int(max_iter, "max_iter"),  # type: ignore[arg-type]
-        method=check.choice(method, "method", check.METHODS),
-        backend=resolve_backend(backend, heads),
-        rounding=check.choice(rounding, "rounding", check.ROUNDINGS),
-        return_plan=check.flag(return_plan, "return_plan"),
-        overwrite_scores=check.flag(overwrite_scores, "overwrite_scores"),
-        n_threads=check.positive_int(n_threads, "n_threads", allow_none=True),
-        overrelaxation=check.overrelaxation(overrelaxation),
+    options = _options(
+        heads,
+        epsilon=epsilon,
+        tol=tol,
+        max_iter=max_iter,
+        method=method,
+        backend=backend,
+        rounding=rounding,
+        return_plan=return_plan,
+        overwrite_scores=overwrite_scores,
+        n_threads=n_threads,
+        overrelaxation=overrelaxation,
     )
     n_heads = len(heads)
     sample_w = check.weights(sample_weights, heads[0].shape[0], "sample_weights")
@@ -278,6 +281,22 @@ def sinkhorn(
     )
 
 
+def _options(heads: list[Any], **given: Any) -> _Options:
+    """The validated options of a call (each check names its argument)."""
+    return _Options(
+        epsilon=check.positive_float(given["epsilon"], "epsilon"),
+        tol=check.positive_float(given["tol"], "tol"),
+        max_iter=check.positive_int(given["max_iter"], "max_iter"),  # type: ignore[arg-type]
+        method=check.choice(given["method"], "method", check.METHODS),
+        backend=resolve_backend(given["backend"], heads),
+        rounding=check.choice(given["rounding"], "rounding", check.ROUNDINGS),
+        return_plan=check.flag(given["return_plan"], "return_plan"),
+        overwrite_scores=check.flag(given["overwrite_scores"], "overwrite_scores"),
+        n_threads=check.positive_int(given["n_threads"], "n_threads", allow_none=True),
+        overrelaxation=check.overrelaxation(given["overrelaxation"]),
+    )
+
+
 @dataclass
 class _HeadOutcome:
     solved: SolveOutput
@@ -303,11 +322,7 @@ def _assign_head(
         )
     row_max, row_min = _row_extremes(scores, options)
     check.check_finite_rows(row_max, row_min, _name("scores", head))
-    log_a, log_b = np.log(sample_w), np.log(cluster_w)
-    if options.backend in ON_DEVICE:  # potentials live on the scores' device
-        template = scores.template() if isinstance(scores, ChunkedScores) else scores
-        xp, where = array_namespace(template), device_of(template)
-        log_a, log_b, start = (from_host(v, xp, where) for v in (log_a, log_b, start))
+    log_a, log_b, start = _on_device(scores, options, np.log(sample_w), np.log(cluster_w), start)
     if isinstance(scores, ChunkedScores):
         if options.return_plan:
             raise ValueError(
@@ -323,17 +338,49 @@ def _assign_head(
     if options.return_plan:
         plan = plan_of(scores, solved.row_potential, solved.potential, options.epsilon)
     solved.potential, solved.row_potential = map(to_numpy, (solved.potential, solved.row_potential))
+    labels, gap, cost = _hard_labels(scores, solved.potential, cluster_w, options)
+    return _HeadOutcome(solved, labels, gap, cost, plan)
+
+
+def _on_device(scores: Any, options: _Options, *vectors: np.ndarray) -> tuple[Any, ...]:
+    """Host vectors (log a, log b, the start) where the backend keeps its potentials:
+    on the scores' device for Torch, Triton and CuPy, as they are otherwise."""
+    if options.backend not in ON_DEVICE:
+        return vectors
+    template = scores.template() if isinstance(scores, ChunkedScores) else scores
+    xp, where = array_namespace(template), device_of(template)
+    return tuple(from_host(vector, xp, where) for vector in vectors)
+
+
+def _hard_labels(
+    scores: Any,
+    potential: np.ndarray,
+    cluster_w: np.ndarray,
+    options: _Options,
+    *,
+    group: Any = None,
+    n_samples: int | None = None,
+) -> tuple[np.ndarray | None, float | None, float | None]:
+    """``options.rounding``'s labels of these rows, the certified gap (balanced) and
+    ``mean_i S[i, y_i]`` over these rows.  ``group``, ``n_samples``: a shard's rows
+    (otlabel.distributed), the counts' bounds and the certificate then global."""
     passes, rows_per_block = _rounding_passes(scores, options)
     labels, gap = None, None
     if options.rounding == "balanced":
         balanced = balanced_labels(
-            scores, solved.potential, cluster_w, rows_per_block=rows_per_block, passes=passes
+            scores,
+            potential,
+            cluster_w,
+            rows_per_block=rows_per_block,
+            passes=passes,
+            group=group,
+            n_samples=n_samples,
         )
         labels, gap = balanced.labels, balanced.gap
     elif options.rounding == "argmax":
-        labels = argmax_labels(scores, solved.potential, rows_per_block, passes)
+        labels = argmax_labels(scores, potential, rows_per_block, passes)
     cost = None if labels is None else _mean_label_score(scores, labels, rows_per_block)
-    return _HeadOutcome(solved, labels, gap, cost, plan)
+    return labels, gap, cost
 
 
 def _rounding_passes(scores: Any, options: _Options) -> tuple[Any, int]:
@@ -344,7 +391,7 @@ def _rounding_passes(scores: Any, options: _Options) -> tuple[Any, int]:
 
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
-    if options.backend in ("torch", "triton"):
+    if options.backend in ON_TORCH:
         from .kernels import torch_
 
         return torch_.TorchPasses(), torch_.rows_per_block(scores)
@@ -359,7 +406,7 @@ def _backend_context(options: _Options) -> Any:
         from .kernels.numba_ import threads
 
         return threads(options.n_threads)
-    if options.backend in ("torch", "triton"):
+    if options.backend in ON_TORCH:
         from .kernels.torch_ import solve_context
 
         return solve_context(options.n_threads)
@@ -383,7 +430,7 @@ def _mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> f
 
 def _work(scores: Any, options: _Options) -> tuple[Any, int]:
     """The precision of the (n, K) temporaries, and the bytes of one block in it."""
-    if options.backend in ("torch", "triton"):
+    if options.backend in ON_TORCH:
         from .kernels import torch_
 
         return torch_.work_dtype(scores), torch_.block_bytes(scores)

@@ -28,15 +28,18 @@ from .api import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
     _backend_context,
+    _hard_labels,
     _log_kernel,
+    _on_device,
     _Options,
-    _rounding_passes,
+    _options,
     _row_extremes,
 )
-from .kernels import resolve_backend
 from .result import Result, warn_not_converged
-from .rounding import argmax_labels, balanced_labels
 from .solver import BlockSweep, ColumnPartial, Relaxation, solve
+
+#: Arguments of assign that are vectors, checked by _Problem.check itself.
+_VECTORS = ("sample_weights", "cluster_weights", "init")
 
 __all__ = ["assign"]
 
@@ -103,9 +106,21 @@ def assign(
         res.labels   # this rank's 1000 labels; res.counts: global, 200 each
     """
     collective = TorchCollective(group)
+    arguments = {
+        "epsilon": epsilon,
+        "tol": tol,
+        "max_iter": max_iter,
+        "backend": backend,
+        "rounding": rounding,
+        "n_threads": n_threads,
+        "overrelaxation": overrelaxation,
+        "sample_weights": sample_weights,
+        "cluster_weights": cluster_weights,
+        "init": init,
+    }
     verdict: Exception | None = None
     try:
-        problem = _Problem.check(local_scores, epsilon, locals(), collective)
+        problem = _Problem.check(local_scores, arguments)
     except Exception as error:  # every rank must hear of it, or the others wait forever
         verdict = error
     problem = collective.agree(verdict, lambda: problem)
@@ -126,9 +141,7 @@ class _Problem:
     weight_total: float = 0.0
 
     @classmethod
-    def check(
-        cls, scores: Any, epsilon: float, arguments: dict[str, Any], collective: TorchCollective
-    ) -> _Problem:
+    def check(cls, scores: Any, arguments: dict[str, Any]) -> _Problem:
         heads, layout = check.heads_of(scores)
         if layout != "single":
             raise ValueError(
@@ -137,17 +150,12 @@ class _Problem:
             )
         scores = heads[0]
         n_local, n_clusters = scores.shape
-        options = _Options(
-            epsilon=check.positive_float(epsilon, "epsilon"),
-            tol=check.positive_float(arguments["tol"], "tol"),
-            max_iter=check.positive_int(arguments["max_iter"], "max_iter"),  # type: ignore[arg-type]
+        options = _options(
+            heads,
+            **{k: v for k, v in arguments.items() if k not in _VECTORS},
             method="log",
-            backend=resolve_backend(arguments["backend"], heads),
-            rounding=check.choice(arguments["rounding"], "rounding", check.ROUNDINGS),
             return_plan=False,
             overwrite_scores=False,
-            n_threads=check.positive_int(arguments["n_threads"], "n_threads", allow_none=True),
-            overrelaxation=check.overrelaxation(arguments["overrelaxation"]),
         )
         raw = arguments["sample_weights"]
         check.weights(raw, n_local, "sample_weights")  # finite, positive, right shape
@@ -173,11 +181,13 @@ def _solve(problem: _Problem, collective: TorchCollective) -> Result:
             f"local_scores: balanced rounding needs K <= N, got K={scores.shape[1]} clusters "
             f"for N={problem.n_samples} samples over all ranks; use rounding='argmax'"
         )
-    log_a = np.log(problem.local_weights / problem.weight_total)
-    log_b, start = np.log(problem.cluster_weights), problem.start
-    if options.backend == "torch":
-        xp, where = array_namespace(scores), device_of(scores)
-        log_a, log_b, start = (from_host(v, xp, where) for v in (log_a, log_b, start))
+    log_a, log_b, start = _on_device(
+        scores,
+        options,
+        np.log(problem.local_weights / problem.weight_total),
+        np.log(problem.cluster_weights),
+        problem.start,
+    )
     shard = _Shard(_log_kernel(scores, log_a, options), collective)
     solved = solve(
         shard,
@@ -191,26 +201,18 @@ def _solve(problem: _Problem, collective: TorchCollective) -> Result:
     if not solved.converged:
         warn_not_converged(None, solved.n_iter, solved.error, options.tol)
     potential = to_numpy(solved.potential)
-    passes, rows_per_block = _rounding_passes(scores, options)
-    labels, gap = None, None
-    if options.rounding == "balanced":
-        balanced = balanced_labels(
-            scores,
-            potential,
-            problem.cluster_weights,
-            rows_per_block=rows_per_block,
-            passes=passes,
-            group=collective,
-            n_samples=problem.n_samples,
-        )
-        labels, gap = balanced.labels, balanced.gap
-    elif options.rounding == "argmax":
-        labels = argmax_labels(scores, potential, rows_per_block, passes)
+    labels, gap, local_cost = _hard_labels(
+        scores,
+        potential,
+        problem.cluster_weights,
+        options,
+        group=collective,
+        n_samples=problem.n_samples,
+    )
     counts, cost = None, None
-    if labels is not None:
+    if labels is not None and local_cost is not None:
         local = np.bincount(labels, minlength=potential.size).astype(np.float64)
-        own = _label_score_sum(scores, labels)
-        totals = collective.sum(np.append(local, own))
+        totals = collective.sum(np.append(local, local_cost * labels.size))
         counts, cost = totals[:-1].astype(np.int64), float(totals[-1]) / problem.n_samples
     result = Result(
         labels=labels,
@@ -228,13 +230,6 @@ def _solve(problem: _Problem, collective: TorchCollective) -> Result:
     )
     arrays = ("labels", "counts", "potential", "row_potential")
     return replace(result, **{name: like(getattr(result, name), scores) for name in arrays})
-
-
-def _label_score_sum(scores: Any, labels: np.ndarray) -> float:
-    xp, where = array_namespace(scores), device_of(scores)
-    rows = from_host(np.arange(labels.size), xp, where)
-    picked = scores[rows, from_host(labels, xp, where)]
-    return float(xp.sum(xp.astype(picked, xp.float64)))
 
 
 class _Shard:
