@@ -96,15 +96,14 @@ def _backends(device: torch.device) -> list[str]:
 
 def _pass_row(scores: torch.Tensor, backend: str, probe_bytes: int, passes: int) -> dict:
     """Median ms per log-domain pass, and its fraction of the paired read probe."""
-    from otlabel.api import _log_kernel, _Options
+    from otlabel.problem import build_problem
 
-    options = _Options(0.04, 1e-4, 10**9, "log", backend, None, False, False, None, 1.0)
-    n_samples, n_clusters = scores.shape
-    log_a = torch.full((n_samples,), -float(np.log(n_samples)), device=scores.device).double()
-    log_b = torch.full((n_clusters,), -float(np.log(n_clusters)), device=scores.device).double()
-    kernel = _log_kernel(scores, log_a, options)
+    problem = build_problem(scores, 0.04, backend=backend, method="log", rounding=None)
+    head, options = problem.heads[0], problem.options
+    log_a, start = options.backend.vectors(scores, head.log_a, np.zeros(scores.shape[1]))
+    kernel = options.backend.log_kernel(scores, log_a, options)
     buffer = torch.ones(probe_bytes // 4, device=scores.device)
-    steps = iterate(kernel, log_b, 0.04, torch.zeros_like(log_b), omega=1.0)
+    steps = iterate(kernel, head.constraint.to(start), 0.04, start, omega=1.0)
     next(steps)  # compile, warm caches
     seconds, ratios, probes = [], [], []
     for _ in range(passes):

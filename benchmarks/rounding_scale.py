@@ -32,7 +32,8 @@ def main() -> None:
 
         passes, rows = NumbaPasses(), lambda k: CHUNK_BYTES // (4 * k)
         warm_up = otlabel.make_scores(500, 5, kind="sela", seed=1)  # compile or load first
-        balanced_labels(warm_up, np.zeros(5), np.full(5, 0.2), rows_per_block=100, passes=passes)
+        bounds = otlabel.count_bounds(500, np.full(5, 0.2))
+        balanced_labels(warm_up, np.zeros(5), bounds, rows_per_block=100, passes=passes)
     else:
         passes, rows = None, block_rows
     print("| N x K | start | samples moved | seconds | ns per N*K | certified gap |")
@@ -43,7 +44,11 @@ def main() -> None:
         for start, potential in [("sinkhorn", solved.potential), ("zero", np.zeros(k))]:
             began = time.perf_counter()
             out = balanced_labels(
-                scores, potential, np.full(k, 1 / k), rows_per_block=rows(k), passes=passes
+                scores,
+                potential,
+                otlabel.count_bounds(n, np.full(k, 1 / k)),
+                rows_per_block=rows(k),
+                passes=passes,
             )
             seconds = time.perf_counter() - began
             assert np.all(np.bincount(out.labels, minlength=k) == n // k)

@@ -11,10 +11,11 @@ model's scores, by Sinkhorn-Knopp matrix scaling.
 """
 
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, sinkhorn
+from .constraints import count_bounds
 from .datasets import make_scores
+from .kernels import BackendWarning
 from .online import soft_assign
 from .result import ConvergenceWarning, Result
-from .rounding import count_bounds
 from .streaming import ChunkedScores
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_ITER",
     "DEFAULT_TOL",
+    "BackendWarning",
     "ChunkedScores",
     "ConvergenceWarning",
     "Result",

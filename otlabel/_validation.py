@@ -13,7 +13,7 @@ METHODS = ("auto", "scaling", "log")
 ROUNDINGS = ("balanced", "argmax", None)
 
 
-def heads_of(scores: Any) -> tuple[list[np.ndarray], str]:
+def heads_of(scores: Any, name: str = "scores") -> tuple[list[np.ndarray], str]:
     """Split ``scores`` into 2-D heads; the layout is "single", "stack" or "list"."""
     from .streaming import ChunkedScores
 
@@ -21,29 +21,29 @@ def heads_of(scores: Any) -> tuple[list[np.ndarray], str]:
         return [scores], "single"  # type: ignore[list-item]
     if isinstance(scores, list | tuple):
         if len(scores) == 0:
-            raise ValueError("scores: an empty list; pass at least one (N, K) array")
+            raise ValueError(f"{name}: an empty list; pass at least one (N, K) array")
         libraries = {library_of(head) for head in scores}
         if None in libraries:
             raise TypeError(
-                "scores: a list must hold one (N, K) array (NumPy, Torch or CuPy) per head; "
+                f"{name}: a list must hold one (N, K) array (NumPy, Torch or CuPy) per head; "
                 "convert nested lists of numbers with numpy.asarray"
             )
         if len(libraries) > 1:
             raise TypeError(
-                f"scores: the heads of a list must come from one array library, got "
+                f"{name}: the heads of a list must come from one array library, got "
                 f"{sorted(libraries)}"  # type: ignore[type-var]
             )
-        heads = [_matrix(head, f"scores[{h}]") for h, head in enumerate(scores)]
+        heads = [matrix(head, f"{name}[{h}]") for h, head in enumerate(scores)]
         if len({head.shape[0] for head in heads}) > 1:
             shapes = [tuple(head.shape) for head in heads]
-            raise ValueError(f"scores: the heads of a list must share N, got shapes {shapes}")
+            raise ValueError(f"{name}: the heads of a list must share N, got shapes {shapes}")
         return heads, "list"
-    array = _array(scores, "scores")
+    array = _array(scores, name)
     if array.ndim == 3:
         if array.shape[0] == 0:
-            raise ValueError("scores: a stack of shape (0, N, K) has no heads")
-        return [_matrix(head, f"scores[{h}]") for h, head in enumerate(array)], "stack"
-    return [_matrix(array, "scores")], "single"
+            raise ValueError(f"{name}: a stack of shape (0, N, K) has no heads")
+        return [matrix(head, f"{name}[{h}]") for h, head in enumerate(array)], "stack"
+    return [matrix(array, name)], "single"
 
 
 def _array(value: Any, name: str) -> Any:
@@ -60,7 +60,7 @@ def _array(value: Any, name: str) -> Any:
     return value
 
 
-def _matrix(value: Any, name: str) -> Any:
+def matrix(value: Any, name: str) -> Any:
     array = _array(value, name)
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, K), got shape {tuple(array.shape)}")
@@ -133,10 +133,11 @@ def choice(value: Any, name: str, options: tuple) -> Any:
     return value
 
 
-def weights(value: Any, size: int, name: str) -> np.ndarray:
-    """Finite, strictly positive weights of length ``size``, normalised to sum 1."""
+def weights(value: Any, size: int, name: str, *, normalise: bool = True) -> np.ndarray:
+    """Finite, strictly positive weights of length ``size``, normalised to sum 1
+    (``normalise=False``: as given, ones for None)."""
     if value is None:
-        return np.full(size, 1.0 / size)
+        return np.full(size, 1.0 / size if normalise else 1.0)
     array = _host(value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
@@ -151,13 +152,13 @@ def weights(value: Any, size: int, name: str) -> np.ndarray:
             f"{name}: weights must be > 0, got {array[bad]!r} at index {bad}; "
             "drop that sample or cluster instead of giving it zero weight"
         )
-    return array / array.sum()
+    return array / array.sum() if normalise else array
 
 
 def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
     """One value per head: None, one shared value, an (H, ...) array or a list."""
-    if value is None:
-        return [None] * n_heads
+    if value is None or isinstance(value, str):
+        return [value] * n_heads
     if layout == "single":
         return [value]
     if isinstance(value, list | tuple):
@@ -174,18 +175,74 @@ def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
     return [array] * n_heads
 
 
-def initial_potential(value: Any, n_clusters: int) -> np.ndarray:
-    if value is None:
-        return np.zeros(n_clusters)
-    array = _host(value).astype(np.float64)
+def initial_potential(value: Any, n_clusters: int, name: str = "init") -> np.ndarray:
+    array = _host(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name}: expected a previous result's potential, got dtype {array.dtype}")
+    array = array.astype(np.float64)
     if array.shape != (n_clusters,):
         raise ValueError(
-            f"init: expected a previous result's potential of shape ({n_clusters},), "
+            f"{name}: expected a previous result's potential of shape ({n_clusters},), "
             f"got {array.shape}"
         )
     if not np.all(np.isfinite(array)):
-        raise ValueError("init: contains NaN or infinite values")
+        raise ValueError(f"{name}: contains NaN or infinite values")
     return array
+
+
+def size_bounds(
+    min_size: Any, max_size: Any, n_clusters: int, min_name: str, max_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feasible cluster-size bounds (fractions of N): ``0 <= lo <= hi``, ``hi > 0``,
+    ``sum lo <= 1 <= sum hi``; a missing bound is 0 (lower) or 1 (upper)."""
+    lower = _fractions(min_size, n_clusters, min_name, default=0.0)
+    upper = _fractions(max_size, n_clusters, max_name, default=1.0)
+    if np.any(upper <= 0):
+        raise ValueError(f"{max_name}: must be > 0 for every cluster (drop a cluster instead)")
+    if np.any(lower > upper):
+        k = int(np.flatnonzero(lower > upper)[0])
+        raise ValueError(
+            f"{min_name}: exceeds {max_name} for cluster {k} ({lower[k]!r} > {upper[k]!r}); "
+            "give every cluster min_size <= max_size"
+        )
+    slack = 1e-12 * n_clusters
+    if lower.sum() > 1 + slack:
+        raise ValueError(
+            f"{min_name}: the lower bounds sum to {lower.sum():.6g} > 1, so no labelling gives "
+            "every cluster its minimum; lower them"
+        )
+    if upper.sum() < 1 - slack:
+        raise ValueError(
+            f"{max_name}: the upper bounds sum to {upper.sum():.6g} < 1, so the clusters cannot "
+            "hold every sample; raise them"
+        )
+    return lower, upper
+
+
+def _fractions(value: Any, size: int, name: str, *, default: float) -> np.ndarray:
+    """A scalar or (K,) array of finite fractions of N, >= 0."""
+    if value is None:
+        return np.full(size, default)
+    array = _host(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name}: expected a fraction of N or a ({size},) array of them")
+    array = np.broadcast_to(array.astype(np.float64), (size,)) if array.ndim == 0 else array
+    if array.shape != (size,):
+        raise ValueError(f"{name}: expected a scalar or shape ({size},), got {array.shape}")
+    array = np.asarray(array, dtype=np.float64).copy()
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    if np.any(array < 0):
+        raise ValueError(f"{name}: fractions of N must be >= 0, got {array.min()!r}")
+    return array
+
+
+def optional_callable(value: Any, name: str) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name}: expected a function (n_iter, error) or None, got {type(value).__name__}"
+        )
+    return value
 
 
 def _host(value: Any) -> np.ndarray:

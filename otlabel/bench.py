@@ -41,10 +41,9 @@ import numpy as np
 
 from . import __version__
 from ._system import available_memory, rss_anon
-from .api import DEFAULT_TOL, WORK_DTYPE
 from .datasets import make_scores
-from .rounding import balanced_labels
-from .solver import LogKernel, ScalingKernel, iterate, row_extremes, scaling_is_safe
+from .problem import DEFAULT_TOL, build_problem
+from .solver import iterate
 
 DEFAULT_SIZES = [(50_000, 1_000), (200_000, 3_000), (640_000, 3_000)]
 IMAGENET = (1_281_167, 3_000)
@@ -92,12 +91,11 @@ class _OtlabelRun:
 
     def __init__(self, scores: Any, epsilon: float, backend: str) -> None:
         self.scores, self.epsilon, self.backend = scores, epsilon, backend
-        n, k = scores.shape
-        self.log_a, self.log_b = np.full(n, -math.log(n)), np.full(k, -math.log(k))
-        self.potential = np.zeros(k)
+        self.potential = np.zeros(scores.shape[1])
         self.method: str | None = None
         self.passes: Iterator[Any] | None = None
         self._labels: np.ndarray | None = None
+        self._problem: Any = None
 
     rounds = False  # True: the timed solve is assign() with balanced labels
 
@@ -122,37 +120,45 @@ class _OtlabelRun:
 
     def _one_pass_seconds(self) -> float:
         """The second of two passes (the first carries one-time set-up)."""
-        passes = iterate(self._kernel(store=False), self.log_b, self.epsilon, self.potential)
+        passes = self._passes(warm=False)
         next(passes)
         started = time.perf_counter()
         next(passes)
         return time.perf_counter() - started
 
-    def _kernel(self, store: bool) -> Any:
-        scores, log_a, eps = self.scores, self.log_a, self.epsilon
-        if self.backend == "numba":
-            from .kernels.numba_ import NumbaKernel
+    def _passes(self, *, warm: bool) -> Iterator[Any]:
+        """Passes of the backend's first kernel (``warm``: as after a close start: the
+        Numba backend's stored kernel at once), from :attr:`potential`."""
+        if self._problem is None:
+            self._problem = build_problem(
+                self.scores, self.epsilon, backend=self.backend, rounding=None
+            )
+        head, options = self._problem.heads[0], self._problem.options
+        log_a, potential = options.backend.vectors(head.scores, head.log_a, self.potential)
+        kernel = self._kernel(head, log_a, options, warm)
+        return iterate(kernel, head.constraint.to(potential), self.epsilon, potential)
 
-            return NumbaKernel(scores, log_a, eps, None, overwrite=False, store_at_start=store)
-        row_max, row_min = row_extremes(scores, WORK_DTYPE)
-        if scaling_is_safe(row_max, row_min, eps, scores.dtype):
-            return ScalingKernel(scores, log_a, eps, WORK_DTYPE, row_max)
-        return LogKernel(scores, log_a, eps, WORK_DTYPE)
+    @staticmethod
+    def _kernel(head: Any, log_a: Any, options: Any, warm: bool) -> Any:
+        return options.backend.first_kernel(head, log_a, options, warm=warm)
 
     def step(self) -> float:
         if self.passes is None:  # steady state: from the solved potential
-            self.passes = iterate(
-                self._kernel(store=True), self.log_b, self.epsilon, self.potential
-            )
+            self.passes = self._passes(warm=True)
         return float(next(self.passes).error)
 
     def labels(self) -> np.ndarray:
         if self._labels is not None:
             return self._labels
-        k = self.scores.shape[1]
-        rounded = balanced_labels(
-            self.scores, self.potential, np.full(k, 1 / k), rows_per_block=1024
+        from .rounding import hard_labels
+
+        if self._problem is None:
+            self._passes(warm=False)
+        head, options = self._problem.heads[0], self._problem.options
+        rounded = hard_labels(
+            head.scores, np.asarray(self.potential), head.constraint, "balanced", options.backend
         )
+        assert rounded.labels is not None
         return rounded.labels
 
 
@@ -176,12 +182,9 @@ class _StreamRun(_OtlabelRun):
 
     rounds = True
 
-    def _kernel(self, store: bool) -> Any:
-        from .kernels.numba_ import NumbaLogKernel
-
-        if self.backend == "numba":
-            return NumbaLogKernel(self.stream, self.log_a, self.epsilon, None)
-        return LogKernel(self.stream, self.log_a, self.epsilon, WORK_DTYPE)
+    @staticmethod
+    def _kernel(head: Any, log_a: Any, options: Any, warm: bool) -> Any:
+        return options.backend.log_kernel(head.scores, log_a, options)
 
 
 def evict_page_cache(path: Path) -> None:

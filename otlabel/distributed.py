@@ -15,33 +15,21 @@ ranks exchange the verdicts, and a bad input on one rank raises on all of them
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace
 
-from . import _validation as check
-from ._arrays import device_of, from_host, like, to_numpy
-from .api import (
-    DEFAULT_MAX_ITER,
-    DEFAULT_TOL,
-    _backend_context,
-    _hard_labels,
-    _log_kernel,
-    _on_device,
-    _Options,
-    _options,
-    _row_extremes,
-)
-from .result import Result, warn_not_converged
-from .solver import BlockSweep, ColumnPartial, Relaxation, solve
+from ._arrays import device_of, from_host, to_numpy
+from .constraints import BoundedSizes, FixedSizes
+from .problem import DEFAULT_MAX_ITER, DEFAULT_TOL, Head, Problem, build_problem
+from .result import HeadOutcome, Result, assemble
+from .rounding import hard_labels
+from .solver import ColumnPartial, solve_head
 
-#: Arguments of assign that are vectors, checked by _Problem.check itself.
-_VECTORS = ("sample_weights", "cluster_weights", "init")
-
-__all__ = ["assign"]
+__all__ = ["TorchCollective", "assign"]
 
 
 def assign(
@@ -58,6 +46,8 @@ def assign(
     init: Any = None,
     n_threads: int | None = None,
     overrelaxation: float | str = "auto",
+    min_size: Any = None,
+    max_size: Any = None,
 ) -> Result:
     """:func:`otlabel.assign` with the samples sharded over a process group.
 
@@ -76,8 +66,8 @@ def assign(
         (CPU) and NCCL (CUDA; the exchange then runs on this rank's device).
     sample_weights : array (N_r,) or None
         This rank's sample weights; normalised over all ranks.
-    cluster_weights, init : array (K,) or None
-        As in :func:`otlabel.assign`; the same on every rank (checked).
+    cluster_weights, min_size, max_size, init : as in :func:`otlabel.assign`
+        The same on every rank (checked).
     epsilon, tol, max_iter, backend, rounding, n_threads, overrelaxation
         As in :func:`otlabel.assign`.  The iteration runs in the log domain.
 
@@ -106,155 +96,89 @@ def assign(
         res.labels   # this rank's 1000 labels; res.counts: global, 200 each
     """
     collective = TorchCollective(group)
-    arguments = {
-        "epsilon": epsilon,
-        "tol": tol,
-        "max_iter": max_iter,
-        "backend": backend,
-        "rounding": rounding,
-        "n_threads": n_threads,
-        "overrelaxation": overrelaxation,
-        "sample_weights": sample_weights,
-        "cluster_weights": cluster_weights,
-        "init": init,
-    }
     verdict: Exception | None = None
+    problem: Problem | None = None
     try:
-        problem = _Problem.check(local_scores, arguments)
-    except Exception as error:  # every rank must hear of it, or the others wait forever
-        verdict = error
-    problem = collective.agree(verdict, lambda: problem)
-    with _backend_context(problem.options):
-        return _solve(problem, collective)
-
-
-@dataclass
-class _Problem:
-    """One rank's validated share of the problem, with the global sizes."""
-
-    scores: Any  # (N_r, K)
-    options: _Options
-    local_weights: np.ndarray  # (N_r,) unnormalised
-    cluster_weights: np.ndarray  # (K,) normalised
-    start: np.ndarray  # (K,)
-    n_samples: int = 0  # global N, from the agreement
-    weight_total: float = 0.0
-
-    @classmethod
-    def check(cls, scores: Any, arguments: dict[str, Any]) -> _Problem:
-        heads, layout = check.heads_of(scores)
-        if layout != "single":
+        problem = build_problem(
+            local_scores,
+            epsilon,
+            cluster_weights=cluster_weights,
+            sample_weights=sample_weights,
+            tol=tol,
+            max_iter=max_iter,
+            method="log",
+            backend=backend,
+            rounding=rounding,
+            init=init,
+            n_threads=n_threads,
+            overrelaxation=overrelaxation,
+            min_size=min_size,
+            max_size=max_size,
+            n_samples=sys.maxsize,  # the count checks need the global N: after agreeing
+            argument="local_scores",
+        )
+        if problem.layout != "single":
             raise ValueError(
                 "local_scores: the distributed solve takes one (N_r, K) array per rank; "
                 "solve several heads one after the other"
             )
-        scores = heads[0]
-        n_local, n_clusters = scores.shape
-        options = _options(
-            heads,
-            **{k: v for k, v in arguments.items() if k not in _VECTORS},
-            method="log",
-            return_plan=False,
-            overwrite_scores=False,
-        )
-        raw = arguments["sample_weights"]
-        check.weights(raw, n_local, "sample_weights")  # finite, positive, right shape
-        weights = np.ones(n_local) if raw is None else check._host(raw).astype(np.float64)
-        cluster_w = check.weights(arguments["cluster_weights"], n_clusters, "cluster_weights")
-        start = check.initial_potential(arguments["init"], n_clusters)
-        row_max, row_min = _row_extremes(scores, options)
-        check.check_finite_rows(row_max, row_min, "local_scores")
-        return cls(scores, options, weights, cluster_w, start)
-
-    def summary(self) -> np.ndarray:
-        """What the ranks must agree on: N_r, weight sum, K, and the shared vectors."""
-        shared = np.concatenate([self.cluster_weights, self.start])
-        return np.concatenate(
-            [[self.scores.shape[0], self.local_weights.sum(), self.scores.shape[1]], shared]
-        )
+    except Exception as error:  # every rank must hear of it, or the others wait forever
+        verdict = error
+    head, n_samples = collective.agree(verdict, problem)
+    assert problem is not None
+    options = problem.options
+    with options.backend.context(options.n_threads):
+        return _solve(head, options, collective, n_samples)
 
 
-def _solve(problem: _Problem, collective: TorchCollective) -> Result:
-    options, scores = problem.options, problem.scores
-    if options.rounding == "balanced" and scores.shape[1] > problem.n_samples:
+def _solve(head: Head, options: Any, collective: TorchCollective, n_samples: int) -> Result:
+    """The shard's solve (the same steps on every rank), labels and global counts."""
+    scores = head.scores
+    fixed = isinstance(head.constraint, FixedSizes)
+    if options.rounding == "balanced" and fixed and scores.shape[1] > n_samples:
         raise ValueError(
-            f"local_scores: balanced rounding needs K <= N, got K={scores.shape[1]} clusters "
-            f"for N={problem.n_samples} samples over all ranks; use rounding='argmax'"
+            f"local_scores: balanced rounding needs K <= N, got K={scores.shape[1]} "
+            f"clusters for N={n_samples} samples over all ranks; use rounding='argmax'"
         )
-    log_a, log_b, start = _on_device(
-        scores,
-        options,
-        np.log(problem.local_weights / problem.weight_total),
-        np.log(problem.cluster_weights),
-        problem.start,
-    )
-    shard = _Shard(_log_kernel(scores, log_a, options), collective)
-    solved = solve(
-        shard,
-        log_b,
-        options.epsilon,
-        start,
-        tol=options.tol,
-        max_iter=options.max_iter,
-        omega=options.overrelaxation,
-    )
-    if not solved.converged:
-        warn_not_converged(None, solved.n_iter, solved.error, options.tol)
+    solved = solve_head(head, options, reducer=collective)
     potential = to_numpy(solved.potential)
-    labels, gap, local_cost = _hard_labels(
+    labels = hard_labels(
         scores,
         potential,
-        problem.cluster_weights,
-        options,
+        head.constraint,
+        options.rounding,
+        options.backend,
         group=collective,
-        n_samples=problem.n_samples,
+        n_samples=n_samples,
     )
     counts, cost = None, None
-    if labels is not None and local_cost is not None:
-        local = np.bincount(labels, minlength=potential.size).astype(np.float64)
-        totals = collective.sum(np.append(local, local_cost * labels.size))
-        counts, cost = totals[:-1].astype(np.int64), float(totals[-1]) / problem.n_samples
-    result = Result(
-        labels=labels,
-        counts=counts,
-        potential=potential,
-        row_potential=to_numpy(solved.row_potential),
-        n_iter=solved.n_iter,
-        error=solved.error,
-        converged=solved.converged,
-        backend=options.backend,
-        method=solved.method,
+    if labels.labels is not None and labels.cost is not None:
+        local = np.bincount(labels.labels, minlength=potential.size).astype(np.float64)
+        totals = collective.sum(np.append(local, labels.cost * labels.labels.size))
+        counts, cost = totals[:-1].astype(np.int64), float(totals[-1]) / n_samples
+    outcome = HeadOutcome(solved, labels.labels, counts, labels.gap, cost)
+    return assemble(
+        [outcome],
+        "single",
+        backend=options.backend.name,
         epsilon=options.epsilon,
-        cost=cost,
-        gap=gap,
+        tol=options.tol,
+        reference=scores,
     )
-    arrays = ("labels", "counts", "potential", "row_potential")
-    return replace(result, **{name: like(getattr(result, name), scores) for name in arrays})
 
 
-class _Shard:
-    """A rank's kernel, whose column partials are reduced over the group each pass."""
-
-    def __init__(self, kernel: Any, collective: TorchCollective) -> None:
-        self.kernel, self.collective = kernel, collective
-        self.method = kernel.method
-
-    def column_state(self, potential: Any) -> Any:
-        return self.kernel.column_state(potential)
-
-    def blocks(self) -> Iterator[tuple[slice, Any]]:
-        return self.kernel.blocks()
-
-    def sweep(self, block: Any, rows: slice, state: Any, relax: Relaxation) -> BlockSweep:
-        return self.kernel.sweep(block, rows, state, relax)
-
-    def reduce(self, columns: ColumnPartial, row_error: Any, f: Any) -> tuple[ColumnPartial, Any]:
-        """All ranks' partials, combined in rank order: the same on every rank."""
-        xp = array_namespace(columns.log_max)
-        finite = bool(xp.all(xp.isfinite(f)))
-        total, extras = self.collective.combine(columns, [float(row_error), finite])
-        error = float(extras[:, 0].sum()) if extras[:, 1].all() else float("nan")
-        return total, error
+def _shared_vectors(head: Head) -> np.ndarray:
+    """What every rank must pass alike: the constraint's vectors and the start."""
+    constraint = head.constraint
+    if isinstance(constraint, BoundedSizes):
+        parts = [[1.0], to_numpy(constraint.lower), to_numpy(constraint.upper)]
+    else:
+        parts = [[0.0], to_numpy(constraint.target)]
+    if isinstance(head.init, np.ndarray):
+        parts += [[2.0], head.init]
+    else:
+        parts += [[1.0 if head.init == "subsample" else 0.0]]
+    return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
 
 
 class TorchCollective:
@@ -279,8 +203,12 @@ class TorchCollective:
         nccl = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu"
 
-    def agree(self, verdict: Exception | None, problem: Any) -> _Problem:
-        """Exchange verdicts and sizes; raise on every rank if any rank's input is bad."""
+    def agree(self, verdict: Exception | None, problem: Problem | None) -> tuple[Head, int]:
+        """Exchange verdicts and sizes; raise on every rank if any rank's input is bad.
+
+        Returns this rank's head with its sample weights normalised over all
+        ranks, and the global number of samples.
+        """
         messages: list[Any] = [None] * self.size
         own = None if verdict is None else (type(verdict).__name__, str(verdict))
         self.dist.all_gather_object(messages, own, group=self.group)
@@ -289,20 +217,39 @@ class TorchCollective:
                 kinds = {"TypeError": TypeError, "ValueError": ValueError}
                 kind = kinds.get(message[0], RuntimeError)
                 raise kind(f"rank {rank}: {message[1]}") from verdict
-        mine = problem()
-        summaries = self.gather_object(mine.summary())
-        sizes = {len(summary) for summary in summaries}
+        assert problem is not None
+        head = problem.heads[0]
+        shape = [head.scores.shape[0], head.weight_total, head.scores.shape[1]]
+        mine = (str(head.scores.dtype), np.concatenate([shape, _shared_vectors(head)]))
+        gathered = self.gather_object(mine)
+        dtypes = [dtype for dtype, _ in gathered]
+        summaries = [summary for _, summary in gathered]
         n_clusters = [int(summary[2]) for summary in summaries]
-        if len(set(n_clusters)) > 1 or len(sizes) > 1:
+        if len(set(n_clusters)) > 1:
             raise ValueError(f"local_scores: every rank needs the same K, got {n_clusters}")
-        shared = np.stack([summary[3:] for summary in summaries])
-        if not np.all(shared == shared[0]):
+        if len(set(dtypes)) > 1:
             raise ValueError(
-                "cluster_weights, init: every rank must pass the same values (the ranks differ)"
+                f"local_scores: every rank needs the same dtype (the solve takes the same "
+                f"steps on every rank), got {dtypes}"
             )
-        mine.n_samples = int(sum(summary[0] for summary in summaries))
-        mine.weight_total = float(sum(summary[1] for summary in summaries))
-        return mine
+        shared = [summary[3:] for summary in summaries]
+        if any(part.shape != shared[0].shape or np.any(part != shared[0]) for part in shared):
+            raise ValueError(
+                "cluster_weights, min_size, max_size, init: every rank must pass the same "
+                "values (the ranks differ)"
+            )
+        n_samples = int(sum(summary[0] for summary in summaries))
+        weight_total = float(sum(summary[1] for summary in summaries))
+        log_a = head.log_a + np.log(head.weight_total / weight_total)
+        return replace(head, log_a=log_a, weight_total=weight_total), n_samples
+
+    def reduce(self, columns: ColumnPartial, row_error: Any, f: Any) -> tuple[ColumnPartial, Any]:
+        """All ranks' partials, combined in rank order: the same on every rank."""
+        xp = array_namespace(columns.log_max)
+        finite = bool(xp.all(xp.isfinite(f)))
+        total, extras = self.combine(columns, [float(row_error), finite])
+        error = float(extras[:, 0].sum()) if extras[:, 1].all() else float("nan")
+        return total, error
 
     def combine(
         self, columns: ColumnPartial, extras: list[float]
@@ -323,7 +270,7 @@ class TorchCollective:
         log_max, scaled_sum = (from_host(v, xp, where) for v in (total.log_max, total.scaled_sum))
         return ColumnPartial(log_max, scaled_sum), gathered[:, 2 * n_clusters :]
 
-    def gather_object(self, values: np.ndarray) -> list[np.ndarray]:
+    def gather_object(self, values: Any) -> list[Any]:
         everyone: list[Any] = [None] * self.size
         self.dist.all_gather_object(everyone, values, group=self.group)
         return everyone

@@ -20,8 +20,9 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from . import _validation as check
-from ._arrays import device_of, from_host, library_of
-from .solver import BLOCK_BYTES, ColumnPartial, LogKernel, iterate, plan_of
+from ._arrays import library_of
+from .problem import Options, build_problem
+from .solver import ColumnPartial, iterate, plan_of
 
 __all__ = ["soft_assign"]
 
@@ -83,46 +84,37 @@ def soft_assign(
     >>> bool(np.isfinite(otlabel.soft_assign(huge)).all())
     True
     """
-    epsilon = check.positive_float(epsilon, "epsilon")
     n_iter = check.positive_int(n_iter, "n_iter")  # type: ignore[assignment]
     if tol is not None:
         tol = check.positive_float(tol, "tol")
     batch = _scores(scores, "scores")
     rows = _with_queue(batch, queue)
-    xp, where = array_namespace(rows), device_of(rows)
-    cluster_w = check.weights(cluster_weights, rows.shape[1], "cluster_weights")
+    problem = build_problem(
+        rows, epsilon, cluster_weights=cluster_weights, method="log", rounding=None
+    )  # the one validation path: finite scores, weights, epsilon
     collective = _collective(group)
-    with _quiet(batch):
-        return _codes(rows, batch.shape[0], epsilon, n_iter, tol, cluster_w, collective, xp, where)
+    with _quiet(batch), problem.options.backend.context(None):
+        return _codes(problem.heads[0], problem.options, batch.shape[0], n_iter, tol, collective)
 
 
 def _codes(
-    rows: Any,
-    n_batch: int,
-    epsilon: float,
-    n_iter: int,
-    tol: float | None,
-    cluster_w: np.ndarray,
-    collective: Any,
-    xp: Any,
-    where: Any,
+    head: Any, options: Options, n_batch: int, n_iter: int, tol: float | None, collective: Any
 ) -> Any:
+    rows, epsilon = head.scores, options.epsilon
     n_local = rows.shape[0]
     n_total = n_local if collective is None else int(collective.sum(np.array([n_local]))[0])
-    # float64 throughout: a minibatch is small, and rows then sum to 1 to the last bit of
-    # the output precision however large scores / eps is (float32 holds it to ~1e-7 of it)
-    work = xp.float64
-    log_a = from_host(np.full(n_local, -np.log(n_total)), xp, where)  # (Q + B,) uniform
-    log_b = from_host(np.log(cluster_w), xp, where)
-    kernel: Any = LogKernel(rows, log_a, epsilon, work, block_bytes=64 * BLOCK_BYTES)
-    if collective is not None:
-        from .distributed import _Shard
-
-        kernel = _Shard(kernel, collective)
+    backend = options.backend
+    # float64 throughout (a precise kernel): a minibatch is small, and rows then sum
+    # to 1 to the last bit of the output precision however large scores / eps is
+    (log_a,) = backend.vectors(rows, np.full(n_local, -np.log(n_total)))
+    kernel = backend.log_kernel(rows, log_a, options, precise=True)
+    constraint = head.constraint.to(log_a)
     # SwAV's first step scales the columns of exp(S / eps): that is the start g.
-    log_mass = _column_log_mass(rows, epsilon, work, collective)
-    start = epsilon * (log_b - log_mass)
-    for current in iterate(kernel, log_b, epsilon, start, omega=1.0):
+    log_mass = _column_log_mass(rows, epsilon, collective)
+    xp = array_namespace(log_a)
+    start = epsilon * (xp.log(constraint.target) - log_mass)
+    passes = iterate(kernel, constraint, epsilon, start, omega=1.0, reducer=collective)
+    for current in passes:
         if current.n_iter == n_iter or (tol is not None and current.error <= tol):
             break
     # rows of the plan sum to 1/N_total; codes are N_total times the plan
@@ -131,10 +123,10 @@ def _codes(
     return codes[n_local - n_batch :, ...]
 
 
-def _column_log_mass(rows: Any, epsilon: float, work: Any, collective: Any) -> Any:
+def _column_log_mass(rows: Any, epsilon: float, collective: Any) -> Any:
     """``log sum_i exp(S_ik / eps)`` (K,), over every rank's rows."""
     xp = array_namespace(rows)
-    x = xp.astype(rows, work) / epsilon  # (n, K)
+    x = xp.astype(rows, xp.float64) / epsilon  # (n, K)
     col_max = xp.max(x, axis=0)  # (K,)
     scaled = xp.sum(xp.exp(x - col_max), axis=0)
     columns = ColumnPartial(xp.astype(col_max, xp.float64), xp.astype(scaled, xp.float64))
@@ -148,7 +140,7 @@ def _scores(value: Any, name: str) -> Any:
         raise TypeError(
             f"{name}: expected an array (B, K) (NumPy, Torch or CuPy), got {type(value).__name__}"
         )
-    matrix = check._matrix(value, name)
+    matrix = check.matrix(value, name)
     xp = array_namespace(matrix)
     if not bool(xp.all(xp.isfinite(matrix))):
         raise ValueError(f"{name}: contains NaN or infinite values; scores must be finite")
@@ -183,9 +175,5 @@ def _collective(group: Any) -> Any:
 
 
 def _quiet(batch: Any) -> Any:
-    """Torch: no autograd graph, TF32 off; NumPy: exp's underflow to 0 is expected."""
-    if library_of(batch) == "torch":
-        from .kernels.torch_ import solve_context
-
-        return solve_context(None)  # no graph, TF32 off
+    """NumPy: exp's underflow to 0 is expected (the backend's context does the rest)."""
     return np.errstate(all="ignore") if library_of(batch) == "numpy" else contextlib.nullcontext()

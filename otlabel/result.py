@@ -1,12 +1,16 @@
-"""The one result type that every path of :func:`otlabel.assign` returns."""
+"""The one result type that every path of :func:`otlabel.assign` returns, built in
+one place (:func:`assemble`) from the outcome of each head."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
+
+from ._arrays import like, to_numpy
 
 Array = Any
 
@@ -24,7 +28,7 @@ class Result:
     every field gains a leading head axis: ``labels (H, N)``, ``counts`` and
     ``potential (H, K)`` (lists for a list of heads with different K),
     ``n_iter``, ``error``, ``converged``, ``cost``, ``gap`` NumPy arrays ``(H,)``,
-    ``method`` a tuple of H names.
+    ``method``, ``start`` tuples of H names, ``errors`` and ``phases`` lists of H.
 
     Arrays (``labels``, ``counts``, ``potential``, ``row_potential``, ``plan``)
     come back in the library of the input scores.
@@ -36,21 +40,35 @@ class Result:
     counts : (K,) int64 array or None
         Number of samples per cluster in ``labels``.
     potential : (K,) float64 array
-        Cluster potential ``g`` in score units, normalised so that
-        ``sum_k b_k g_k = 0``; ``argmax_k (S_ik + g_k)`` are the argmax labels, and
-        ``init=potential`` warm-starts a later solve.
+        Cluster potential ``g`` in score units; ``argmax_k (S_ik + g_k)`` are the
+        argmax labels, and ``init=potential`` warm-starts a later solve.  With
+        fixed sizes it is defined up to a constant and normalised so that
+        ``sum_k b_k g_k = 0``; with bounded sizes it has no free constant
+        (``g_k = 0``: nothing pushes cluster k) and is reported as it is.
     row_potential : (N,) float64 array
         Sample potential ``f``: the plan is ``exp((S_ik + f_i + g_k) / epsilon)``.
     n_iter : int
-        Sinkhorn passes over the matrix (each reads it once).
+        Sinkhorn passes over the matrix (each reads it once), every phase but
+        the start's (which runs on a subsample).
     error : float
-        L1 marginal violation of the returned plan, rows and columns together.
+        L1 marginal violation of the returned plan, rows and columns together
+        (SPEC's error of an iterate under the column constraint), computed in
+        float64 from the scores themselves.
     converged : bool
         Whether ``error <= tol``.
+    errors : list of float
+        The error after every pass, in order (``errors[-1] == error``).
+    phases : dict
+        Passes per phase: ``"start"`` (the initialiser's, over its subsample),
+        ``"log"`` (log domain), ``"stored"`` (a stored or scaling-domain kernel),
+        ``"finish"`` (exact float64 passes after a float32 kernel).
+    start : str
+        Where the solve started: ``"given"`` (``init=``), ``"subsample"`` or ``"zero"``.
     backend : str
         Backend that ran the iteration, e.g. ``"numpy"``.
     method : str
-        ``"scaling"`` or ``"log"``: the domain of the iterate returned.
+        ``"scaling"`` or ``"log"``: the domain that did the solve (a float64
+        finish in the log domain may follow either; see ``phases``).
     epsilon : float
         The regularisation the problem was solved at.
     cost : float or None
@@ -76,6 +94,9 @@ class Result:
     cost: Any
     gap: Any
     plan: Array | None = None
+    errors: Any = field(default_factory=list)
+    phases: Any = field(default_factory=dict)
+    start: Any = "zero"
 
     def __repr__(self) -> str:
         fields = [
@@ -93,14 +114,91 @@ class Result:
         return f"Result({', '.join(fields)})"
 
 
-def warn_not_converged(head: int | None, n_iter: int, error: float, tol: float) -> None:
+@dataclass
+class HeadOutcome:
+    """What one head's solve and labels gave: the parts of a :class:`Result`."""
+
+    solved: Any  # otlabel.solver.SolveOutput
+    labels: np.ndarray | None
+    counts: np.ndarray | None
+    gap: float | None
+    cost: float | None
+    plan: Array | None = None
+
+
+def assemble(
+    outcomes: list[HeadOutcome],
+    layout: str,
+    *,
+    backend: str,
+    epsilon: float,
+    tol: float,
+    reference: Any,
+) -> Result:
+    """The one result of a call: per-head values (``layout="single"``), or stacked
+    by head; arrays in the library and on the device of ``reference``."""
+    for index, outcome in enumerate(outcomes):
+        if not outcome.solved.converged:
+            _warn_not_converged(None if layout == "single" else index, outcome.solved, tol)
+    per_head: dict[str, list[Any]] = {
+        "labels": [outcome.labels for outcome in outcomes],
+        "counts": [outcome.counts for outcome in outcomes],
+        "potential": [to_numpy(outcome.solved.potential) for outcome in outcomes],
+        "row_potential": [to_numpy(outcome.solved.row_potential) for outcome in outcomes],
+    }
+    moved = {name: [like(v, reference) for v in values] for name, values in per_head.items()}
+    moved["plan"] = [outcome.plan for outcome in outcomes]  # in the scores' library already
+    scalars = {
+        "n_iter": [outcome.solved.n_iter for outcome in outcomes],
+        "error": [outcome.solved.error for outcome in outcomes],
+        "converged": [outcome.solved.converged for outcome in outcomes],
+        "cost": [outcome.cost for outcome in outcomes],
+        "gap": [outcome.gap for outcome in outcomes],
+    }
+    records = {
+        "method": [outcome.solved.method for outcome in outcomes],
+        "errors": [outcome.solved.errors for outcome in outcomes],
+        "phases": [outcome.solved.phases for outcome in outcomes],
+        "start": [outcome.solved.start for outcome in outcomes],
+    }
+    if layout == "single":
+        parts: list[dict[str, list[Any]]] = [moved, scalars, records]
+        fields = {name: values[0] for part in parts for name, values in part.items()}
+        return Result(**fields, backend=backend, epsilon=epsilon)
+    return Result(
+        **{name: _stack(values) for name, values in moved.items()},
+        **{name: _column(values) for name, values in scalars.items()},
+        method=tuple(records["method"]),
+        errors=records["errors"],
+        phases=records["phases"],
+        start=tuple(records["start"]),
+        backend=backend,
+        epsilon=epsilon,
+    )
+
+
+def _stack(values: list[Any]) -> Any:
+    """Stack per-head arrays along a new first axis; a list if their shapes differ."""
+    if values[0] is None:
+        return None
+    if len({tuple(value.shape) for value in values}) > 1:
+        return values
+    return array_namespace(values[0]).stack(values)
+
+
+def _column(values: list[Any]) -> Any:
+    """Per-head scalars as an (H,) array; None when the heads have none."""
+    return None if values[0] is None else np.array(values)
+
+
+def _warn_not_converged(head: int | None, solved: Any, tol: float) -> None:
     where = "" if head is None else f" (head {head})"
     warnings.warn(
-        f"Sinkhorn stopped after max_iter={n_iter} passes{where} with marginal error "
-        f"{error:.3g} > tol={tol:.3g}; raise max_iter, raise epsilon, or warm-start "
+        f"Sinkhorn stopped after max_iter={solved.n_iter} passes{where} with marginal error "
+        f"{solved.error:.3g} > tol={tol:.3g}; raise max_iter, raise epsilon, or warm-start "
         "with init=<previous result>.potential",
         ConvergenceWarning,
-        stacklevel=4,  # warn_not_converged <- _assign_head <- assign <- caller
+        stacklevel=4,  # _warn_not_converged <- assemble <- assign <- caller
     )
 
 

@@ -1,11 +1,14 @@
-"""Hard labels from the Sinkhorn duals: argmax, and exactly balanced.
+"""Hard labels from the Sinkhorn duals: argmax, and exact under count bounds.
 
-Exactly balanced labels solve the bounded transportation problem
+Exact labels solve the bounded transportation problem
 
     max_y  sum_i S_{i, y_i}   subject to   lower_k <= #{i : y_i = k} <= upper_k,
 
-with ``lower_k = floor(N b_k)`` and ``upper_k = ceil(N b_k)``.  Its LP relaxation
-has an integral optimum, and its dual is a function of one price per cluster::
+with the bounds of the problem's column constraint
+(:meth:`~otlabel.constraints.FixedSizes.count_bounds`: ``floor(N b_k)`` and
+``ceil(N b_k)`` for fixed sizes, ``floor(N lo_k)`` and ``ceil(N hi_k)`` for
+bounded ones).  Its LP relaxation has an integral optimum, and its dual is a
+function of one price per cluster::
 
     D(pi) = sum_i max_k (S_ik + pi_k) - sum_k n_k(pi_k) pi_k,
     n_k(t) = lower_k if t > 0 else upper_k,
@@ -20,17 +23,20 @@ Sinkhorn potential ``g``: every sample is at its best cluster at prices
 away.  Moving a sample from cluster k to cluster l costs it
 ``(S_ik - p_k) - (S_il - p_l) >= 0``; the cheapest such move is
 ``C[k, l] - p_k + p_l`` with ``C[k, l] = min_{i in k} (S_ik - S_il)``.  Each step
-runs Dijkstra from the over-full clusters to the nearest cluster with room,
+runs Dijkstra from an over-full cluster to the nearest cluster with room,
 lowers the prices of the clusters it did not settle so that the path costs
 nothing, and moves one sample along each edge of the path.  Every sample stays
 at a best cluster at the current prices, so the labels are optimal when the
 counts are feasible, and ``-prices`` is an optimal dual: the certificate is
 exact up to rounding.  The lower bounds enter through ``sum_k upper_k - N``
-placeholder "dummies" that take one optional slot each (at most one per cluster
-with ``upper_k > lower_k``) at no gain; a cluster holding a dummy ends at its floor.
+placeholder "dummies" that score nothing anywhere: cluster k holds at most
+``upper_k - lower_k`` of them, so a cluster holding ``d_k`` dummies ends with
+``upper_k - d_k >= lower_k`` samples.  Dummies start in the cheapest clusters
+(where they are at their best); a path made of dummy moves only carries as
+many dummies as its ends allow at once, so wide bounds cost K paths, not N.
 
 The work is one pass over the matrix for ``argmax``, one for ``C``, one for the
-certificate, and one Dijkstra on K nodes per sample of excess (stopped at the
+certificate, and one Dijkstra on K nodes per unit of excess (stopped at the
 nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
 """
 
@@ -42,7 +48,66 @@ from typing import Any, Protocol
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from ._arrays import to_numpy
+from ._arrays import device_of, from_host, to_numpy
+
+
+@dataclass
+class HardLabels:
+    """A head's hard labels, their certified gap and their mean score."""
+
+    labels: np.ndarray | None  # (N,) int64 (this shard's rows when sharded)
+    gap: float | None  # certified (optimum - achieved) / N (exact labels only)
+    cost: float | None  # mean_i S[i, y_i] over these rows
+
+
+def hard_labels(
+    scores: Any,
+    potential: np.ndarray,
+    constraint: Any,
+    rounding: str | None,
+    backend: Any,
+    *,
+    group: Collective | None = None,
+    n_samples: int | None = None,
+) -> HardLabels:
+    """``rounding``'s labels of ``scores`` (N, K) from the cluster potential ``g``.
+
+    ``"balanced"``: the exact labels under the constraint's count bounds, with
+    a certified gap; ``"argmax"``: ``argmax_k (S_ik + g_k)``; None: no labels.
+    ``backend`` says who reads the matrix; ``group`` and ``n_samples``: for one
+    shard of a sharded problem, the counts' bounds and the certificate are global.
+    """
+    if rounding is None:
+        return HardLabels(None, None, None)
+    passes, rows_per_block = backend.rounding_passes(scores)
+    gap = None
+    if rounding == "balanced":
+        total = scores.shape[0] if n_samples is None else n_samples
+        balanced = balanced_labels(
+            scores,
+            potential,
+            constraint.count_bounds(total),
+            rows_per_block=rows_per_block,
+            passes=passes,
+            group=group,
+        )
+        labels, gap = balanced.labels, balanced.gap
+    else:
+        labels = argmax_labels(scores, potential, rows_per_block, passes)
+    return HardLabels(labels, gap, mean_label_score(scores, labels, rows_per_block))
+
+
+def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> float:
+    """``mean_i S[i, labels_i]``: N entries gathered, block by block."""
+    total = 0.0
+    for start in range(0, labels.size, rows_per_block):
+        block = scores[start : start + rows_per_block]
+        own = labels[start : start + rows_per_block]
+        xp, where = array_namespace(block), device_of(block)
+        rows = from_host(np.arange(own.size), xp, where)
+        picked = block[rows, from_host(own, xp, where)]  # (n,)
+        total += float(xp.sum(xp.astype(picked, xp.float64)))
+    return total / max(labels.size, 1)
 
 
 @dataclass
@@ -160,27 +225,6 @@ class HostPasses(NumpyPasses):
         return to_numpy(rows).astype(np.float64)
 
 
-def count_bounds(n_samples: int, cluster_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster count bounds ``floor(N b_k)`` and ``ceil(N b_k)``.
-
-    ``N b_k`` within 1e-9 (relative) of an integer counts as that integer, so
-    that uniform weights with N divisible by K give equal counts exactly.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> lower, upper = count_bounds(10, np.full(4, 0.25))
-    >>> lower.tolist(), upper.tolist()
-    ([2, 2, 2, 2], [3, 3, 3, 3])
-    """
-    target = n_samples * np.asarray(cluster_weights, dtype=np.float64)
-    nearest = np.round(target)
-    integral = np.abs(target - nearest) <= 1e-9 * np.maximum(1.0, target)
-    lower = np.where(integral, nearest, np.floor(target)).astype(np.int64)
-    upper = np.where(integral, nearest, np.ceil(target)).astype(np.int64)
-    return lower, upper
-
-
 def argmax_labels(
     scores: np.ndarray, potential: np.ndarray, rows_per_block: int, passes: Passes | None = None
 ) -> np.ndarray:
@@ -197,14 +241,14 @@ def argmax_labels(
 def balanced_labels(
     scores: np.ndarray,
     potential: np.ndarray,
-    cluster_weights: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
     *,
     rows_per_block: int,
     passes: Passes | None = None,
     group: Collective | None = None,
-    n_samples: int | None = None,
 ) -> BalancedLabels:
-    """Exactly balanced labels, optimal with a dual certificate; see the module docstring.
+    """Exact labels under count bounds, optimal with a dual certificate; see the
+    module docstring.
 
     Parameters
     ----------
@@ -212,8 +256,9 @@ def balanced_labels(
     potential : (K,) array
         Cluster potential ``g`` to start from (score units), e.g. from Sinkhorn.
         Any finite vector gives the optimum; a good one gives it fast.
-    cluster_weights : (K,) array
-        Normalised cluster proportions ``b``.
+    bounds : ((K,), (K,)) int arrays
+        ``lower_k <= n_k <= upper_k`` (global counts when sharded), with
+        ``sum lower <= N <= sum upper``.
     rows_per_block : int
         Rows per block for the passes over the whole matrix.
     passes : NumpyPasses (default), NumbaPasses, TorchPasses or HostPasses
@@ -222,13 +267,10 @@ def balanced_labels(
         For one shard of a problem sharded over processes: how the shards agree
         (``scores`` holds this shard's rows, the labels returned are its own, the
         bounds and the certificate are global).  None: the whole problem.
-    n_samples : int or None
-        The global number of samples when sharded (default: ``scores.shape[0]``).
     """
     passes = passes or NumpyPasses()
     group = group or Alone()
-    n_samples = scores.shape[0] if n_samples is None else n_samples
-    lower, upper = count_bounds(n_samples, cluster_weights)
+    lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
     labels = argmax_labels(scores, -prices, rows_per_block, passes)
     transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
@@ -304,18 +346,15 @@ class _Transfers:
         self.passes, self.group = passes, group
         lower, upper = bounds
         self.upper = upper
+        self.spare = upper - lower  # (K,) dummies a cluster may hold
         n_clusters = upper.size
         by_cluster = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=n_clusters)
         self.members = [part.tolist() for part in np.split(by_cluster, np.cumsum(sizes)[:-1])]
         counts = group.sum(sizes)  # (K,) over all shards
-        # Dummies take the cheapest optional slots, where they are at their best.
-        self.takes_dummy = upper > lower
         n_dummies = int(upper.sum()) - int(counts.sum())
-        cheapest = np.flatnonzero(self.takes_dummy)[np.argsort(prices[self.takes_dummy])]
-        self.has_dummy = np.zeros(n_clusters, dtype=bool)
-        self.has_dummy[cheapest[:n_dummies]] = True
-        self.occupancy = counts + self.has_dummy
+        self.dummies = place_dummies(self.prices, self.spare, upper - counts, n_dummies)
+        self.occupancy = counts + self.dummies
         self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
@@ -329,15 +368,31 @@ class _Transfers:
         return move_cost
 
     def balance(self) -> int:
-        """Move samples along shortest paths until no cluster is over-full."""
+        """Move along shortest paths until no cluster is over-full; returns the units moved."""
         n_moves = 0
         while True:
             over_full = np.flatnonzero(self.occupancy > self.upper)
             if over_full.size == 0:
                 return n_moves
-            for giver, taker, by_dummy in self._shortest_path(int(over_full[0])):
-                self._move(giver, taker, by_dummy)
-            n_moves += 1
+            source = int(over_full[0])
+            path = self._shortest_path(source)
+            amount = self._capacity(source, path)
+            for giver, taker, by_dummy in path:
+                self._move(giver, taker, by_dummy, amount)
+            n_moves += amount
+
+    def _capacity(self, source: int, path: list[tuple[int, int, bool]]) -> int:
+        """Units that can follow ``path`` at once: one sample, or as many dummies as
+        the source's excess, every giver's dummies and the end's room allow."""
+        if not all(by_dummy for _, _, by_dummy in path):
+            return 1
+        end = path[0][1]  # the path is listed last edge first
+        amount = min(
+            int(self.occupancy[source] - self.upper[source]),
+            int(self.upper[end] - self.occupancy[end]),
+            int(self.spare[end] - self.dummies[end]),
+        )
+        return max(1, min(amount, *(int(self.dummies[giver]) for giver, _, _ in path)))
 
     def _shortest_path(self, source: int) -> list[tuple[int, int, bool]]:
         """Dijkstra from an over-full cluster to the nearest one with room.
@@ -360,8 +415,8 @@ class _Transfers:
             settled[node] = True
             edge = self.move_cost[node] - prices[node] + prices  # (K,) reduced costs
             dummy_edge = np.full(n_clusters, np.inf)
-            if self.has_dummy[node]:
-                room = self.takes_dummy & ~self.has_dummy
+            if self.dummies[node] > 0:
+                room = self.dummies < self.spare
                 dummy_edge[room] = prices[room] - prices[node]
             use_dummy = dummy_edge < edge
             reach = distance[node] + np.maximum(np.minimum(edge, dummy_edge), 0.0)
@@ -376,12 +431,13 @@ class _Transfers:
             node = int(parent[node])
         return path
 
-    def _move(self, giver: int, taker: int, by_dummy: bool) -> None:
-        """Move the dummy, or the sample that loses least, from ``giver`` to ``taker``."""
-        self.occupancy[giver] -= 1
-        self.occupancy[taker] += 1
+    def _move(self, giver: int, taker: int, by_dummy: bool, amount: int) -> None:
+        """Move ``amount`` dummies, or the sample that loses least, from ``giver`` to ``taker``."""
+        self.occupancy[giver] -= amount
+        self.occupancy[taker] += amount
         if by_dummy:
-            self.has_dummy[giver], self.has_dummy[taker] = False, True
+            self.dummies[giver] -= amount
+            self.dummies[taker] += amount
             return
         n_clusters = self.upper.size
         members = np.asarray(self.members[giver], dtype=np.int64)  # this shard's
@@ -408,3 +464,33 @@ class _Transfers:
         both = self.group.min(np.concatenate([remaining, moved_cost]))  # one reduction
         self.move_cost[giver] = both[:n_clusters]
         self.move_cost[taker] = np.minimum(self.move_cost[taker], both[n_clusters:])
+
+
+def place_dummies(
+    prices: np.ndarray, spare: np.ndarray, room: np.ndarray, n_dummies: int
+) -> np.ndarray:
+    """Where the dummies start: (K,) counts, at most ``spare_k`` each, summing to ``n_dummies``.
+
+    They fill the cheapest clusters first, so that every dummy sits where it is
+    at its best (no dummy move has a negative reduced cost); among clusters of
+    the threshold price, where they may go anywhere, first into free room
+    (``room_k = upper_k - n_k``), so that fewer clusters start over-full.
+    """
+    dummies = np.zeros(spare.size, dtype=np.int64)
+    left = n_dummies
+    order = np.argsort(prices, kind="stable")
+    for price in np.unique(prices[order]):
+        if left == 0:
+            break
+        group = order[prices[order] == price]
+        if spare[group].sum() <= left:
+            dummies[group] = spare[group]
+            left -= int(spare[group].sum())
+            continue
+        for capacity in (np.minimum(spare, np.maximum(room, 0)), spare):
+            for k in group:
+                take = min(left, int(capacity[k] - dummies[k]))
+                if take > 0:
+                    dummies[k] += take
+                    left -= take
+    return dummies

@@ -1,25 +1,30 @@
 """The Sinkhorn iteration, written once on the array-API namespace.
 
-The loop (:func:`solve`) knows nothing about how a block of rows is processed:
-it asks a *kernel* to sweep each block of rows and reduces what the kernel
-returns.  This is the kernel contract of the specification:
+:func:`solve_head` runs every phase of one head's solve; :func:`solve` runs the
+loop to a tolerance; :func:`iterate` is the loop.  The loop knows nothing about
+how a block of rows is processed: it asks a :class:`Kernel` (one per backend and
+domain, in :mod:`otlabel.kernels`) to sweep each block of rows and reduces what
+the kernel returns.  This is the kernel contract of the specification:
 
     given a block of rows of ``S`` (or of a kernel prepared from it), its
     ``log a``, the current cluster potential ``g`` and ``epsilon``, return the
     block's new row potential ``f``, the block's per-column partial
     ``(log_max, scaled_sum)`` of the column mass of the plan ``(f, g)``, and the
     block's row-marginal error.  With over-relaxation the kernel also gets the
-    previous ``f`` and the weight ``omega``, and returns the relaxed ``f``.
+    previous ``f`` and the weight ``omega`` (a :class:`RowUpdate`), and returns
+    the relaxed ``f``.
 
-Partials are reduced over blocks in a fixed order (deterministic results), so
-that streaming, sharding and several heads are options of this one loop, and
-fused kernels (Numba, GPU) plug in by implementing :class:`Kernel`.
+Partials are reduced over blocks in a fixed order (deterministic results), and
+over the ranks of a sharded problem by a *reducer* (:mod:`otlabel.distributed`),
+so that streaming, sharding and several heads are options of this one loop.
+The column update is the problem's column constraint
+(:mod:`otlabel.constraints`): fixed or bounded cluster sizes are one parameter.
 
 Notation (all potentials are in score units)::
 
     Q_ik = exp((S_ik + f_i + g_k) / epsilon)          # the plan, (N, K)
     f_i  = eps log a_i - eps LSE_k((S_ik + g_k) / eps)  # row update: rows exact
-    g_k <- g_k + eps (log b_k - log colmass_k)          # column update
+    g   <- constraint.update(g, log colmass)            # column update
 
 One pass over the rows computes ``f`` and the column masses of ``(f, g)``; the
 column error of that iterate comes for free.  The iterate that is returned is
@@ -34,40 +39,322 @@ for the exact row update ``fhat``, known within the same pass.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from array_api_compat import array_namespace
+
+from . import initializers
+
+if TYPE_CHECKING:
+    from .problem import Head, Options
 
 Array = Any
 
-#: Target size in bytes of one block of rows in the working precision: large
-#: enough to amortise the per-block overhead, small enough to stay in L2, so
-#: that the two uses of a block (row sums, then column sums) read memory once.
-BLOCK_BYTES = 1 << 20
-
-#: Arguments of ``exp`` are clamped here, the log of the smallest normal number
-#: of each precision (rounded up): no subnormal results, whose slow path costs
-#: several times a normal ``exp`` on x86.
-_EXP_FLOOR = {"float32": -87.0, "float64": -708.0}
-
-#: Largest score spread (max_k S_ik - min_k S_ik) / epsilon for which the
-#: scaling domain is safe, by storage precision of the kernel exp((S - m)/eps):
-#: its smallest entry must stay a normal number, and the scalings u, v (kept in
-#: float64, potentials normalised every iteration) then stay within exp(+-2T).
-SCALING_SAFE_SPREAD = {"float32": 80.0, "float64": 300.0}
+#: A kernel that computes in float32 (a stored float32 kernel, float32 ``exp``)
+#: runs until its own error is at most ``tol`` less this margin (a fraction of
+#: ``tol``, and twice its :attr:`Kernel.floor`), and at least that floor; then an
+#: exact pass checks the iterate, so that one exact pass usually suffices.
+INEXACT_MARGIN = 0.1
+#: Passes without a new best error after which an inexact kernel has stalled
+#: at its precision floor and the float64 finish takes over.
+STALL_PASSES = 25
 
 
-class UnstableIteration(FloatingPointError):
-    """The iterate stopped being finite; carries the last finite potential and
-    the number of passes that produced finite iterates."""
+def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) -> SolveOutput:
+    """Every phase of one head's solve; returns the last iterate and its record.
 
-    def __init__(self, message: str, potential: Array, n_iter: int) -> None:
-        super().__init__(message)
+    1. **start**: the initialiser's potential (:mod:`otlabel.initializers`);
+    2. **log / stored**: the backend's first kernel (a stored or scaling-domain
+       kernel where it is safe and faster, else the log domain), falling back,
+       warm, to the log domain if the iterate leaves the floating-point range;
+    3. **finish**: when that kernel computes in float32, an exact kernel
+       (float64 arithmetic on the scores themselves) takes the iterate to
+       ``tol``; its first pass is the honest error of the iterate.
+
+    The caller's scores, if a kernel was built in their place
+    (``overwrite_scores``), are restored on every exit, exceptions included.
+    """
+    backend = options.backend
+    record = Record(options.callback)
+    start = initializers.initial_potential(head, options, reducer=reducer)
+    record.phases["start"] = start.passes
+    log_a, potential = backend.vectors(head.scores, head.log_a, start.potential)
+    constraint = head.constraint.to(potential)
+    run = _Phases(head, options, log_a, constraint, record, reducer)
+    kernel = backend.first_kernel(head, log_a, options, warm=start.kind != "zero")
+    try:
+        with _quiet(potential):  # a non-finite iterate is detected by the loop itself
+            if start.kind == "given" and not kernel.exact:
+                checked = run.check(kernel, potential)
+                if checked.error <= options.tol:  # a converged warm start: one pass
+                    return run.output(checked, kernel.method, start.kind)
+                potential = checked.next_potential
+            main, kernel = run.main(kernel, potential)
+            method = kernel.method
+            if kernel.exact and main is not None:
+                last = main
+            else:
+                last, kernel = run.finish(kernel, main)
+    finally:
+        kernel.restore()
+    return run.output(last, method, start.kind)
+
+
+def _quiet(like: Array) -> Any:
+    """NumPy's warnings off (over- and underflow are detected or intended)."""
+    if isinstance(like, np.ndarray):
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()
+
+
+class _Phases:
+    """The phases of :func:`solve_head` over one head, sharing its record and budget."""
+
+    def __init__(
+        self,
+        head: Head,
+        options: Options,
+        log_a: Array,
+        constraint: Any,
+        record: Record,
+        reducer: Reducer | None,
+    ) -> None:
+        self.head, self.options, self.log_a = head, options, log_a
+        self.constraint, self.record, self.reducer = constraint, record, reducer
+        self.omega = options.overrelaxation if constraint.relaxable else 1.0
+        self.potential: Array = None  # where the current phase started
+
+    def main(self, kernel: Kernel, potential: Array) -> tuple[Iterate | None, Kernel]:
+        """The first kernel to its target; the log domain, warm, if it goes non-finite."""
+        options = self.options
+        while True:
+            reserve = 0 if kernel.exact else 1  # one pass left for the exact check
+            passes = self.left() - reserve
+            if passes <= 0:
+                self.potential = potential
+                return None, kernel
+            target = options.tol
+            if not kernel.exact:
+                margin = max(INEXACT_MARGIN * options.tol, 2 * kernel.floor)
+                target = max(options.tol - margin, kernel.floor)
+            patience = None if kernel.exact else STALL_PASSES
+            try:
+                return self.run(kernel, potential, target, passes, patience), kernel
+            except UnstableIteration as unstable:
+                if options.method == "scaling":
+                    raise FloatingPointError(
+                        f"method='scaling': {unstable}; the scores spread too far over "
+                        "epsilon for this domain, use method='log' or 'auto'"
+                    ) from None
+                kernel.restore()
+                potential = unstable.potential
+                kernel = options.backend.log_kernel(self.head.scores, self.log_a, options)
+
+    def check(self, kernel: Kernel, potential: Array) -> Iterate:
+        """One exact pass at a given start, before a float32 kernel takes over."""
+        exact = kernel.finisher(potential)
+        if exact is None:
+            exact = self.options.backend.log_kernel(
+                self.head.scores, self.log_a, self.options, precise=True
+            )
+        exact.phase = "finish"
+        return self.run(exact, potential, self.options.tol, 1, None)
+
+    def finish(self, kernel: Kernel, last: Iterate | None) -> tuple[Iterate, Kernel]:
+        """Exact passes from the inexact kernel's last potential until ``tol``."""
+        exact = kernel.finisher(None)
+        if exact is None:
+            kernel.restore()  # the scores again, in place of a kernel built there
+            exact = self.options.backend.log_kernel(
+                self.head.scores, self.log_a, self.options, precise=True
+            )
+        exact.phase = "finish"
+        potential = self.potential if last is None else last.next_potential  # None: max_iter 1
+        return self.run(exact, potential, self.options.tol, max(self.left(), 1), None), exact
+
+    def run(
+        self, kernel: Kernel, potential: Array, tol: float, passes: int, patience: int | None
+    ) -> Iterate:
         self.potential = potential
-        self.n_iter = n_iter
+        return solve(
+            kernel,
+            self.constraint,
+            self.options.epsilon,
+            potential,
+            tol=tol,
+            max_iter=passes,
+            omega=self.omega,
+            reducer=self.reducer,
+            record=self.record,
+            patience=patience,
+        )
+
+    def left(self) -> int:
+        return self.options.max_iter - len(self.record.errors)
+
+    def output(self, last: Iterate, method: str, start: str) -> SolveOutput:
+        """The last iterate, its potentials in the constraint's normal form."""
+        offset = self.constraint.offset(last.potential)  # 0 unless g has a free constant
+        return SolveOutput(
+            row_potential=last.row_potential + offset,
+            potential=last.potential - offset,
+            n_iter=len(self.record.errors),
+            error=last.error,
+            converged=last.error <= self.options.tol,
+            method=method,
+            errors=list(self.record.errors),
+            phases=dict(self.record.phases),
+            start=start,
+        )
+
+
+def solve(
+    kernel: Kernel,
+    constraint: Any,
+    epsilon: float,
+    potential: Array,
+    *,
+    tol: float,
+    max_iter: int,
+    omega: float | str = 1.0,
+    reducer: Reducer | None = None,
+    record: Record | None = None,
+    patience: int | None = None,
+) -> Iterate:
+    """Run :func:`iterate` until the error is at most ``tol``, for at most ``max_iter``
+    passes, or (with ``patience``) until that many passes made no new best error.
+
+    Returns the last iterate; ``record`` gets the error and phase of every pass.
+    """
+    best, since_best = math.inf, 0
+    passes = iterate(kernel, constraint, epsilon, potential, omega=omega, reducer=reducer)
+    for current in passes:
+        if record is not None:
+            record.add(current)
+        if current.error <= tol or current.n_iter >= max_iter:
+            return current
+        best, since_best = (current.error, 0) if current.error < best else (best, since_best + 1)
+        if patience is not None and since_best >= patience:
+            return current
+    raise AssertionError("iterate() never ends")  # pragma: no cover
+
+
+def iterate(
+    kernel: Kernel,
+    constraint: Any,
+    epsilon: float,
+    potential: Array,
+    *,
+    omega: float | str = 1.0,
+    reducer: Reducer | None = None,
+) -> Iterator[Iterate]:
+    """Sinkhorn passes without end, one iterate per pass (each reads the matrix once).
+
+    ``potential`` is the starting cluster potential ``g`` (K,) in score units;
+    ``constraint`` the column constraint (:mod:`otlabel.constraints`), on the
+    potential's device; ``omega`` the over-relaxation weight: 1 is plain
+    Sinkhorn-Knopp, a number in (0, 2) a fixed weight, ``"auto"`` the weight of
+    :class:`OverRelaxation`.  Between two iterates the column update is applied.
+    ``reducer``: for one shard of a problem sharded over processes, combines the
+    shard's column partial and row error with every other shard's (identical on
+    every shard, so that every shard takes the same steps).
+
+    Raises :class:`UnstableIteration`, carrying the last finite potential, if
+    the iterate stops being finite (only a scaling-domain kernel can).
+    """
+    g = constraint.normalise(potential)
+    n_iter, previous = 0, None
+    schedule = OverRelaxation(omega)
+    while True:
+        weight = schedule.weight
+        f, columns, row_error = _sweep(kernel, kernel.column_state(g), RowUpdate(previous, weight))
+        if reducer is not None:
+            columns, row_error = reducer.reduce(columns, row_error, f)
+        log_mass = columns.log_mass()
+        error = float(row_error + constraint.error(g, log_mass, epsilon))
+        if not (math.isfinite(error) and _all_finite(f)):
+            raise _unstable(kernel, g, n_iter)
+        g_next = constraint.update(g, log_mass, epsilon, weight)
+        n_iter += 1
+        current = Iterate(n_iter, f, g, error, kernel.phase, g_next)
+        yield current
+        schedule.observe(error)
+        kernel.observe(current)
+        if not _all_finite(g_next):  # a column's mass underflowed to zero
+            raise _unstable(kernel, g, n_iter)
+        g, previous = g_next, f
+
+
+# --------------------------------------------------------------------------
+# The kernel contract
+# --------------------------------------------------------------------------
+
+
+class Kernel:
+    """One sweep over a block of rows; see the module docstring.
+
+    Attributes
+    ----------
+    method : "log" or "scaling"
+        The domain it iterates in (reported as ``Result.method``).
+    phase : "log", "stored" or "finish"
+        What the loop records for each of its passes (``Result.phases``).
+    exact : bool
+        Whether the error it reports is that of its plan recomputed in float64
+        from the scores.  An inexact kernel (float32 arithmetic or storage) is
+        followed by exact passes (:func:`solve_head`).
+    floor : float
+        For an inexact kernel: the error below which its own error stops being
+        trustworthy (float32 resolution of the plan's entries).
+    """
+
+    method = "log"
+    phase = "log"
+    exact = True
+    floor = 0.0
+
+    def column_state(self, potential: Array) -> Array:
+        """Per-iteration state derived once from the cluster potential ``g``."""
+        raise NotImplementedError
+
+    def blocks(self) -> Iterator[tuple[slice, Array]]:
+        """The row blocks of the (prepared) matrix, in a fixed order."""
+        raise NotImplementedError
+
+    def sweep(self, block: Array, rows: slice, state: Array, update: RowUpdate) -> BlockSweep:
+        """Process one block of rows."""
+        raise NotImplementedError
+
+    def observe(self, current: Iterate) -> None:
+        """Hear of each iterate (a kernel may then change how it iterates)."""
+
+    def restore(self) -> None:
+        """Give back the caller's scores if a kernel was built in their place."""
+
+    def finisher(self, potential: Array | None) -> Kernel | None:
+        """An exact kernel cheaper than the backend's precise log kernel, or None.
+
+        ``potential``: the kernel may prepare itself at it (a given start is
+        checked before its first pass); it must leave the scores intact.
+        """
+        return None
+
+
+#: Float32 resolution of a plan's entries (their exponents are rounded to
+#: float32 before ``exp``): the error an inexact kernel can report reliably.
+FLOAT32_ERROR_FLOOR = 2e-6
+
+
+class Reducer(Protocol):
+    """How the shards of a sharded problem combine their partials each pass."""
+
+    def reduce(self, columns: ColumnPartial, row_error: Any, f: Array) -> tuple[ColumnPartial, Any]:
+        """Every shard's partials combined (the same on every shard)."""
 
 
 @dataclass
@@ -85,9 +372,46 @@ class ColumnPartial:
         scaled_sum = scaled_sum + other.scaled_sum * xp.exp(other.log_max - log_max)
         return ColumnPartial(log_max, scaled_sum)
 
+    def total(self) -> ColumnPartial:
+        """Partials stacked over sub-blocks (B, K), summed in order into one (K,)."""
+        xp = array_namespace(self.log_max)
+        top = xp.max(self.log_max, axis=0)  # (K,)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))  # a column empty everywhere
+        return ColumnPartial(top, xp.sum(self.scaled_sum * xp.exp(self.log_max - top), axis=0))
+
     def log_mass(self) -> Array:
         xp = array_namespace(self.log_max)
         return self.log_max + xp.log(self.scaled_sum)
+
+
+#: How far (in log units) a column's largest plan entry must stand above what
+#: clamping ``exp`` may add (``rows x e^floor x`` the largest row factor) for
+#: its sum to be trusted: ``e^-37 < 1e-16``.
+STARVED_MARGIN = 37.0
+
+
+def column_partial(
+    col_sum: Array, col_log_peak: Array, *, exp_floor: float, log_rows: Any, log_max_scale: Any
+) -> ColumnPartial:
+    """A block's column partial, with the one rule for starved columns.
+
+    ``col_sum`` (..., K) are the column sums of the block's plan entries, each
+    ``exp`` clamped below at ``e^exp_floor`` (no subnormals); ``col_log_peak`` the
+    log of each column's largest entry.  The clamp adds at most
+    ``rows e^exp_floor max_i(row factor)`` to a column: where the largest entry
+    stands :data:`STARVED_MARGIN` above that, the sum is kept; elsewhere (a
+    column nobody in the block favours) the block reports the largest entry, a
+    lower bound within a factor of its row count, which keeps the column update
+    finite and conservative instead of the ``+inf`` of a sum that underflowed.
+    ``log_rows`` and ``log_max_scale`` broadcast against the leading axes.
+    """
+    xp = array_namespace(col_sum)
+    limit = exp_floor + log_rows + STARVED_MARGIN + log_max_scale
+    reliable = col_log_peak > limit
+    return ColumnPartial(
+        xp.where(reliable, xp.zeros_like(col_log_peak), col_log_peak),
+        xp.where(reliable, col_sum, xp.ones_like(col_sum)),
+    )
 
 
 @dataclass
@@ -100,8 +424,9 @@ class BlockSweep:
 
 
 @dataclass
-class Relaxation:
-    """Over-relaxation of the row update: ``f = (1 - omega) previous + omega fhat``."""
+class RowUpdate:
+    """What the row update needs besides the block: over-relaxation of ``f``,
+    ``f = (1 - omega) previous + omega fhat``."""
 
     previous: Array | None  # (N,) f of the previous pass (score units); None: none yet
     omega: float = 1.0
@@ -113,106 +438,59 @@ class Relaxation:
         return self.previous[rows]
 
 
-def relax_rows(
-    exact: Array, previous: Array | None, omega: float, log_a: Array, epsilon: float
-) -> tuple[Array, Array | None, Any]:
-    """Relax a block's exact row update ``fhat`` (n,).
-
-    Returns the relaxed ``f``, ``(f - fhat)/eps`` (None when not relaxed: the
-    rows are exact) and the block's row error ``sum_i a_i |exp((f - fhat)/eps) - 1|``.
-    """
-    if previous is None:
-        return exact, None, 0.0
-    xp = array_namespace(exact)
-    relaxed = (1.0 - omega) * previous + omega * exact
-    shift = (relaxed - exact) / epsilon
-    row_error = xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(shift)))  # 0-d: no host sync here
-    return relaxed, shift, row_error
-
-
-class Kernel(Protocol):
-    """One sweep over a block of rows; see the module docstring."""
-
-    method: str
-
-    def column_state(self, potential: Array) -> Array:
-        """Per-iteration state derived once from the cluster potential ``g``."""
-
-    def blocks(self) -> Iterator[tuple[slice, Array]]:
-        """The row blocks of the (prepared) matrix, in a fixed order."""
-
-    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
-        """Process one block of rows."""
-
-
-@dataclass
-class SolveOutput:
-    """The iterate ``(f, g)`` of the last pass and how it was reached."""
-
-    row_potential: Array  # (N,) f, score units
-    potential: Array  # (K,) g, score units, sum_k b_k g_k = 0
-    n_iter: int
-    error: float
-    converged: bool
-    method: str
-
-
 @dataclass
 class Iterate:
-    """One pass's iterate: the plan ``(f, g)`` and its L1 marginal error."""
+    """One pass's iterate: the plan ``(f, g)``, its L1 marginal error, and the
+    potential that the column update sets next."""
 
     n_iter: int
     row_potential: Array  # (N,) f of this pass
     potential: Array  # (K,) g this pass used
     error: float
+    phase: str
+    next_potential: Array  # (K,) g of the next pass
 
 
-def iterate(
-    kernel: Kernel,
-    log_b: Array,
-    epsilon: float,
-    potential: Array,
-    *,
-    omega: float | str = 1.0,
-) -> Iterator[Iterate]:
-    """Sinkhorn passes without end, one iterate per pass (each reads the matrix once).
+@dataclass
+class SolveOutput:
+    """The iterate ``(f, g)`` of a head's last pass and how it was reached."""
 
-    ``potential`` is the starting cluster potential ``g`` (K,) in score units;
-    ``omega`` the over-relaxation weight: 1 is plain Sinkhorn-Knopp, a number in
-    (0, 2) a fixed weight, ``"auto"`` the weight of :class:`OverRelaxation`.
-    Between two iterates the column update is applied.  A kernel with a
-    ``reduce(columns, row_error, f)`` method holds one shard of the rows: the
-    loop hands it the shard's column partial and row error, and it returns those
-    of the whole problem (identical on every shard, so that every shard takes
-    the same steps).  Raises
-    :class:`UnstableIteration`, carrying the last finite potential, if the
-    iterate stops being finite (only the scaling domain can).
-    """
-    xp = array_namespace(log_b)
-    b = xp.exp(log_b)
-    g = _normalise(potential, b)
-    n_iter, previous = 0, None
-    schedule = OverRelaxation(omega)
-    while True:
-        omega_now = schedule.weight
-        relax = Relaxation(previous, omega_now)
-        f, columns, row_error = _sweep(kernel, kernel.column_state(g), relax)
-        if hasattr(kernel, "reduce"):  # a shard of a larger problem (otlabel.distributed)
-            columns, row_error = kernel.reduce(columns, row_error, f)
-        log_col_mass = columns.log_mass()
-        error = float(row_error + xp.sum(xp.abs(xp.exp(log_col_mass) - b)))
-        if not (math.isfinite(error) and _all_finite(f)):
-            raise _unstable(kernel, g, n_iter)
-        n_iter += 1
-        current = Iterate(n_iter, f, g, error)
-        yield current
-        schedule.observe(error)
-        if hasattr(kernel, "observe"):  # kernels that adapt to the iterate (numba_)
-            kernel.observe(current)
-        g_next = _normalise(g + omega_now * epsilon * (log_b - log_col_mass), b)
-        if not _all_finite(g_next):  # a column's mass underflowed to zero
-            raise _unstable(kernel, g, n_iter)
-        g, previous = g_next, f
+    row_potential: Array  # (N,) f, score units
+    potential: Array  # (K,) g, score units (fixed sizes: sum_k b_k g_k = 0)
+    n_iter: int
+    error: float
+    converged: bool
+    method: str
+    errors: list[float]
+    phases: dict[str, int]
+    start: str
+
+
+@dataclass
+class Record:
+    """The error and phase of every pass of a head, and the progress callback."""
+
+    callback: Callable[[int, float], Any] | None = None
+    errors: list[float] = field(default_factory=list)
+    phases: dict[str, int] = field(
+        default_factory=lambda: {"start": 0, "log": 0, "stored": 0, "finish": 0}
+    )
+
+    def add(self, current: Iterate) -> None:
+        self.errors.append(current.error)
+        self.phases[current.phase] += 1
+        if self.callback is not None:
+            self.callback(len(self.errors), current.error)
+
+
+class UnstableIteration(FloatingPointError):
+    """The iterate stopped being finite; carries the last finite potential and
+    the number of passes that produced finite iterates."""
+
+    def __init__(self, message: str, potential: Array, n_iter: int) -> None:
+        super().__init__(message)
+        self.potential = potential
+        self.n_iter = n_iter
 
 
 class OverRelaxation:
@@ -262,52 +540,24 @@ class OverRelaxation:
             self.weight = 1.0
 
 
-def solve(
-    kernel: Kernel,
-    log_b: Array,
-    epsilon: float,
-    potential: Array,
-    *,
-    tol: float,
-    max_iter: int,
-    omega: float | str = 1.0,
-) -> SolveOutput:
-    """Run :func:`iterate` until the L1 marginal error is at most ``tol`` (or ``max_iter``)."""
-    for current in iterate(kernel, log_b, epsilon, potential, omega=omega):
-        if current.error <= tol or current.n_iter == max_iter:
-            break
-    xp = array_namespace(log_b)
-    g, f = current.potential, current.row_potential
-    shift = xp.sum(xp.exp(log_b) * g)  # zero up to rounding; keeps (f, g) one plan
-    converged = current.error <= tol
-    return SolveOutput(
-        f + shift, g - shift, current.n_iter, current.error, converged, kernel.method
-    )
-
-
 def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteration:
     message = f"the {kernel.method} domain left the floating-point range after {n_done} passes"
     return UnstableIteration(message, potential, n_done)
 
 
-def _sweep(kernel: Kernel, state: Array, relax: Relaxation) -> tuple[Array, ColumnPartial, float]:
+def _sweep(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, ColumnPartial, Any]:
     """One pass over all row blocks: the new f and the column masses of (f, g)."""
     f_blocks = []
     columns: ColumnPartial | None = None
-    row_error = 0.0
+    row_error: Any = 0.0
     for rows, block in kernel.blocks():
-        result = kernel.sweep(block, rows, state, relax)
+        result = kernel.sweep(block, rows, state, update)
         f_blocks.append(result.row_potential)
         columns = result.columns if columns is None else columns.combine(result.columns)
-        row_error += result.row_error
+        row_error = row_error + result.row_error
     assert columns is not None, "a problem has at least one row"
     xp = array_namespace(f_blocks[0])
     return xp.concat(f_blocks), columns, row_error
-
-
-def _normalise(potential: Array, b: Array) -> Array:
-    xp = array_namespace(potential)
-    return potential - xp.sum(b * potential)
 
 
 def _all_finite(x: Array) -> bool:
@@ -315,199 +565,34 @@ def _all_finite(x: Array) -> bool:
     return bool(xp.all(xp.isfinite(x)))
 
 
+# --------------------------------------------------------------------------
+# Blocks of rows, and the plan
+# --------------------------------------------------------------------------
+
+#: Target size in bytes of one block of rows in the working precision: large
+#: enough to amortise the per-block overhead, small enough to stay in L2, so
+#: that the two uses of a block (row sums, then column sums) read memory once.
+BLOCK_BYTES = 1 << 20
+
+
 def block_rows(n_cols: int, itemsize: int = 8, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows per block so that one block in the working precision is ~``block_bytes``."""
     return max(1, block_bytes // (n_cols * itemsize))
 
 
-# --------------------------------------------------------------------------
-# Kernels on the array-API namespace (the reference implementation)
-# --------------------------------------------------------------------------
-
-
-class LogKernel:
-    """Log-domain sweep: always finite for finite scores.
-
-    Per block: the row log-sum-exp with one ``exp`` per element, evaluated in
-    the scores' storage precision (float32 ``exp`` is several times faster and
-    as accurate as float32 scores are) on arguments clamped at the last normal
-    exponent (no slow subnormals); row sums, column sums and potentials are
-    float64.  The column masses reuse those exponentials, scaled by the new row
-    factors, in one matrix-vector product.  Each column also gets its exact
-    largest log plan entry in the block: where that is so close to the clamp
-    that the sum could be off, the block reports the largest term instead, a
-    lower bound within a factor n.  Such a block adds under 1e-16 of the mass
-    of any column that is not starved, so this changes nothing there; for a
-    column starved in every block, the update is finite and conservative (it
-    overshoots by at most ``eps log N``) instead of the ``+inf`` of a plain sum.
-    """
-
-    method = "log"
-
-    def __init__(
-        self,
-        scores: Array,
-        log_a: Array,
-        epsilon: float,
-        work_dtype: Any,
-        *,
-        block_bytes: int = BLOCK_BYTES,
-    ) -> None:
-        self.xp = xp = array_namespace(log_a)  # scores may be a stream of blocks
-        self.scores = scores  # (N, K)
-        self.log_a = log_a  # (N,) float64, as every potential
-        self.epsilon = epsilon
-        self.work_dtype = work_dtype  # of the (n, K) temporaries
-        self.exp_dtype = xp.float32 if scores.dtype == xp.float32 else work_dtype
-        self.exp_floor = _EXP_FLOOR["float32" if self.exp_dtype == xp.float32 else "float64"]
-        itemsize = 4 if work_dtype == xp.float32 else 8
-        self.rows_per_block = block_rows(scores.shape[1], itemsize, block_bytes)
-
-    def column_state(self, potential: Array) -> Array:
-        return self.xp.astype(potential / self.epsilon, self.work_dtype)  # (K,) g / eps
-
-    def blocks(self) -> Iterator[tuple[slice, Array]]:
-        return _row_blocks(self.scores, self.rows_per_block)
-
-    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
-        xp, work = self.xp, self.work_dtype
-        x = xp.astype(block, work, copy=False) / self.epsilon + state  # (n, K) (S + g)/eps
-        row_max = xp.max(x, axis=1, keepdims=True)  # (n, 1)
-        x = x - row_max  # <= 0
-        e = xp.exp(xp.astype(xp.maximum(x, self.exp_floor), self.exp_dtype))  # (n, K)
-        log_a = self.log_a[rows]
-        row_sum = xp.astype(xp.sum(e, axis=1, dtype=work), log_a.dtype)  # (n,)
-        log_row_scale = log_a - xp.log(row_sum)  # (n,) float64
-        # log P = (S + f + g)/eps = x + log_row_scale, so f/eps = log_row_scale - row_max.
-        exact = self.epsilon * (log_row_scale - xp.astype(row_max[:, 0], log_a.dtype))  # (n,)
-        row_potential, shift, row_error = relax_rows(
-            exact, relax.rows(rows), relax.omega, log_a, self.epsilon
-        )
-        if shift is not None:
-            log_row_scale = log_row_scale + shift
-        row_scale = xp.astype(log_row_scale, work)  # (n,)
-        col_sum = xp.exp(row_scale) @ xp.astype(e, work, copy=False)  # (K,) frame 0
-        col_log_max = xp.max(x + row_scale[:, None], axis=0)  # (K,) largest log P
-        col_sum = xp.astype(col_sum, log_a.dtype)
-        col_log_max = xp.astype(col_log_max, log_a.dtype)
-        # What the clamp may have added to a column is below n e^floor max_i P-scale;
-        # keep the sum where that is under 1e-16 of the column's largest term.
-        limit = self.exp_floor + math.log(x.shape[0]) + 37.0 + xp.max(log_row_scale)  # 0-d
-        reliable = col_log_max > limit
-        columns = ColumnPartial(
-            xp.where(reliable, xp.zeros_like(col_log_max), col_log_max),
-            xp.where(reliable, col_sum, xp.ones_like(col_sum)),
-        )
-        return BlockSweep(row_potential, columns, row_error)
-
-
-class ScalingKernel:
-    """Scaling-domain sweep on ``G = exp((S - m)/eps)``, built once.
-
-    Per block of rows: ``s = G v``, ``u = a / s``, ``w = G^T u``; the block is
-    still in cache for the second product, so the matrix is read once per
-    iteration.  Only safe when the spread of each row of ``S / eps`` is
-    moderate (:data:`SCALING_SAFE_SPREAD`); :func:`scaling_is_safe` decides.
-    """
-
-    method = "scaling"
-
-    def __init__(
-        self,
-        scores: Array,
-        log_a: Array,
-        epsilon: float,
-        work_dtype: Any,
-        row_max: Array,
-        *,
-        overwrite: bool = False,
-        block_bytes: int = BLOCK_BYTES,
-    ) -> None:
-        self.xp = array_namespace(scores, log_a)
-        self.epsilon = epsilon
-        self.work_dtype = work_dtype
-        self.row_max = row_max  # (N,) m
-        self.a = self.xp.exp(log_a)  # (N,)
-        self.rows_per_block = block_rows(scores.shape[1], 8, block_bytes)
-        self.kernel = self._build(scores, overwrite)  # (N, K) G, storage dtype
-
-    def _build(self, scores: Array, overwrite: bool) -> Array:
-        xp = self.xp
-        target = scores if overwrite else xp.empty_like(scores)
-        for rows, block in _row_blocks(scores, self.rows_per_block):
-            shifted = xp.astype(block, self.work_dtype) - self.row_max[rows][:, None]
-            target[rows, ...] = xp.astype(xp.exp(shifted / self.epsilon), scores.dtype)
-        return target
-
-    def restore_scores(self) -> Array:
-        """Rebuild ``S = m + eps log G`` in place of the kernel; returns it."""
-        xp = self.xp
-        for rows, block in _row_blocks(self.kernel, self.rows_per_block):
-            log_kernel = xp.log(xp.astype(block, self.work_dtype))
-            restored = self.row_max[rows][:, None] + self.epsilon * log_kernel
-            self.kernel[rows, ...] = xp.astype(restored, self.kernel.dtype)
-        return self.kernel
-
-    def column_state(self, potential: Array) -> Array:
-        return self.xp.exp(potential / self.epsilon)  # (K,) v
-
-    def blocks(self) -> Iterator[tuple[slice, Array]]:
-        return _row_blocks(self.kernel, self.rows_per_block)
-
-    def sweep(self, block: Array, rows: slice, state: Array, relax: Relaxation) -> BlockSweep:
-        xp = self.xp
-        kernel = xp.astype(block, self.work_dtype)  # (n, K)
-        u = self.a[rows] / (kernel @ state)  # (n,) exact row scaling
-        exact = self.epsilon * xp.log(u) - self.row_max[rows]
-        row_potential, shift, row_error = relax_rows(
-            exact, relax.rows(rows), relax.omega, xp.log(self.a[rows]), self.epsilon
-        )
-        if shift is not None:
-            u = u * xp.exp(shift)
-        col_mass = (u @ kernel) * state  # (K,) column mass of (u, v)
-        zero = xp.zeros_like(col_mass)
-        return BlockSweep(row_potential, ColumnPartial(zero, col_mass), row_error)
-
-
-def row_extremes(
-    scores: Array, work_dtype: Any, *, block_bytes: int = BLOCK_BYTES
-) -> tuple[Array, Array]:
-    """Each row's maximum and minimum, (N,) each, in one read of the matrix.
-
-    NaN or infinite scores show up as non-finite extremes, so this pass also
-    validates the input.
-    """
-    xp = array_namespace(scores)
-    maxima, minima = [], []
-    for _, block in _row_blocks(scores, block_rows(scores.shape[1], 8, block_bytes)):
-        block = xp.astype(block, work_dtype)
-        maxima.append(xp.max(block, axis=1))
-        minima.append(xp.min(block, axis=1))
-    return xp.concat(maxima), xp.concat(minima)
-
-
-def scaling_is_safe(row_max: Array, row_min: Array, epsilon: float, storage_dtype: Any) -> bool:
-    """Whether every row's spread ``(max_k S_ik - min_k S_ik) / eps`` is within
-    :data:`SCALING_SAFE_SPREAD` for the kernel's storage precision."""
-    xp = array_namespace(row_max)
-    if storage_dtype not in (xp.float32, xp.float64):
-        return False  # half precision cannot hold exp(-spread/eps) for any useful spread
-    limit = SCALING_SAFE_SPREAD["float32" if storage_dtype == xp.float32 else "float64"]
-    return float(xp.max(row_max - row_min)) / epsilon <= limit
+def row_blocks(matrix: Array, rows_per_block: int) -> Iterator[tuple[slice, Array]]:
+    """``(rows, matrix[rows])`` for consecutive blocks of ``rows_per_block`` rows."""
+    n_rows = matrix.shape[0]
+    for start in range(0, n_rows, rows_per_block):
+        rows = slice(start, min(start + rows_per_block, n_rows))
+        yield rows, matrix[rows, ...]
 
 
 def plan_of(scores: Array, row_potential: Array, potential: Array, epsilon: float) -> Array:
     """The plan ``exp((S_ik + f_i + g_k) / eps)`` (N, K), in the scores' dtype."""
     xp = array_namespace(scores, row_potential, potential)
     plan = xp.empty_like(scores)
-    for rows, block in _row_blocks(scores, block_rows(scores.shape[1])):
+    for rows, block in row_blocks(scores, block_rows(scores.shape[1])):
         exponent = xp.astype(block, potential.dtype) + row_potential[rows][:, None] + potential
         plan[rows, ...] = xp.astype(xp.exp(exponent / epsilon), scores.dtype)
     return plan
-
-
-def _row_blocks(matrix: Array, rows_per_block: int) -> Iterator[tuple[slice, Array]]:
-    n_rows = matrix.shape[0]
-    for start in range(0, n_rows, rows_per_block):
-        rows = slice(start, min(start + rows_per_block, n_rows))
-        yield rows, matrix[rows, ...]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import otlabel
 
 numba = pytest.importorskip("numba")
+from otlabel import kernels  # noqa: E402
 from otlabel.kernels import _fastmath  # noqa: E402
 from otlabel.kernels.numba_ import NumbaLogKernel  # noqa: E402
 
@@ -108,9 +110,14 @@ def test_missing_numba_is_a_clear_error(rng, monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a)
     )
-    with pytest.raises(ImportError, match=r"pip install 'otlabel\[numba\]'"):
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    with pytest.raises(ImportError, match=r"pip install numba"):
         otlabel.assign(rng.normal(size=(20, 3)), backend="numba")
-    assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
+    with pytest.warns(otlabel.BackendWarning, match="numba is not installed"):
+        assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert otlabel.assign(rng.normal(size=(20, 3)), 0.5).backend == "numpy"
 
 
 @pytest.fixture(params=["dense", "sparse"])
@@ -211,7 +218,9 @@ def test_numba_rounding_passes_equal_numpy(seed):
         start = rng.normal(size=k) * 0.1
         rows = int(rng.integers(7, 700))
         results = [
-            balanced_labels(scores, start, weights, rows_per_block=rows, passes=passes)
+            balanced_labels(
+                scores, start, otlabel.count_bounds(n, weights), rows_per_block=rows, passes=passes
+            )
             for passes in (NumpyPasses(), NumbaPasses())
         ]
         np.testing.assert_array_equal(results[0].labels, results[1].labels)
@@ -234,7 +243,13 @@ def test_numba_repair_handles_dummies_and_bad_starts():
     weights = rng.random(13) + 0.2
     weights /= weights.sum()
     results = [
-        balanced_labels(scores, np.zeros(13), weights, rows_per_block=100, passes=passes)
+        balanced_labels(
+            scores,
+            np.zeros(13),
+            otlabel.count_bounds(997, weights),
+            rows_per_block=100,
+            passes=passes,
+        )
         for passes in (NumpyPasses(), NumbaPasses())
     ]
     assert results[0].n_moves > 300

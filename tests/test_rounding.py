@@ -79,7 +79,9 @@ def test_any_starting_potential_reaches_the_optimum(rng, start):
         "random": rng.normal(size=k) * 5,
         "sinkhorn": otlabel.sinkhorn(scores, 0.1).potential,
     }[start]
-    out = rounding.balanced_labels(scores, potential, weights, rows_per_block=17)
+    out = rounding.balanced_labels(
+        scores, potential, otlabel.count_bounds(n, weights), rows_per_block=17
+    )
     lower, upper = otlabel.count_bounds(n, weights)
     optimum = bounded_lp_optimum(scores, lower, upper)
     assert scores[np.arange(n), out.labels].sum() == pytest.approx(optimum, rel=1e-10)
@@ -89,8 +91,9 @@ def test_any_starting_potential_reaches_the_optimum(rng, start):
 def test_sinkhorn_start_needs_few_moves():
     scores = otlabel.make_scores(5000, 50, seed=7)
     res = otlabel.sinkhorn(scores, 0.05)
-    out = rounding.balanced_labels(scores, res.potential, np.full(50, 1 / 50), rows_per_block=512)
-    cold = rounding.balanced_labels(scores, np.zeros(50), np.full(50, 1 / 50), rows_per_block=512)
+    bounds = otlabel.count_bounds(5000, np.full(50, 1 / 50))
+    out = rounding.balanced_labels(scores, res.potential, bounds, rows_per_block=512)
+    cold = rounding.balanced_labels(scores, np.zeros(50), bounds, rows_per_block=512)
     assert out.n_moves < cold.n_moves / 5
     np.testing.assert_array_equal(np.bincount(out.labels, minlength=50), 100)
 
@@ -99,7 +102,7 @@ def test_certificate_detects_a_suboptimal_labelling(rng):
     scores = rng.normal(size=(200, 5))
     weights = np.full(5, 0.2)
     lower, upper = otlabel.count_bounds(200, weights)
-    best = rounding.balanced_labels(scores, np.zeros(5), weights, rows_per_block=64)
+    best = rounding.balanced_labels(scores, np.zeros(5), (lower, upper), rows_per_block=64)
     worse = best.labels.copy()
     worse[[0, 1]] = worse[[1, 0]]  # a swap keeps the counts
     loss = scores[[0, 1], best.labels[[0, 1]]].sum() - scores[[0, 1], worse[[0, 1]]].sum()

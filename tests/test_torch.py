@@ -7,7 +7,8 @@ import pytest
 from _helpers import bounded_lp_optimum
 
 import otlabel
-from otlabel.rounding import NumpyPasses, count_bounds
+from otlabel import count_bounds
+from otlabel.rounding import NumpyPasses
 
 torch = pytest.importorskip("torch")
 from otlabel.kernels.torch_ import TorchPasses  # noqa: E402

@@ -13,8 +13,9 @@ if not torch.cuda.is_available():  # must be set before the kernel is decorated
 pytest.importorskip("triton")
 
 import otlabel  # noqa: E402
+from otlabel.kernels.reference import LogKernel  # noqa: E402
 from otlabel.kernels.triton_ import BLOCK_K, TritonLogKernel  # noqa: E402
-from otlabel.solver import LogKernel, Relaxation  # noqa: E402
+from otlabel.solver import RowUpdate  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -29,8 +30,8 @@ def test_one_sweep_equals_the_reference_sweep(rng, relaxed):
     log_a = torch.full((n_rows,), -np.log(n_rows), dtype=torch.float64, device=DEVICE)
     potential = torch.as_tensor(rng.normal(size=n_cols), device=DEVICE)
     previous = torch.as_tensor(rng.normal(size=n_rows), device=DEVICE) if relaxed else None
-    relax = Relaxation(previous, 1.5 if relaxed else 1.0)
-    fused = TritonLogKernel(scores, log_a, 0.1)
+    relax = RowUpdate(previous, 1.5 if relaxed else 1.0)
+    fused = TritonLogKernel(scores, log_a, 0.1, 1 << 20)
     reference = LogKernel(scores, log_a, 0.1, torch.float32)
     rows = slice(0, n_rows)
     got = fused.sweep(scores, rows, fused.column_state(potential), relax)

@@ -94,21 +94,22 @@ def _row_gap_terms(block, labels, prices, terms):
 
 
 def balance(transfers: Any) -> int:
-    """Run :meth:`otlabel.rounding._Transfers.balance` in Numba; returns the moves.
+    """Run :meth:`otlabel.rounding._Transfers.balance` in Numba; returns the units moved.
 
     The same successive shortest paths, step for step (the same tie-breaking:
-    first index of a minimum, member lists kept in order), on the transfers'
-    state, which is updated in place.  ``transfers.scores`` must be an array.
+    first index of a minimum, member lists kept in order, the same bulk dummy
+    moves), on the transfers' state, which is updated in place.
+    ``transfers.scores`` must be an array.
     """
-    members, start, count = _member_table(transfers.members, transfers.upper)
+    members, start, count = _member_table(transfers.members, transfers.upper, transfers.dummies)
     prices = transfers.prices.copy()
     n_moves = _balance(
         np.ascontiguousarray(transfers.scores),
         transfers.labels,
         prices,
         transfers.upper.astype(np.int64),
-        transfers.takes_dummy,
-        transfers.has_dummy,
+        transfers.spare.astype(np.int64),
+        transfers.dummies,
         transfers.occupancy,
         transfers.move_cost,
         members,
@@ -120,14 +121,17 @@ def balance(transfers: Any) -> int:
     return int(n_moves)
 
 
-def _member_table(lists: list[list[int]], upper: np.ndarray) -> tuple[np.ndarray, ...]:
+def _member_table(
+    lists: list[list[int]], upper: np.ndarray, dummies: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Member lists in one array, each with room for its largest possible size.
 
-    A cluster's occupancy (members plus its dummy) never exceeds the larger of
-    its first occupancy and ``upper``, so ``max(count + 1, upper)`` slots suffice.
+    A cluster's occupancy (members plus dummies) only grows at the end of a
+    path, to at most ``upper``; its members never exceed its occupancy, so
+    ``max(count + dummies, upper)`` slots suffice.
     """
     count = np.array([len(group) for group in lists], dtype=np.int64)
-    capacity = np.maximum(count + 1, upper)
+    capacity = np.maximum(count + dummies, upper).astype(np.int64)
     start = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
     members = np.empty(int(capacity.sum()), dtype=np.int64)
     for k, group in enumerate(lists):
@@ -141,8 +145,8 @@ def _balance(
     labels,
     prices,
     upper,
-    takes_dummy,
-    has_dummy,
+    spare,
+    dummies,
     occupancy,
     move_cost,
     members,
@@ -163,23 +167,39 @@ def _balance(
                 break
         if source < 0:
             return n_moves
-        node = _shortest_path(
-            source, prices, upper, takes_dummy, has_dummy, occupancy, move_cost,
+        end = _shortest_path(
+            source, prices, upper, spare, dummies, occupancy, move_cost,
             distance, parent, by_dummy, settled,
         )  # fmt: skip
+        amount = _capacity(source, end, parent, by_dummy, upper, spare, dummies, occupancy)
+        node = end
         while node != source:  # the path's edges, last first
             giver = parent[node]
             _move(
-                giver, node, by_dummy[node], scores, labels, has_dummy, occupancy, move_cost,
-                members, start, count,
+                giver, node, by_dummy[node], amount, scores, labels, dummies, occupancy,
+                move_cost, members, start, count,
             )  # fmt: skip
             node = giver
-        n_moves += 1
+        n_moves += amount
+
+
+@njit(cache=True)
+def _capacity(source, end, parent, by_dummy, upper, spare, dummies, occupancy):
+    """Units along the path: 1 with a sample edge, else as many dummies as fit."""
+    amount = min(occupancy[source] - upper[source], upper[end] - occupancy[end])
+    amount = min(amount, spare[end] - dummies[end])
+    node = end
+    while node != source:
+        if not by_dummy[node]:
+            return 1
+        amount = min(amount, dummies[parent[node]])
+        node = parent[node]
+    return max(amount, 1)
 
 
 @njit(cache=True)
 def _shortest_path(
-    source, prices, upper, takes_dummy, has_dummy, occupancy, move_cost,
+    source, prices, upper, spare, dummies, occupancy, move_cost,
     distance, parent, by_dummy, settled,
 ):  # fmt: skip
     """Dijkstra from ``source`` to the nearest cluster with room; updates prices."""
@@ -201,7 +221,7 @@ def _shortest_path(
         for k in range(n_clusters):
             edge = (move_cost[node, k] - prices[node]) + prices[k]
             dummy_edge = np.inf
-            if has_dummy[node] and takes_dummy[k] and not has_dummy[k]:
+            if dummies[node] > 0 and dummies[k] < spare[k]:
                 dummy_edge = prices[k] - prices[node]
             reach = distance[node] + max(min(edge, dummy_edge), 0.0)
             if reach < distance[k] and not settled[k]:
@@ -216,14 +236,15 @@ def _shortest_path(
 
 @njit(cache=True)
 def _move(
-    giver, taker, dummy, scores, labels, has_dummy, occupancy, move_cost, members, start, count
+    giver, taker, dummy, amount, scores, labels, dummies, occupancy, move_cost,
+    members, start, count,
 ):  # fmt: skip
-    """Move the dummy, or the member of ``giver`` that loses least, to ``taker``."""
-    occupancy[giver] -= 1
-    occupancy[taker] += 1
+    """Move ``amount`` dummies, or the member of ``giver`` that loses least, to ``taker``."""
+    occupancy[giver] -= amount
+    occupancy[taker] += amount
     if dummy:
-        has_dummy[giver] = False
-        has_dummy[taker] = True
+        dummies[giver] -= amount
+        dummies[taker] += amount
         return
     first, size = start[giver], count[giver]
     pick, least = 0, np.inf

@@ -1,15 +1,23 @@
 """The Torch backend: the reference iteration on Torch tensors, CPU or CUDA.
 
-The Sinkhorn loop is :func:`otlabel.solver.solve` with the reference kernels
-of :mod:`otlabel.solver` on the array-API namespace of Torch; this module holds
-what is specific to Torch: block sizes per device, a solve context (thread
-count, TF32 off), and the three passes of balanced rounding on the tensor's
-device, so that only vectors of length N or K cross to the host.
+The Sinkhorn loop is the one of :mod:`otlabel.solver`, with the reference
+kernels of :mod:`otlabel.kernels.reference` on the array-API namespace of
+Torch; this module holds what is specific to Torch: block sizes per device,
+the call's context, column sums that no global precision setting can change,
+and the three passes of balanced rounding on the tensor's device, so that only
+vectors of length N or K cross to the host.
 
 Precision: the (n, K) temporaries of a block are float32 for float32, float16
 and bfloat16 scores (float64 for float64 scores), read block by block, never
 converted whole; row and column sums are accumulated in float32 within a
 block and every potential, partial and error is float64.
+
+Process-wide settings: the solve changes none, except Torch's intra-op thread
+count when ``n_threads`` is given (``torch.set_num_threads`` is process-wide:
+it applies to every thread for the duration of the call).  TF32 and
+``torch.set_float32_matmul_precision`` are left as the caller set them: the
+float32 column sums do not go through a matrix product, so they cannot lower
+their precision, and the float64 products are not affected by them.
 """
 
 from __future__ import annotations
@@ -21,37 +29,57 @@ from typing import Any
 import numpy as np
 import torch
 
+from .reference import LogKernel, ReferenceBackend
+
 #: Bytes of the working precision per block of rows, by device type: CPU blocks
 #: amortise Torch's per-operation overhead, GPU blocks its launch latency.
 BLOCK_BYTES = {"cpu": 16 << 20, "cuda": 512 << 20}
 
 
-def block_bytes(scores: torch.Tensor) -> int:
-    return BLOCK_BYTES.get(scores.device.type, BLOCK_BYTES["cuda"])
+class TorchBackend(ReferenceBackend):
+    """Torch tensors: the reference kernels on the tensor's device."""
+
+    name = "torch"
+
+    def block_bytes_of(self, scores: Any) -> int:
+        return BLOCK_BYTES.get(torch.device(scores.device).type, BLOCK_BYTES["cuda"])
+
+    def work_dtype(self, scores: Any) -> torch.dtype:
+        """float64 for float64 scores, else float32 (float16 and bfloat16 included)."""
+        return torch.float64 if scores.dtype == torch.float64 else torch.float32
+
+    def context(self, n_threads: int | None) -> Any:
+        return solve_context(n_threads)
+
+    def rounding_passes(self, scores: Any) -> tuple[Any, int]:
+        return TorchPasses(), max(1, self.block_bytes_of(scores) // (scores.shape[1] * 8))
 
 
-def work_dtype(scores: torch.Tensor) -> torch.dtype:
-    """float64 for float64 scores, else float32 (float16 and bfloat16 included)."""
-    return torch.float64 if scores.dtype == torch.float64 else torch.float32
+class TorchLogKernel(LogKernel):
+    """The reference log kernel; float32 column sums without a matrix product."""
+
+    @staticmethod
+    def column_sums(row_scale: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        if e.dtype == torch.float64:
+            return row_scale @ e
+        return torch.sum(e * row_scale[:, None], dim=0)  # TF32 cannot touch it
+
+
+TorchBackend.log_kernel_type = TorchLogKernel
 
 
 @contextlib.contextmanager
 def solve_context(n_threads: int | None) -> Iterator[None]:
-    """Torch's CPU thread count fixed to ``n_threads``; TF32 matmuls off (restored after)."""
+    """No autograd graph; Torch's thread count ``n_threads`` for the call (restored after)."""
     threads = torch.get_num_threads()
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    precision = torch.get_float32_matmul_precision()
     try:
         if n_threads is not None:
             torch.set_num_threads(n_threads)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
         with torch.no_grad():
             yield
     finally:
-        torch.set_num_threads(threads)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.set_float32_matmul_precision(precision)
+        if n_threads is not None:
+            torch.set_num_threads(threads)
 
 
 class TorchPasses:
@@ -98,8 +126,3 @@ class TorchPasses:
 
 def _on(vector: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(vector, dtype=torch.float64, device=like.device)
-
-
-def rows_per_block(scores: Any) -> int:
-    """Rows per block of the rounding passes (float64 copies of a block)."""
-    return max(1, block_bytes(scores) // (scores.shape[1] * 8))

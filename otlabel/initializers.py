@@ -1,0 +1,93 @@
+"""Where a solve starts: a given potential, a subsample's solve, or zero.
+
+``init=`` of :func:`otlabel.assign` selects one (per head):
+
+- an array (K,): a previous result's ``potential`` (valid at another epsilon:
+  potentials are in score units), ``"given"``;
+- ``"subsample"``: the potential of the same problem solved on a 1-in-``stride``
+  subsample of the rows (about :data:`SUBSAMPLE_ROWS` rows, at least 20 per
+  cluster) to :data:`SUBSAMPLE_TOL`, in the backend's log domain; the passes it
+  spent are reported as ``res.phases["start"]``;
+- None: the backend decides (:meth:`wants_subsample`): a subsample for a large
+  cold problem where the stored kernel follows (the Numba backend on float32
+  scores or a stream), else zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._arrays import to_numpy
+
+if TYPE_CHECKING:
+    from .problem import Head, Options
+
+#: Large problems solved cold start from a solve on about this many rows (at
+#: least 20 per cluster), to this tolerance; it pays from twice its size on
+#: (docs/benchmarks.md, "subsample start").
+SUBSAMPLE_ROWS = 20_000
+SUBSAMPLE_TOL = 3e-2
+#: What ``init=`` may name.
+STARTS = ("subsample",)
+
+
+@dataclass
+class Start:
+    """A head's starting cluster potential and where it came from."""
+
+    potential: np.ndarray  # (K,) g, score units, on the host
+    kind: str  # "given", "subsample" or "zero"
+    passes: int = 0  # passes of the initialiser's own solve (over its rows)
+
+
+def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> Start:
+    """The start of ``head``'s solve, as its ``init`` asks (see the module docstring)."""
+    n_clusters = head.scores.shape[1]
+    if isinstance(head.init, np.ndarray):
+        return Start(head.init, "given")
+    stride = subsample_stride(*head.scores.shape)
+    wanted = head.init == "subsample" or (
+        head.init is None
+        and reducer is None
+        and stride > 1
+        and options.backend.wants_subsample(head, options)
+    )
+    if wanted:
+        return subsample_start(head, options, max(stride, 2), reducer)
+    return Start(np.zeros(n_clusters), "zero")
+
+
+def subsample_start(head: Head, options: Options, stride: int, reducer: Any = None) -> Start:
+    """The potential of the solve on rows ``0, stride, 2 stride, ...`` of ``head``."""
+    from .solver import solve
+
+    rows = head.scores[::stride]
+    if isinstance(rows, np.ndarray):
+        rows = np.ascontiguousarray(rows)  # the kernels read it once per pass
+    sub_weights = np.exp(head.log_a[::stride])
+    total = float(np.sum(sub_weights))
+    if reducer is not None:
+        total = float(reducer.sum(np.array([total]))[0])
+    backend = options.backend
+    sub_log_a, start = backend.vectors(rows, np.log(sub_weights / total), np.zeros(rows.shape[1]))
+    kernel = backend.log_kernel(rows, sub_log_a, options)
+    solved = solve(
+        kernel,
+        head.constraint.to(start),
+        options.epsilon,
+        start,
+        tol=SUBSAMPLE_TOL,
+        max_iter=options.max_iter,
+        omega=options.overrelaxation if head.constraint.relaxable else 1.0,
+        reducer=reducer,
+    )
+    return Start(to_numpy(solved.next_potential), "subsample", solved.n_iter)
+
+
+def subsample_stride(n_samples: int, n_clusters: int) -> int:
+    """1 (no subsample) unless the matrix has at least twice the subsample's rows."""
+    rows = max(SUBSAMPLE_ROWS, 20 * n_clusters)
+    return n_samples // rows if n_samples >= 2 * rows else 1
