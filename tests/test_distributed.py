@@ -138,9 +138,20 @@ def test_three_ranks_balanced_with_cluster_weights(tmp_path, rng):
             "kwargs": {"tol": 1e-9, "cluster_weights": cluster_w},
         },
         {"shards": shards_of(scores, sizes), "epsilon": 0.05, "kwargs": {"rounding": "nope"}},
+        {
+            "shards": shards_of(scores, sizes),
+            "epsilon": 0.05,
+            "kwargs": {"tol": 1e-9, "min_size": cluster_w / 2, "max_size": 1.5 * cluster_w},
+        },
     ]
-    balanced, bad_name = launch(3, cases, tmp_path)
+    balanced, bad_name, bounded = launch(3, cases, tmp_path)
     assert_equals_single(balanced, scores, sizes, 0.05, tol=1e-9, cluster_weights=cluster_w)
+    assert_equals_single(
+        bounded, scores, sizes, 0.05, tol=1e-9, min_size=cluster_w / 2, max_size=1.5 * cluster_w
+    )
+    counts = bounded[0]["result"]["counts"]
+    assert np.all(counts >= np.floor(513 * cluster_w / 2)) and counts.sum() == 513
+    assert np.all(counts <= np.ceil(513 * 1.5 * cluster_w))
     counts = balanced[0]["result"]["counts"]
     lower, upper = otlabel.count_bounds(513, cluster_w)
     assert np.all(lower <= counts) and np.all(counts <= upper) and counts.sum() == 513

@@ -130,3 +130,76 @@ def test_argmax_labels_are_only_roughly_balanced_balanced_ones_exactly(rng):
     counts = np.bincount(otlabel.assign(scores, 0.05, rounding="argmax").labels, minlength=20)
     assert counts.max() > 100  # argmax labels are only roughly balanced
     np.testing.assert_array_equal(balanced.counts, 100)
+
+
+def random_bounds(rng, k):
+    """Feasible size bounds of every kind: tight, wide, missing, equal, at zero."""
+    kind = rng.integers(4)
+    if kind == 0:  # around random proportions
+        b = rng.random(k) + 0.2
+        b /= b.sum()
+        lower, upper = b * rng.uniform(0.3, 1.0), b * rng.uniform(1.0, 2.5)
+    elif kind == 1:  # lower bounds only
+        lower, upper = np.full(k, rng.uniform(0, 1 / k)), np.ones(k)
+    elif kind == 2:  # upper bounds only
+        lower, upper = np.zeros(k), np.full(k, rng.uniform(1 / k, 2 / k))
+    else:  # some equal bounds, some free
+        lower = rng.uniform(0, 0.5 / k, size=k)
+        upper = np.where(rng.random(k) < 0.5, lower, 1.0)
+        upper[0] = 1.0  # room for everyone
+    return lower, upper
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bounded_labels_are_the_highs_optimum(seed):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(3, 60)), int(rng.integers(2, 8))
+    scores = rng.normal(size=(n, k)) * rng.choice([0.3, 2.0])
+    if seed % 5 == 0:
+        scores = np.round(scores)  # ties
+    lower, upper = random_bounds(rng, k)
+    res = otlabel.assign(scores, 0.2, min_size=lower, max_size=upper, backend="numpy")
+    lo, hi = np.floor(n * lower - 1e-9 * n), np.ceil(n * upper + 1e-9 * n)
+    counts = np.bincount(res.labels, minlength=k)
+    assert np.all((counts >= lo) & (counts <= hi)) and counts.sum() == n
+    bounds = otlabel.constraints.BoundedSizes(lower, upper).count_bounds(n)
+    optimum = bounded_lp_optimum(scores, *bounds)
+    achieved = scores[np.arange(n), res.labels].sum()
+    assert achieved == pytest.approx(optimum, rel=1e-10, abs=1e-10)
+    assert res.gap <= 1e-10
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_wide_bounds_need_few_paths_and_equal_numba(seed):
+    """hi = 1 for every cluster gives (K - 1) N dummies: bulk dummy paths, same as Numba."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+
+    rng = np.random.default_rng(seed)
+    n, k = 3000, 12
+    scores = rng.normal(size=(n, k)) * 2
+    scores[:, 0] += 2  # cluster 0 is popular: it must give samples away
+    lower, upper = np.full(k, 0.05), np.ones(k)
+    bounds = otlabel.constraints.BoundedSizes(lower, upper).count_bounds(n)
+    results = [
+        rounding.balanced_labels(scores, np.zeros(k), bounds, rows_per_block=500, passes=passes)
+        for passes in (rounding.NumpyPasses(), NumbaPasses())
+    ]
+    np.testing.assert_array_equal(results[0].labels, results[1].labels)
+    np.testing.assert_array_equal(results[0].prices, results[1].prices)
+    assert results[0].n_moves == results[1].n_moves
+    counts = np.bincount(results[0].labels, minlength=k)
+    assert np.all(counts >= bounds[0])
+    assert counts[0] > n // k  # free to stay large: only the lower bounds bind
+    optimum = bounded_lp_optimum(scores, *bounds)
+    assert scores[np.arange(n), results[0].labels].sum() == pytest.approx(optimum, rel=1e-10)
+
+
+def test_equal_bounds_are_fixed_sizes(rng):
+    scores = rng.normal(size=(300, 6)) * 2
+    b = rng.random(6) + 0.5
+    b /= b.sum()
+    fixed = otlabel.assign(scores, 0.1, cluster_weights=b, tol=1e-10)
+    bounded = otlabel.assign(scores, 0.1, min_size=b, max_size=b, tol=1e-10)
+    np.testing.assert_array_equal(bounded.labels, fixed.labels)
+    shift = bounded.potential - fixed.potential  # free constant of fixed sizes
+    np.testing.assert_allclose(shift, shift.mean(), atol=1e-7)

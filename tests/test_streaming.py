@@ -94,6 +94,20 @@ def test_stream_options_weights_warm_start_argmax_and_sinkhorn(tmp_path):
     )
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_stream_with_bounded_sizes_equals_in_memory(tmp_path, backend):
+    scores = _scores(seed=5, dtype=np.float64)
+    stream = _sources(scores, tmp_path)["chunks"]
+    bounds = {"min_size": np.full(K, 0.5 / K), "max_size": np.full(K, 1.5 / K)}
+    options = {"epsilon": 0.05, "backend": backend, "method": "log", "tol": 1e-8, **bounds}
+    got = otlabel.assign(stream, **options)
+    expected = otlabel.assign(scores, **options)
+    np.testing.assert_allclose(got.potential, expected.potential, atol=1e-9)
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    counts = np.bincount(got.labels, minlength=K)
+    assert np.all((counts >= np.floor(N * 0.5 / K)) & (counts <= np.ceil(N * 1.5 / K)))
+
+
 def test_repeated_stream_runs_are_identical(tmp_path):
     stream = _sources(_scores(seed=4), tmp_path)["callable"]
     first, second = otlabel.assign(stream, 0.05), otlabel.assign(stream, 0.05)
