@@ -13,9 +13,6 @@ import numpy as np
 from array_api_compat import array_namespace, is_cupy_array, is_numpy_array, is_torch_array
 from array_api_compat import device as device_of
 
-#: Array libraries that :func:`otlabel.assign` accepts, by the name of their module.
-LIBRARIES = ("numpy", "torch", "cupy")
-
 
 def library_of(value: Any) -> str | None:
     """``"numpy"``, ``"torch"``, ``"cupy"``, or None for anything else."""

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 
 def available_memory() -> int:
-    """Bytes the system can still give (MemAvailable); a large number if unknown."""
-    return _proc_kilobytes("/proc/meminfo", "MemAvailable:", default=1 << 62)
+    """Bytes the system can still give (MemAvailable in /proc/meminfo).
+
+    Fails closed: 0 when the figure is unknown (no /proc/meminfo, as off Linux,
+    or no MemAvailable line in it), so that a caller never allocates a large
+    buffer on the assumption that there is room.
+    """
+    return _proc_kilobytes("/proc/meminfo", "MemAvailable:", default=0)
 
 
 def rss_anon() -> int:
@@ -14,12 +19,13 @@ def rss_anon() -> int:
 
 
 def _proc_kilobytes(path: str, field: str, default: int) -> int:
-    """A ``field: <n> kB`` line of a /proc file, in bytes; ``default`` if absent."""
+    """A ``field: <n> kB`` line of a /proc file, in bytes; ``default`` if the file
+    or the line is missing or unreadable."""
     try:
         with open(path) as lines:
             for line in lines:
                 if line.startswith(field):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return default
