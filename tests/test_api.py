@@ -165,3 +165,32 @@ def test_version_and_public_names():
     assert otlabel.__version__.count(".") == 2
     for name in otlabel.__all__:
         assert hasattr(otlabel, name)
+
+
+def test_callback_hears_every_pass_and_the_record_adds_up():
+    scores = otlabel.make_scores(3000, 20, kind="head", seed=1)
+    heard = []
+    res = otlabel.assign(scores, 0.05, callback=lambda n, error: heard.append((n, error)))
+    assert [n for n, _ in heard] == list(range(1, res.n_iter + 1))
+    assert [error for _, error in heard] == res.errors and res.errors[-1] == res.error
+    assert res.phases["log"] + res.phases["stored"] + res.phases["finish"] == res.n_iter
+    with pytest.raises(TypeError, match="callback: expected a function"):
+        otlabel.assign(scores, 0.05, callback=3)
+
+
+def test_subsample_start_is_selectable_and_reported(rng):
+    scores = otlabel.make_scores(4000, 8, kind="head", seed=2).astype(np.float64)
+    res = otlabel.sinkhorn(scores, 0.05, init="subsample", backend="numpy", tol=1e-8)
+    cold = otlabel.sinkhorn(scores, 0.05, backend="numpy", tol=1e-8)
+    assert res.start == "subsample" and res.phases["start"] > 0
+    assert cold.start == "zero" and cold.phases["start"] == 0
+    assert res.converged
+    np.testing.assert_allclose(res.potential, cold.potential, atol=1e-6)
+    with pytest.raises(ValueError, match="init: expected a previous result's potential"):
+        otlabel.sinkhorn(scores, 0.05, init="warm")
+
+
+def test_auto_start_on_a_large_float32_matrix_is_a_subsample():
+    scores = otlabel.make_scores(60_000, 10, kind="head", seed=3)
+    res = otlabel.assign(scores, 0.05)
+    assert res.start == "subsample" and res.phases["start"] > 0 and res.converged

@@ -218,3 +218,42 @@ def test_torch_stream_errors_are_named(rng):
         otlabel.assign(returns_numpy, 0.1)
     with pytest.raises(TypeError, match=r"expected floating-point scores, got dtype torch\.int64"):
         otlabel.ChunkedScores(torch.zeros((4, 2), dtype=torch.int64))
+
+
+def test_the_solve_leaves_process_wide_precision_settings_alone():
+    """TF32 and the float32 matmul precision stay as the caller set them, during the
+    solve too (a labeler in a background thread must not change them under training)."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")
+    seen = []
+    try:
+        scores = torch.as_tensor(otlabel.make_scores(2000, 30, kind="head", seed=1))
+        medium = otlabel.assign(
+            scores,
+            0.05,
+            callback=lambda n, error: seen.append(
+                (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+            ),
+        )
+        torch.set_float32_matmul_precision("highest")
+        highest = otlabel.assign(scores, 0.05)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+    assert seen and set(seen) == {(True, "medium")}
+    # the float32 column sums never go through a matmul: the setting cannot change them
+    torch.testing.assert_close(medium.potential, highest.potential, rtol=0, atol=0)
+
+
+def test_thread_count_changes_only_when_asked_and_comes_back():
+    scores = torch.as_tensor(otlabel.make_scores(1000, 10, seed=2))
+    threads = torch.get_num_threads()
+    during = []
+    otlabel.assign(scores, 0.1, callback=lambda n, e: during.append(torch.get_num_threads()))
+    assert set(during) == {threads}
+    during.clear()
+    otlabel.assign(
+        scores, 0.1, n_threads=1, callback=lambda n, e: during.append(torch.get_num_threads())
+    )
+    assert set(during) == {1} and torch.get_num_threads() == threads
