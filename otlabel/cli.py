@@ -1,21 +1,29 @@
-"""The ``otlabel`` command: ``otlabel assign`` and ``otlabel demo``."""
+"""The ``otlabel`` command: ``otlabel assign``, ``demo``, ``bench`` and ``train``.
+
+``otlabel.bench`` (the benchmark runner) and ``otlabel.sela`` are imported only when
+their subcommand runs (or shows its help), never by ``otlabel assign``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 import numpy as np
 
 from . import __version__
+from ._system import available_memory
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign
-from .bench import add_arguments as add_bench_arguments
-from .bench import run_from_args as run_bench
 from .datasets import KINDS, make_scores
 from .result import Result
+from .streaming import ChunkedScores
 
 DESCRIPTION = """\
 Balanced cluster labels from a matrix of model scores, by optimal transport
@@ -26,6 +34,37 @@ Balanced cluster labels from a matrix of model scores, by optimal transport
   otlabel bench                                time it against peers and bandwidth
   otlabel train                                SeLa on digits against its baselines
 """
+
+#: A .npy whose data is larger than this fraction of the available memory is
+#: streamed (``otlabel.ChunkedScores``: read block by block, never held whole).
+STREAM_FRACTION = 0.5
+#: The progress line appears once a solve has run this many seconds ...
+PROGRESS_AFTER = 2.0
+#: ... and is redrawn at most once per this many seconds.
+PROGRESS_INTERVAL = 0.25
+
+#: Backends of ``assign`` that run a NumPy array (what a .npy file is).
+NPY_BACKENDS = ("auto", "numpy", "numba")
+#: Every backend name of ``assign``; the others need Torch or CuPy input.
+BACKENDS = (*NPY_BACKENDS, "torch", "triton", "cupy")
+
+#: Python argument names in ``assign``'s messages -> the options that set them.
+OPTION_OF = {
+    "cluster_weights": "--cluster-weights",
+    "sample_weights": "--sample-weights",
+    "min_size": "--min-size",
+    "max_size": "--max-size",
+    "init": "--init",
+    "n_threads": "--n-threads",
+    "epsilon": "--epsilon",
+    "tol": "--tol",
+    "max_iter": "--max-iter",
+    "method": "--method",
+    "rounding": "--rounding",
+}
+_ARGUMENT_PREFIX = re.compile(r"^(" + "|".join(OPTION_OF) + r")(\[\d+\])?:")
+
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,16 +77,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except (ValueError, TypeError, OSError, FloatingPointError) as error:
-        print(f"otlabel {args.command}: error: {error}", file=sys.stderr)
+        print(f"otlabel {args.command}: error: {_as_options(str(error))}", file=sys.stderr)
         return 1
 
 
+def _as_options(message: str) -> str:
+    """``min_size: ...`` (the Python argument) as ``--min-size: ...`` (the option)."""
+    return _ARGUMENT_PREFIX.sub(lambda m: OPTION_OF[m.group(1)] + (m.group(2) or "") + ":", message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that can add its arguments on first use (``setup=``).
+
+    A subcommand registered with ``setup`` imports its module only when that
+    subcommand is parsed or its help is shown, not when the command line is built.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        setup: Callable[[argparse.ArgumentParser], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup = setup
+
+    def _ready(self) -> None:
+        if self._setup is not None:
+            setup, self._setup = self._setup, None
+            setup(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._ready()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._ready()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._ready()
+        return super().format_usage()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="otlabel", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"otlabel {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     label = commands.add_parser(
         "assign",
@@ -57,13 +135,52 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("scores", help="(N, K) or (H, N, K) float array in .npy format")
     label.add_argument("-o", "--output", help="where to write the labels (.npy, int64)")
     label.add_argument(
+        "--save",
+        metavar="NPZ",
+        help="write the whole result (.npz: labels, counts, potential, row_potential, errors, "
+        "gap, n_iter, error, converged, epsilon, method, backend, cost)",
+    )
+    label.add_argument(
         "--cluster-weights", metavar="NPY", help="(K,) cluster proportions (.npy); default uniform"
     )
     label.add_argument(
         "--sample-weights", metavar="NPY", help="(N,) sample weights (.npy); default uniform"
     )
     label.add_argument(
-        "--mmap", action="store_true", help="memory-map the scores instead of reading them"
+        "--min-size",
+        metavar="X",
+        help="bounded sizes: each cluster gets at least this fraction of N (a number, or a "
+        ".npy of K fractions); not with --cluster-weights",
+    )
+    label.add_argument(
+        "--max-size",
+        metavar="X",
+        help="bounded sizes: each cluster gets at most this fraction of N (a number, or a "
+        ".npy of K fractions); not with --cluster-weights",
+    )
+    label.add_argument(
+        "--init",
+        metavar="NPY",
+        help="warm start: a previous potential (.npy, (K,) or (H, K)), or the word 'subsample'",
+    )
+    label.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="iteration backend; a .npy runs on auto, numpy or numba (default auto)",
+    )
+    label.add_argument("--n-threads", type=int, metavar="N", help="thread count of the kernels")
+    reading = label.add_mutually_exclusive_group()
+    reading.add_argument(
+        "--mmap",
+        action="store_true",
+        help="memory-map the scores and solve them as an array (never streamed)",
+    )
+    reading.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the scores block by block (otlabel.ChunkedScores) whatever their size; "
+        f"default: only when larger than {STREAM_FRACTION * 100:g}%% of the available memory",
     )
     _solver_options(label, epsilon=0.04)
     label.set_defaults(run=_assign)
@@ -83,9 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="time otlabel against peer solvers and the memory-bandwidth limit",
+        setup=_bench_arguments,  # imports otlabel.bench only for `otlabel bench`
     )
-    add_bench_arguments(bench)
-    bench.set_defaults(run=run_bench)
+    bench.set_defaults(run=_bench)
 
     train = commands.add_parser(
         "train",
@@ -114,6 +231,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
     return parser
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench import add_arguments
+
+    add_arguments(parser)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,21 +282,244 @@ def _solver_options(parser: argparse.ArgumentParser, *, epsilon: float) -> None:
     parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, metavar="N")
     parser.add_argument("--method", choices=("auto", "scaling", "log"), default="auto")
     parser.add_argument("--rounding", choices=("balanced", "argmax"), default="balanced")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"no live progress line (shown on a terminal's stderr after {PROGRESS_AFTER:g} s)",
+    )
+
+
+# ---------------------------------------------------------------------------
+# otlabel assign
+# ---------------------------------------------------------------------------
 
 
 def _assign(args: argparse.Namespace) -> int:
-    scores = np.load(args.scores, mmap_mode="r" if args.mmap else None)
-    weights = {
-        "cluster_weights": None if args.cluster_weights is None else np.load(args.cluster_weights),
-        "sample_weights": None if args.sample_weights is None else np.load(args.sample_weights),
+    if args.backend not in NPY_BACKENDS:
+        raise ValueError(
+            f"--backend: {args.backend!r} runs Torch or CuPy arrays, and a .npy file is read "
+            f"as a NumPy array; use one of {', '.join(NPY_BACKENDS)} (or call "
+            "otlabel.assign from Python on a tensor)"
+        )
+    bounded = args.min_size is not None or args.max_size is not None
+    if bounded and args.cluster_weights is not None:
+        raise ValueError(
+            "--cluster-weights: give either cluster proportions (fixed sizes) or "
+            "--min-size/--max-size (bounded sizes), not both"
+        )
+    written = None
+    if args.save:
+        written = args.save if args.save.endswith(".npz") else f"{args.save}.npz"
+    _check_writable(args.output, "--output")
+    _check_writable(written, "--save")
+    scores, reading = _open_scores(args)
+    options: dict[str, Any] = {
+        "cluster_weights": _optional_npy(args.cluster_weights, "--cluster-weights"),
+        "sample_weights": _optional_npy(args.sample_weights, "--sample-weights"),
+        "min_size": _fractions(args.min_size, "--min-size"),
+        "max_size": _fractions(args.max_size, "--max-size"),
+        "init": _initial(args.init),
+        "backend": args.backend,
+        "n_threads": args.n_threads,
     }
-    result, seconds = _timed_assign(scores, args, **weights)
-    print(f"scores     {args.scores}: {_shape(scores)} {scores.dtype}")
+    print(f"scores     {args.scores}: {_shape(scores)} {np.dtype(scores.dtype)}")
+    if reading:
+        print(reading)
+    result, seconds = _timed_assign(scores, args, **options)
     print(summary(result, seconds))
     if args.output:
-        np.save(args.output, np.asarray(result.labels))
+        with _writing(args.output, "--output"):
+            np.save(args.output, np.asarray(result.labels))
         print(f"labels     written to {args.output}")
+    if written is not None:
+        arrays: dict[str, Any] = result_arrays(result)
+        with _writing(written, "--save"):
+            np.savez(written, **arrays)
+        print(f"result     written to {written}")
     return 0 if np.all(result.converged) else 3
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail before the solve, not after it, when an output's folder does not exist."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(f"{option}: cannot write {path}: no folder {folder}")
+    if os.path.isdir(path):
+        raise OSError(f"{option}: cannot write {path}: it is a folder")
+
+
+@contextmanager
+def _writing(path: str, option: str) -> Iterator[None]:
+    """OSErrors while writing ``path`` as messages naming ``option``."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(f"{option}: cannot write {path}: {error.strerror or error}") from None
+
+
+def _open_scores(args: argparse.Namespace) -> tuple[Any, str]:
+    """The scores as an array, a memory map or a stream, and a line saying which (or "")."""
+    shape, _, nbytes = _npy_header(args.scores, "scores")
+    if args.mmap:
+        return np.load(args.scores, mmap_mode="r"), ""
+    available = available_memory()
+    large = nbytes > STREAM_FRACTION * available
+    if not (args.stream or large):
+        return np.load(args.scores), ""
+    why = (
+        "--stream"
+        if args.stream
+        else f"{_bytes(nbytes)} > {STREAM_FRACTION:.0%} of the {_bytes(available)} available"
+    )
+    if len(shape) != 2:
+        # ChunkedScores holds one (N, K) matrix; a stack of heads is solved as an array.
+        return np.load(args.scores, mmap_mode="r"), (
+            f"reading    memory-mapped ({why}; a stack of heads cannot be streamed)"
+        )
+    if args.method == "scaling":
+        raise ValueError(
+            f"--method: 'scaling' stores exp(S/eps), as large as the matrix, and these scores are "
+            f"streamed ({why}); use --method auto or log, or --mmap"
+        )
+    return ChunkedScores(args.scores), f"reading    streamed block by block from disk ({why})"
+
+
+def _npy_header(path: str, option: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """Shape, dtype and data size (bytes) of a .npy file, read from its header alone.
+
+    Anything that is not a plain .npy array of numbers (a text file, a pickle, a
+    .npz archive, Python objects, a truncated file) raises naming ``option``.
+    """
+    try:
+        with open(path, "rb") as file:
+            start = file.read(len(_NPY_MAGIC))
+            if start != _NPY_MAGIC:
+                raise ValueError(
+                    f"{option}: {path} is not a .npy array file ({_kind_of(start)}); "
+                    "write the array with numpy.save"
+                )
+            file.seek(0)
+            try:
+                version = np.lib.format.read_magic(file)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            except ValueError as error:
+                raise ValueError(
+                    f"{option}: {path} is not a .npy array file (unreadable header: {error})"
+                ) from None
+            offset = file.tell()
+            size = os.fstat(file.fileno()).st_size
+    except OSError as error:
+        raise OSError(f"{option}: cannot read {path}: {error.strerror or error}") from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"{option}: {path} holds Python objects (dtype {dtype}), which need pickle, not a "
+            ".npy array of numbers; save a float array with numpy.save"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size - offset < nbytes:
+        raise ValueError(
+            f"{option}: {path} is a truncated .npy file: its header announces "
+            f"{_shape_of(shape)} {dtype} ({nbytes} bytes), but {size - offset} bytes follow"
+        )
+    return tuple(shape), dtype, nbytes
+
+
+def _kind_of(start: bytes) -> str:
+    """What a file that does not start with the .npy magic string seems to be."""
+    if not start:
+        return "it is empty"
+    if start.startswith(b"PK"):
+        return "it is a zip archive, e.g. a .npz of numpy.savez; save one of its arrays"
+    if start.startswith(b"\x80"):
+        return "it is a Python pickle"
+    return "no .npy header; for a text table use numpy.loadtxt, then numpy.save"
+
+
+def _load_npy(path: str, option: str) -> np.ndarray:
+    _npy_header(path, option)
+    return np.asarray(np.load(path))
+
+
+def _optional_npy(path: str | None, option: str) -> np.ndarray | None:
+    return None if path is None else _load_npy(path, option)
+
+
+def _fractions(text: str | None, option: str) -> float | np.ndarray | None:
+    """``--min-size`` / ``--max-size``: a number, or a .npy path of K fractions."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.endswith(".npy") or os.path.exists(text):
+        return _load_npy(text, option)
+    raise ValueError(
+        f"{option}: expected a fraction of N (e.g. 0.05) or a .npy file of K fractions, "
+        f"got {text!r}"
+    )
+
+
+def _initial(text: str | None) -> str | np.ndarray | None:
+    """``--init``: the word ``subsample``, or a .npy of a previous potential."""
+    if text is None or text == "subsample":
+        return text
+    return _load_npy(text, "--init")
+
+
+def result_arrays(result: Result) -> dict[str, np.ndarray]:
+    """The arrays that ``--save`` writes to its .npz, one per field of the result.
+
+    Scalars are 0-d arrays (for H heads: ``(H,)``); ``gap`` (None with argmax
+    rounding) and ``cost`` when None are stored as NaN; ``labels`` and ``counts``
+    are left out when None (no rounding, which the command never asks for).
+    ``errors``: ``(n_iter,)``; for H heads ``(H, max n_iter)``, each row padded
+    with NaN after its own passes.
+    """
+    stacked = isinstance(result.method, tuple)
+    heads = len(result.method) if stacked else None
+    arrays: dict[str, np.ndarray] = {
+        "potential": np.asarray(result.potential, dtype=np.float64),
+        "row_potential": np.asarray(result.row_potential, dtype=np.float64),
+        "errors": _errors(result.errors, stacked),
+        "gap": _floats(result.gap, heads),
+        "n_iter": np.asarray(result.n_iter, dtype=np.int64),
+        "error": np.asarray(result.error, dtype=np.float64),
+        "converged": np.asarray(result.converged, dtype=np.bool_),
+        "epsilon": np.asarray(result.epsilon, dtype=np.float64),
+        "method": np.asarray(result.method, dtype=np.str_),
+        "backend": np.asarray(result.backend, dtype=np.str_),
+        "cost": _floats(result.cost, heads),
+    }
+    hard = {"labels": result.labels, "counts": result.counts}  # None without rounding
+    return {**{name: np.asarray(v) for name, v in hard.items() if v is not None}, **arrays}
+
+
+def _floats(value: Any, heads: int | None) -> np.ndarray:
+    """A float64 array of ``value``; NaN (0-d, or ``(H,)``) where it is None."""
+    if value is None:
+        return np.full(() if heads is None else (heads,), np.nan)
+    return np.asarray(value, dtype=np.float64)
+
+
+def _errors(errors: Any, stacked: bool) -> np.ndarray:
+    if not stacked:
+        return np.asarray(errors, dtype=np.float64)
+    longest = max((len(head) for head in errors), default=0)
+    padded = np.full((len(errors), longest), np.nan)
+    for h, head in enumerate(errors):
+        padded[h, : len(head)] = head
+    return padded
+
+
+# ---------------------------------------------------------------------------
+# otlabel demo, and what both share
+# ---------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -190,21 +542,70 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.converged else 3
 
 
-def _timed_assign(
-    scores: np.ndarray, args: argparse.Namespace, **weights: object
-) -> tuple[Result, float]:
-    """``assign`` with the command's solver options, and its wall time in seconds."""
+def _timed_assign(scores: Any, args: argparse.Namespace, **options: Any) -> tuple[Result, float]:
+    """``assign`` with the command's solver options, and its wall time in seconds.
+
+    A live progress line goes to stderr while it runs (see :class:`Progress`).
+    """
+    progress = Progress(sys.stderr) if _progress_wanted(args) else None
     started = time.perf_counter()
-    result = assign(
-        scores,
-        args.epsilon,
-        tol=args.tol,
-        max_iter=args.max_iter,
-        method=args.method,
-        rounding=args.rounding,
-        **weights,  # type: ignore[arg-type]
-    )
+    try:
+        result = assign(
+            scores,
+            args.epsilon,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            method=args.method,
+            rounding=args.rounding,
+            callback=progress,
+            **options,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     return result, time.perf_counter() - started
+
+
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    return not args.no_progress and _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """The ``callback`` of a solve: a ``pass N  error E  T s`` line on ``stream``.
+
+    Silent for the first :data:`PROGRESS_AFTER` seconds, then redrawn in place
+    (``\\r``) at most once per :data:`PROGRESS_INTERVAL`; :meth:`close` erases it.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.shown = -math.inf
+        self.width = 0
+
+    def __call__(self, n_iter: int, error: float) -> None:
+        now = time.perf_counter()
+        if now - self.started < PROGRESS_AFTER or now - self.shown < PROGRESS_INTERVAL:
+            return
+        self.shown = now
+        line = f"pass {n_iter}  error {error:.3g}  {now - self.started:.0f} s"
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = max(self.width, len(line))
+
+    def close(self) -> None:
+        """Erase the line (if one was drawn), leaving the cursor at its start."""
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
 
 
 def summary(result: Result, seconds: float) -> str:
@@ -221,8 +622,20 @@ def summary(result: Result, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _shape(array: np.ndarray) -> str:
-    return " x ".join(str(n) for n in array.shape)
+def _shape(array: Any) -> str:
+    return _shape_of(array.shape)
+
+
+def _shape_of(shape: Sequence[int]) -> str:
+    return " x ".join(str(n) for n in shape)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
 
 
 def _range(counts: Any) -> str:
