@@ -13,8 +13,9 @@ if not torch.cuda.is_available():  # must be set before the kernel is decorated
 pytest.importorskip("triton")
 
 import otlabel  # noqa: E402
+from otlabel.kernels import triton_  # noqa: E402
 from otlabel.kernels.reference import LogKernel  # noqa: E402
-from otlabel.kernels.triton_ import BLOCK_K, TritonLogKernel  # noqa: E402
+from otlabel.kernels.triton_ import BLOCK_K, BLOCK_M, FLUSH_TILES, TritonLogKernel  # noqa: E402
 from otlabel.solver import RowUpdate  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,6 +53,41 @@ def test_one_sweep_equals_the_reference_sweep(rng, relaxed):
     assert torch.all(log_mass[~held] <= exact[~held] + slack)
     assert torch.all(log_mass[~held] >= exact[~held] - np.log(n_rows) - slack)
     assert (~held).sum() >= 1  # the starved column took the lower-bound path
+
+
+def test_column_masses_keep_float64_precision_over_many_tiles(rng, monkeypatch):
+    """A program's float32 tile sums go into float64 every FLUSH_TILES tiles, so
+    its column masses hold to the float64 sum however many rows it takes; summed
+    in float32 over all of them (flushing disabled), they do not.
+
+    Near-duplicate rows are the hard case for a float32 running sum: every tile
+    adds nearly the same amount, so the additions' rounding errors do not cancel
+    but grow with the number of tiles.  One program takes all 4000 rows (1000
+    tiles, as a GPU's programs take tens of thousands of rows of a large block)
+    to keep the interpreter's run short.
+    """
+    n_rows, n_cols, eps, tolerance = 4000, 3, 0.5, 1e-6  # flushed: ~4e-8; float32 only: ~1e-5
+    base = rng.normal(size=n_cols)
+    noisy = base + 1e-6 * rng.normal(size=(n_rows, n_cols))
+    scores = torch.as_tensor(noisy, dtype=torch.float32, device=DEVICE)
+    log_a = torch.full((n_rows,), -np.log(n_rows), dtype=torch.float64, device=DEVICE)
+    potential = torch.as_tensor(rng.normal(size=n_cols) * 0.1, device=DEVICE)
+    assert n_rows // BLOCK_M > 50 * FLUSH_TILES  # many flushes per program
+
+    def column_error() -> float:
+        """Largest relative error of a column mass: |log mass - float64 log mass|."""
+        fused = TritonLogKernel(scores, log_a, eps, 1 << 30)
+        fused.n_programs = 1
+        state = fused.column_state(potential)
+        got = fused.sweep(scores, slice(0, n_rows), state, RowUpdate(None))
+        log_plan = (scores.double() + got.row_potential[:, None] + potential) / eps
+        exact = torch.logsumexp(log_plan, dim=0)
+        return float((got.columns.log_mass() - exact).abs().max())
+
+    flushed = column_error()
+    monkeypatch.setattr(triton_, "FLUSH_TILES", n_rows)  # > tiles per program: never flushed
+    float32_only = column_error()
+    assert flushed <= tolerance < float32_only
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

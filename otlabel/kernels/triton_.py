@@ -145,8 +145,8 @@ def _sweep(
     n_cols,
     rows_per_program,
     inv_eps,
-    eps,
-    omega,
+    eps: tl.float64,  # a Python float is passed as float32 unless annotated
+    omega: tl.float64,
     RELAX: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -161,7 +161,7 @@ def _sweep(
     pid = tl.program_id(0)
     first = pid * rows_per_program
     last = tl.minimum(first + rows_per_program, n_rows)
-    max_scale = -float("inf")
+    scale_peak = tl.full([BLOCK_M], -float("inf"), tl.float64)  # one type through the loops
     for group in range(first, last, BLOCK_M * FLUSH_TILES):
         group_end = tl.minimum(group + BLOCK_M * FLUSH_TILES, last)
         for tile in range(group, group_end, BLOCK_M):
@@ -171,7 +171,7 @@ def _sweep(
                 scores, row_stride, state, log_a, previous, row_potential, row_error,
                 rows, row_ok, n_cols, inv_eps, eps, omega, RELAX, BLOCK_M, BLOCK_K,
             )  # fmt: skip
-            max_scale = tl.maximum(max_scale, tl.max(tl.where(row_ok, log_scale, -float("inf"))))
+            scale_peak = tl.maximum(scale_peak, tl.where(row_ok, log_scale, -float("inf")))
             # the tile again, from cache: column masses of the new plan
             offset = (log_scale - row_max.to(tl.float64)).to(tl.float32)
             for k0 in range(0, n_cols, BLOCK_K):
@@ -193,7 +193,7 @@ def _sweep(
             total = tl.load(part_sum + slot, mask=col_ok, other=0.0)
             tl.store(part_sum + slot, total + run.to(tl.float64), mask=col_ok)
             tl.store(part_run + slot, tl.zeros([BLOCK_K], tl.float32), mask=col_ok)
-    tl.store(part_scale + pid, max_scale)
+    tl.store(part_scale + pid, tl.max(scale_peak, axis=0))
 
 
 @triton.jit
