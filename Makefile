@@ -15,7 +15,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.core
-	$(PIP) -e ".[bench,torch,numba]"
+	$(PIP) -e ".[bench,torch]"
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
