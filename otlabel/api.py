@@ -51,10 +51,11 @@ def assign(
 
         \max_{Q \ge 0,\; Q 1_K = a,\; Q^T 1_N = b} \langle Q, S\rangle + \epsilon H(Q)
 
-    by Sinkhorn-Knopp matrix scaling (one read of the matrix per iteration),
-    then turns the plan into hard labels.  SeLa's ``lambda`` is ``1/epsilon``.
-    Adding a constant to a row of ``S`` changes nothing, so logits and
-    log-probabilities give the same answer.
+    (or, with ``min_size``/``max_size``, with ``lo <= Q^T 1_N <= hi`` instead of
+    fixed cluster masses) by Sinkhorn-Knopp matrix scaling (one read of the
+    matrix per iteration), then turns the plan into hard labels.  SeLa's
+    ``lambda`` is ``1/epsilon``.  Adding a constant to a row of ``S`` changes
+    nothing, so logits and log-probabilities give the same answer.
 
     Parameters
     ----------
@@ -72,14 +73,15 @@ def assign(
         ImageNet; SwAV: 0.05).  Smaller is closer to the exact assignment and
         takes more iterations.
     cluster_weights : array (K,) or None
-        Cluster proportions ``b``: positive, normalised to sum 1; None is
-        uniform.  For H heads: one (K,) array for all, (H, K), or a list.
+        Cluster proportions ``b`` (fixed sizes): positive, normalised to sum 1;
+        None is uniform.  For H heads: one (K,) array for all, (H, K), or a list.
     sample_weights : array (N,) or None
         Sample weights ``a`` of the Sinkhorn solve: positive, normalised;
         None is uniform.  Hard labels count samples, not weights.
     tol : float, default 1e-4
         Stop when the L1 marginal error of the plan (rows and columns) is at
-        most ``tol``.
+        most ``tol``; any ``tol`` a float64 solve reaches, float32 scores reach
+        too (float32 kernels are followed by exact float64 passes).
     max_iter : int, default 5000
         Most Sinkhorn passes; if reached, ``converged`` is False and a
         :class:`~otlabel.ConvergenceWarning` is issued.
@@ -87,8 +89,10 @@ def assign(
         ``"scaling"`` iterates on ``exp((S - max_k S)/epsilon)`` (fast, needs a
         moderate score spread over epsilon); ``"log"`` on the potentials
         (always finite).  ``"auto"`` takes the scaling domain when it is
-        provably safe for the input and falls back to the log domain, warm,
-        if it under- or overflows anyway.  It never returns NaN or inf.
+        provably safe for the input (with Numba and float32 scores: the log
+        domain, then a stored stabilised kernel, dense or sparse) and falls
+        back to the log domain, warm, if it under- or overflows anyway.  It
+        never returns NaN or inf.
     backend : {"auto", "numpy", "numba", "torch", "triton", "cupy"}
         Implementation of the iteration.  ``"auto"`` picks the fastest
         installed one for the input's library: Numba (else NumPy) for NumPy
@@ -99,21 +103,27 @@ def assign(
         maximise ``sum_i S_{i, y_i}`` (exact, with a certified ``gap``).
         ``"argmax"``: ``argmax_k (S_ik + g_k)``, SeLa's labels (roughly
         balanced).  None: no labels, only the duals (and plan).
-    init : array (K,) or None
-        Warm start: a previous result's ``potential`` (also valid at another
-        epsilon).
+    init : array (K,), "subsample" or None
+        Where the solve starts: a previous result's ``potential`` (also valid at
+        another epsilon; a converged one takes one pass), ``"subsample"`` (the
+        potential of a solve on a strided subsample of the rows), or None
+        (``"subsample"`` for large float32 problems with the Numba backend, else
+        zero).  ``res.start`` says which was used.
     return_plan : bool, default False
         Also return the (N, K) plan.
     overwrite_scores : bool, default False
         Allow the solver to use the ``scores`` array as workspace (build its
         kernel in place, like SciPy's ``overwrite_a``), so that a matrix that
-        fits memory only once can be solved fast.  On return the array holds the
-        scores again up to rounding, except entries far below their row's best
-        (see the guide), which come back as an upper bound.
+        fits memory only once can be solved fast.  On every exit (a return, an
+        error, an interrupt) the array holds the scores again up to float32
+        rounding, except entries the stored kernel flushed (more than about
+        ``87 epsilon`` below their row's best), which come back below the flush
+        threshold (see the guide).
     n_threads : int or None
         Thread count of the fused kernels (results are identical run to run and
-        do not depend on the count) and of Torch on the CPU.  The NumPy backend
-        uses the BLAS library's own threads.
+        do not depend on the count) and of Torch on the CPU (process-wide for
+        the call's duration; None leaves Torch's alone).  The NumPy backend uses
+        the BLAS library's own threads.
     overrelaxation : "auto" or float, default "auto"
         Weight ``omega`` of over-relaxed Sinkhorn: each potential moves to
         ``(1 - omega) old + omega new``.  ``"auto"`` runs a few plain passes,
@@ -121,21 +131,36 @@ def assign(
         optimum (at most 1.8; 4 to 5 times fewer passes at SeLa's settings),
         falling back to 1 if the error stalls.  A number in (0, 2) fixes it;
         1.0 is plain Sinkhorn-Knopp as SeLa runs it.  The fixed point (and so
-        the answer) is the same for every weight.
+        the answer) is the same for every weight.  Bounded sizes take plain
+        passes (over-relaxation is proven for fixed sizes only).
+    min_size, max_size : float, array (K,) or None
+        Bounded cluster sizes, as fractions of all the mass: ``min_size_k <=
+        (Q^T 1)_k <= max_size_k`` in the Sinkhorn solve, and counts
+        ``floor(N min_size_k) <= n_k <= ceil(N max_size_k)`` in the balanced
+        labels.  A missing bound is 0 (lower) or 1 (upper).  Feasible bounds:
+        ``0 <= min_size <= max_size``, ``max_size > 0``, ``sum(min_size) <= 1 <=
+        sum(max_size)``.  Not together with ``cluster_weights``.  The potential
+        then has no free constant (0: the cluster is inside its box).
+    callback : callable or None
+        ``callback(n_iter, error)`` after every pass over the matrix (for H
+        heads, every head's passes in turn; ``n_iter`` restarts at 1).
 
     Returns
     -------
     Result
         ``labels``, ``counts``, ``potential``, ``row_potential``, ``n_iter``,
-        ``error``, ``converged``, ``backend``, ``method``, ``epsilon``, ``cost``,
-        ``gap``, ``plan``; see :class:`~otlabel.Result`.
+        ``error`` (the float64 error of the returned iterate), ``converged``,
+        ``errors`` (every pass's), ``phases`` (passes per phase), ``start``,
+        ``backend``, ``method``, ``epsilon``, ``cost``, ``gap``, ``plan``; see
+        :class:`~otlabel.Result`.
 
     Raises
     ------
     ValueError, TypeError
         For invalid input, naming the argument: non-finite scores, wrong
         shapes, non-positive or non-finite weights, ``K > N`` with balanced
-        rounding, ``epsilon <= 0``, unknown names.
+        rounding and fixed sizes, infeasible size bounds, ``epsilon <= 0``,
+        unknown names.
     FloatingPointError
         With ``method="scaling"`` forced on an input that overflows it.
 
