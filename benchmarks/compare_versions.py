@@ -4,9 +4,10 @@
         --sizes 50000x1000 200000x3000 640000x3000 --repeats 3
 
 Each measurement is one fresh process that imports otlabel from the given tree
-(first on ``sys.path``, ahead of any editable install), loads the scores from a ``.npy`` (written once per size, from
-``otlabel.make_scores(N, K, kind, seed=0)``), solves a tiny problem first (so
-that compilation and Numba's cache loading are not timed), then times one
+(first on ``sys.path``, ahead of any editable install), loads the scores from a
+``.npy`` (written once per size, from ``otlabel.make_scores(N, K, kind,
+seed=0)``), solves a tiny problem first (so that compilation and Numba's cache
+loading are not timed), then times one
 public call: ``otlabel.sinkhorn`` (``--call sinkhorn``) or ``otlabel.assign``
 with balanced labels (``--call assign``) at epsilon 0.04 and the default
 tolerance.  Old and new alternate (old, new, old, new, ...), so that the
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{size}: old {old['seconds']:.2f} s, new {new['seconds']:.2f} s", flush=True)
         rows.append(_row(size, pairs))
     print()
-    print(f"`otlabel.{args.call}` at epsilon {args.epsilon}, '{args.kind}' float32 scores, ", end="")
+    scores = f"'{args.kind}' float32 scores"
+    print(f"`otlabel.{args.call}` at epsilon {args.epsilon}, {scores}, ", end="")
     print(f"default tol, {args.repeats} interleaved pairs per size:")
     print()
     print("| N x K | old s (median) | new s (median) | new / old (median of pairs) |", end="")
