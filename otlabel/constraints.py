@@ -1,30 +1,44 @@
 """Column constraints: what the cluster masses ``m = Q^T 1`` must satisfy.
 
 Every constraint is one column update of the one Sinkhorn loop
-(:mod:`otlabel.solver`), its error term, and the count bounds of its hard labels
+(:mod:`otlabel.solver`), its error term, and what its hard labels optimise
 (:mod:`otlabel.rounding`).  The loop hands the update the current cluster
 potential ``g`` and the log column masses ``log m`` of the iterate ``(f, g)``;
 ``W_k = m_k exp(-g_k / eps)`` is what the mass would be at ``g = 0``.  Each
-update is the exact minimisation of the dual over ``g`` (SPEC §6):
+update is the exact minimisation of the dual over ``g`` (SPEC §6), written
+once as :meth:`exact_update`:
 
-=========  =============================  ===========================================
-kind       column term                    update
-=========  =============================  ===========================================
-fixed      ``m = b``                      ``g = eps log(b / W)``
-bounded    ``lo <= m <= hi``              ``g = eps log(clip(W, lo, hi) / W)``
-=========  =============================  ===========================================
+=========  ==============================  ==========================================
+kind       column term                     exact update
+=========  ==============================  ==========================================
+fixed      ``m = b``                       ``g = eps log(b / W)``
+bounded    ``lo <= m <= hi``               ``g = eps log(clip(W, lo, hi) / W)``
+relaxed    ``- tau KL(m || b)``            ``g = tau/(tau + eps) eps log(b / W)``
+=========  ==============================  ==========================================
 
 The error of an iterate on the column side is ``sum_k |m_k - m+_k|``, with
-``m+`` the mass that the update would set (fixed: ``b``; bounded:
-``clip(W, lo, hi)``): zero exactly at the optimum.
+``m+ = W exp(g+ / eps)`` the mass that the exact update ``g+`` would set (fixed:
+``b``; bounded: ``clip(W, lo, hi)``; relaxed: ``b^(tau/(tau+eps))
+W^(eps/(tau+eps))``): zero exactly at the optimum.  One formula for every kind
+(:meth:`ColumnConstraint.error`).
 
-A new kind of constraint is one class here: its update, its error, its
-count bounds, and whether over-relaxation is proven for it.
+Two pieces of structure enter as data, not as new kinds:
+
+- **known labels**: the known samples' mass ``c_k`` counts toward cluster k;
+  the loop iterates over the other rows only, and the constraint is on
+  ``m + c`` (fixed: target ``b - c``; bounded: ``clip(W, max(lo - c, 0), hi - c)``;
+  relaxed: the root of ``W e^(g/eps) + c = b e^(-g/tau)``, a few Newton steps);
+- **partial mass**: one more column, the virtual "unassigned" cluster, with its
+  fixed mass ``1 - rho`` (a relaxed constraint gives that column ``tau = inf``).
+
+A new kind of constraint is one class here: its exact update, its count
+bounds or slot values for hard labels, and whether over-relaxation is proven
+for it (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,26 +51,65 @@ Array = Any
 #: ``N x`` within this (relative) of an integer counts as that integer, so that
 #: uniform weights with N divisible by K give equal counts exactly.
 INTEGRAL_TOLERANCE = 1e-9
+#: Newton steps for the relaxed update with known labels (quadratic convergence
+#: from an upper bound of a convex increasing function: far more than needed).
+NEWTON_STEPS = 30
+
+
+class ColumnConstraint:
+    """What every column constraint provides; see the module docstring."""
+
+    #: Whether over-relaxation of both potentials is proven to converge.
+    relaxable = False
+    #: Whether exact hard labels are count bounds (else concave slot values).
+    counts_bounded = True
+
+    def to(self, like: Array) -> ColumnConstraint:
+        """The same constraint with its vectors in the library and on the device of ``like``."""
+        raise NotImplementedError
+
+    def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
+        """The potential that minimises the dual over ``g`` (block-coordinate step)."""
+        raise NotImplementedError
+
+    def update(self, g: Array, log_mass: Array, epsilon: float, omega: float = 1.0) -> Array:
+        """The column update: ``g + omega (exact - g)``, in normal form."""
+        exact = self.exact_update(g, log_mass, epsilon)
+        return self.normalise(exact if omega == 1.0 else g + omega * (exact - g))
+
+    def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
+        """``sum_k |m_k - m+_k|``, ``m+ = m exp((g+ - g)/eps)`` the mass the update would set."""
+        xp = array_namespace(log_mass)
+        step = (self.exact_update(g, log_mass, epsilon) - g) / epsilon
+        return xp.sum(xp.exp(log_mass) * xp.abs(xp.expm1(step)))
+
+    def normalise(self, g: Array) -> Array:
+        """``g`` itself: only fixed sizes leave the potential a free constant."""
+        return g
+
+    def offset(self, g: Array) -> Any:
+        """The constant that :meth:`normalise` takes off ``g`` (0 here)."""
+        return 0.0
 
 
 @dataclass(frozen=True)
-class FixedSizes:
-    """Cluster masses fixed at ``b`` (K,), normalised to sum 1: SeLa's equipartition."""
+class FixedSizes(ColumnConstraint):
+    """Cluster masses fixed at ``b`` (K,): SeLa's equipartition (targets of the iterated
+    rows: ``b - c`` with known labels)."""
 
-    target: np.ndarray  # (K,) b
+    target: Array  # (K,) b - c: the iterated rows' masses
+    known_counts: np.ndarray | None = None  # (K,) known samples per cluster
+    given: np.ndarray | None = None  # (K,) b, fractions of all samples (None: the target)
 
     kind = "fixed"
-    #: Over-relaxation of both potentials converges (Thibault et al.).
     relaxable = True
 
     def to(self, like: Array) -> FixedSizes:
-        """The same constraint with its vectors in the library and on the device of ``like``."""
-        return FixedSizes(_moved(self.target, like))
+        return replace(self, target=_moved(self.target, like))
 
-    def update(self, g: Array, log_mass: Array, epsilon: float, omega: float = 1.0) -> Array:
-        """``g + omega eps (log b - log m)``, normalised to ``sum_k b_k g_k = 0``."""
+    def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         xp = array_namespace(log_mass)
-        return self.normalise(g + omega * epsilon * (xp.log(self.target) - log_mass))
+        return g + epsilon * (xp.log(self.target) - log_mass)
 
     def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         xp = array_namespace(log_mass)
@@ -67,56 +120,49 @@ class FixedSizes:
         return g - self.offset(g)
 
     def offset(self, g: Array) -> Any:
-        """The constant that :meth:`normalise` takes off ``g``: ``sum_k b_k g_k``."""
+        """``sum_k b_k g_k`` (``b`` normalised), the constant :meth:`normalise` takes off."""
         xp = array_namespace(g)
-        return xp.sum(self.target * g)
+        return xp.sum(self.target * g) / xp.sum(self.target)
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
-        """``floor(N b_k) <= n_k <= ceil(N b_k)``."""
-        target = to_numpy(self.target)
-        return _integer_bounds(n_samples, target, target)
+        """Counts of the iterated samples: ``floor(N b_k)..ceil(N b_k)`` less the known
+        ones (N: all samples)."""
+        weights = to_numpy(self.target) if self.given is None else self.given
+        known = _known(self.known_counts, weights.size)
+        lower, upper = _integer_bounds(n_samples + int(known.sum()), weights, weights)
+        return np.maximum(lower - known, 0), upper - known
 
 
 @dataclass(frozen=True)
-class BoundedSizes:
-    """Cluster masses within ``[lo_k, hi_k]`` (fractions of all the mass).
+class BoundedSizes(ColumnConstraint):
+    """Cluster masses within ``[lo_k, hi_k]`` (fractions of all the mass; of the iterated
+    rows: ``[max(lo - c, 0), hi - c]`` with known labels).
 
     Potentials have no free constant here: ``g_k = 0`` means the cluster's mass
     is inside its box and nothing pushes it.
     """
 
-    lower: np.ndarray  # (K,) lo, 0 <= lo <= hi
-    upper: np.ndarray  # (K,) hi > 0
+    lower: Array  # (K,) lo, 0 <= lo <= hi
+    upper: Array  # (K,) hi > 0
+    known_counts: np.ndarray | None = None
+    #: The bounds as given (before the known mass was taken off), for count bounds.
+    given: tuple[np.ndarray, np.ndarray] | None = None
 
     kind = "bounded"
-    #: Not proven for the clipped update: plain passes (SPEC §6).
-    relaxable = False
 
     def to(self, like: Array) -> BoundedSizes:
-        """The same constraint with its vectors in the library and on the device of ``like``."""
-        return BoundedSizes(_moved(self.lower, like), _moved(self.upper, like))
+        return replace(self, lower=_moved(self.lower, like), upper=_moved(self.upper, like))
 
-    def update(self, g: Array, log_mass: Array, epsilon: float, omega: float = 1.0) -> Array:
+    def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``eps log(clip(W, lo, hi) / W)``; zero while the mass is inside the box."""
-        log_w = log_mass - g / epsilon  # (K,) log W
-        return epsilon * self._log_clip_ratio(log_w)
-
-    def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
-        xp = array_namespace(log_mass)
-        log_w = log_mass - g / epsilon
-        clipped = xp.exp(log_w + self._log_clip_ratio(log_w))  # clip(W, lo, hi)
-        return xp.sum(xp.abs(xp.exp(log_mass) - clipped))
-
-    def normalise(self, g: Array) -> Array:
-        """``g`` itself: bounded potentials have no free constant."""
-        return g
-
-    def offset(self, g: Array) -> Any:
-        return 0.0
+        return epsilon * self._log_clip_ratio(log_mass - g / epsilon)
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
-        """``floor(N lo_k) <= n_k <= ceil(N hi_k)``."""
-        return _integer_bounds(n_samples, to_numpy(self.lower), to_numpy(self.upper))
+        """``floor(N lo_k)..ceil(N hi_k)`` less the known samples (N: all samples)."""
+        lower, upper = self.given or (to_numpy(self.lower), to_numpy(self.upper))
+        known = _known(self.known_counts, lower.size)
+        lower_count, upper_count = _integer_bounds(n_samples + int(known.sum()), lower, upper)
+        return np.maximum(lower_count - known, 0), upper_count - known
 
     def _log_clip_ratio(self, log_w: Array) -> Array:
         """``log(clip(W, lo, hi) / W)``, exactly 0 inside the box (also for ``W = 0``, lo = 0)."""
@@ -129,7 +175,95 @@ class BoundedSizes:
         return xp.where(log_w > log_hi, log_hi - log_w, raised)
 
 
-ColumnConstraint = FixedSizes | BoundedSizes
+@dataclass(frozen=True)
+class RelaxedSizes(ColumnConstraint):
+    """Cluster masses pulled toward ``b`` by ``- tau KL(m || b)`` (generalised KL).
+
+    ``tau`` per column (``inf``: that column's mass is fixed, as the virtual
+    column of partial mass is).  At the optimum ``g_k = -tau log(m_k / b_k)``,
+    with ``m`` including the known samples' mass ``c``.  Hard labels maximise
+    ``sum_i S_{i, y_i} - tau sum_k n_k log(n_k / (N b_k))``.
+    """
+
+    target: Array  # (K,) b, fractions of all the mass
+    penalty: Array  # (K,) tau > 0, inf allowed
+    known: Array | None = None  # (K,) c, mass of the known samples
+    known_counts: np.ndarray | None = None
+    fixed_counts: tuple[np.ndarray, np.ndarray] | None = None  # tau = inf columns' count bounds
+
+    kind = "relaxed"
+    counts_bounded = False
+
+    def to(self, like: Array) -> RelaxedSizes:
+        known = None if self.known is None else _moved(self.known, like)
+        return replace(
+            self, target=_moved(self.target, like), penalty=_moved(self.penalty, like), known=known
+        )
+
+    def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
+        """``tau/(tau+eps) eps log(b/W)``; with known mass, Newton on
+        ``log(W e^(g/eps) + c) = log b - g/tau``."""
+        xp = array_namespace(log_mass)
+        log_w = log_mass - g / epsilon
+        share = 1.0 / (1.0 + epsilon / self.penalty)  # tau / (tau + eps), 1 for tau = inf
+        free = share * epsilon * (xp.log(self.target) - log_w)
+        if self.known is None:
+            return free
+        return self._with_known(free, log_w, epsilon)
+
+    def _with_known(self, start: Array, log_w: Array, epsilon: float) -> Array:
+        """Newton from ``start`` (the root without known mass: an upper bound of the
+        root of a convex increasing function, so the steps descend onto it)."""
+        xp = array_namespace(log_w)
+        log_b, known, tau = xp.log(self.target), self.known, self.penalty
+        y = start
+        for _ in range(NEWTON_STEPS):
+            held = xp.exp(log_w + y / epsilon)  # (K,) W e^(y/eps)
+            value = xp.log(held + known) - log_b + y / tau
+            slope = held / (epsilon * (held + known)) + 1.0 / tau
+            y = y - value / slope
+        return y
+
+    def slot_values(self, n_free: int, counts: np.ndarray) -> np.ndarray:
+        """``h_k(n_k) - h_k(n_k - 1)`` (K,): the value of a cluster's ``n_k``-th iterated
+        sample, ``h_k(n) = -tau_k n log(n / (N b_k))`` on counts with the known ones;
+        ``+inf`` for ``n_k <= 0`` and, for ``tau = inf`` columns, inside their bounds 0,
+        ``+inf`` below and ``-inf`` above."""
+        target, penalty = to_numpy(self.target), to_numpy(self.penalty)
+        known = _known(self.known_counts, target.size)
+        total = n_free + int(known.sum())
+        n = counts + known
+        values = np.full(target.size, np.inf)
+        finite = np.isfinite(penalty) & (counts >= 1)
+        expected = total * target
+        n_f, e_f = n[finite].astype(np.float64), expected[finite]
+        values[finite] = -penalty[finite] * (_xlogx(n_f, e_f) - _xlogx(n_f - 1, e_f))
+        if self.fixed_counts is not None:
+            lower, upper = self.fixed_counts
+            fixed = ~np.isfinite(penalty)
+            inside = np.where(counts <= lower, np.inf, np.where(counts > upper, -np.inf, 0.0))
+            values[fixed] = inside[fixed]
+        return values
+
+    def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds that make a start feasible: [0, N] for relaxed columns, the fixed
+        columns' own."""
+        size = to_numpy(self.target).size
+        lower, upper = np.zeros(size, dtype=np.int64), np.full(size, n_samples, dtype=np.int64)
+        if self.fixed_counts is not None:
+            fixed = ~np.isfinite(to_numpy(self.penalty))
+            lower[fixed], upper[fixed] = self.fixed_counts[0][fixed], self.fixed_counts[1][fixed]
+        return lower, upper
+
+
+def _xlogx(n: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``n log(n / expected)`` with ``0 log 0 = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, n * np.log(n / expected), 0.0)
+
+
+def _known(counts: np.ndarray | None, size: int) -> np.ndarray:
+    return np.zeros(size, dtype=np.int64) if counts is None else counts
 
 
 def _moved(values: Array, like: Array) -> Array:
@@ -163,4 +297,5 @@ def count_bounds(n_samples: int, cluster_weights: Any) -> tuple[np.ndarray, np.n
     ([2, 2, 2, 2], [3, 3, 3, 3])
     """
     weights = np.asarray(cluster_weights, dtype=np.float64)
-    return FixedSizes(weights).count_bounds(n_samples)
+    return _integer_bounds(n_samples, weights, weights)
+
