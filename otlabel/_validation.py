@@ -138,7 +138,7 @@ def weights(value: Any, size: int, name: str, *, normalise: bool = True) -> np.n
     (``normalise=False``: as given, ones for None)."""
     if value is None:
         return np.full(size, 1.0 / size if normalise else 1.0)
-    array = _host(value)
+    array = as_host(value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     array = array.astype(np.float64)
@@ -165,7 +165,7 @@ def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
         if len(value) != n_heads:
             raise ValueError(f"{name}: expected one entry per head ({n_heads}), got {len(value)}")
         return list(value)
-    array = _host(value)
+    array = as_host(value)
     if array.ndim == 2:
         if array.shape[0] != n_heads:
             raise ValueError(
@@ -176,7 +176,7 @@ def per_head(value: Any, n_heads: int, layout: str, name: str) -> list[Any]:
 
 
 def initial_potential(value: Any, n_clusters: int, name: str = "init") -> np.ndarray:
-    array = _host(value)
+    array = as_host(value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected a previous result's potential, got dtype {array.dtype}")
     array = array.astype(np.float64)
@@ -191,10 +191,17 @@ def initial_potential(value: Any, n_clusters: int, name: str = "init") -> np.nda
 
 
 def size_bounds(
-    min_size: Any, max_size: Any, n_clusters: int, min_name: str, max_name: str
+    min_size: Any,
+    max_size: Any,
+    n_clusters: int,
+    min_name: str,
+    max_name: str,
+    *,
+    total: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feasible cluster-size bounds (fractions of N): ``0 <= lo <= hi``, ``hi > 0``,
-    ``sum lo <= 1 <= sum hi``; a missing bound is 0 (lower) or 1 (upper)."""
+    ``sum lo <= total <= sum hi`` (``total``: the assigned mass, 1 unless partial);
+    a missing bound is 0 (lower) or 1 (upper)."""
     lower = _fractions(min_size, n_clusters, min_name, default=0.0)
     upper = _fractions(max_size, n_clusters, max_name, default=1.0)
     if np.any(upper <= 0):
@@ -206,24 +213,89 @@ def size_bounds(
             "give every cluster min_size <= max_size"
         )
     slack = 1e-12 * n_clusters
-    if lower.sum() > 1 + slack:
+    held = "every sample" if total == 1.0 else f"the assigned mass {total:g}"
+    if lower.sum() > total + slack:
         raise ValueError(
-            f"{min_name}: the lower bounds sum to {lower.sum():.6g} > 1, so no labelling gives "
-            "every cluster its minimum; lower them"
+            f"{min_name}: the lower bounds sum to {lower.sum():.6g} > {total:g}, so no "
+            "labelling gives every cluster its minimum; lower them"
         )
-    if upper.sum() < 1 - slack:
+    if upper.sum() < total - slack:
         raise ValueError(
-            f"{max_name}: the upper bounds sum to {upper.sum():.6g} < 1, so the clusters cannot "
-            "hold every sample; raise them"
+            f"{max_name}: the upper bounds sum to {upper.sum():.6g} < {total:g}, so the "
+            f"clusters cannot hold {held}; raise them"
         )
     return lower, upper
+
+
+def fraction(value: Any, name: str) -> float:
+    """A number in (0, 1]: the assigned fraction of the mass."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()  # one value for every head
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in (0, 1], got {type(value).__name__}")
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise ValueError(
+            f"{name}: expected the fraction of the mass given to the clusters, in (0, 1], "
+            f"got {value!r}"
+        )
+    return number
+
+
+def penalty(value: Any, size: int, name: str) -> np.ndarray:
+    """``tau > 0`` per cluster (a number for all, or (K,)); ``inf`` is fixed sizes."""
+    array = as_host(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name}: expected a number tau > 0 or a ({size},) array of them")
+    array = np.broadcast_to(array.astype(np.float64), (size,)) if array.ndim == 0 else array
+    if array.shape != (size,):
+        raise ValueError(f"{name}: expected a number or shape ({size},), got {array.shape}")
+    array = np.asarray(array, dtype=np.float64).copy()
+    if np.any(np.isnan(array)) or np.any(array <= 0):
+        raise ValueError(
+            f"{name}: tau must be > 0 (score units; larger keeps the sizes closer to "
+            f"cluster_weights), got {array[np.isnan(array) | (array <= 0)][0]!r}"
+        )
+    return array
+
+
+def known_labels(value: Any, n_samples: int, n_clusters: int, name: str) -> np.ndarray:
+    """(N,) integer labels in ``-1..K-1`` (-1: unknown)."""
+    array = as_host(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"{name}: expected integer labels (-1 for unknown), got dtype {array.dtype}"
+        )
+    if array.shape != (n_samples,):
+        raise ValueError(f"{name}: expected shape ({n_samples},), got {array.shape}")
+    bad = (array < -1) | (array >= n_clusters)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name}: a label is -1 (unknown) or a cluster in 0..{n_clusters - 1}, got "
+            f"{int(array[i])} at index {i}"
+        )
+    return array.astype(np.int64)
+
+
+def finite_vector(value: Any, size: int, name: str) -> np.ndarray:
+    """A finite real (size,) vector, float64."""
+    array = as_host(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
+    if array.shape != (size,):
+        raise ValueError(f"{name}: expected shape ({size},), got {array.shape}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return array
 
 
 def _fractions(value: Any, size: int, name: str, *, default: float) -> np.ndarray:
     """A scalar or (K,) array of finite fractions of N, >= 0."""
     if value is None:
         return np.full(size, default)
-    array = _host(value)
+    array = as_host(value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name}: expected a fraction of N or a ({size},) array of them")
     array = np.broadcast_to(array.astype(np.float64), (size,)) if array.ndim == 0 else array
@@ -245,7 +317,7 @@ def optional_callable(value: Any, name: str) -> Any:
     return value
 
 
-def _host(value: Any) -> np.ndarray:
+def as_host(value: Any) -> np.ndarray:
     """Weights and potentials may come in the scores' library (e.g. a previous result)."""
     from ._arrays import to_numpy
 

@@ -15,11 +15,11 @@ import numpy as np
 
 from ._arrays import to_numpy
 from .problem import DEFAULT_MAX_ITER, DEFAULT_TOL, Head, Options, build_problem
-from .result import HeadOutcome, Result, assemble
+from .result import HeadOutcome, Result, assemble, with_known_rows
 from .rounding import hard_labels
 from .solver import plan_of, solve_head
 
-__all__ = ["DEFAULT_MAX_ITER", "DEFAULT_TOL", "assign", "sinkhorn"]
+__all__ = ["DEFAULT_MAX_ITER", "DEFAULT_TOL", "assign", "sinkhorn", "solve_and_label"]
 
 
 def assign(
@@ -40,6 +40,10 @@ def assign(
     overrelaxation: float | str = "auto",
     min_size: Any = None,
     max_size: Any = None,
+    size_penalty: Any = None,
+    mass: float = 1.0,
+    known_labels: Any = None,
+    unassigned_scores: Any = None,
     callback: Callable[[int, float], Any] | None = None,
 ) -> Result:
     r"""Balanced cluster labels from a score matrix, by entropic optimal transport.
@@ -204,11 +208,15 @@ def assign(
         overrelaxation=overrelaxation,
         min_size=min_size,
         max_size=max_size,
+        size_penalty=size_penalty,
+        mass=mass,
+        known_labels=known_labels,
+        unassigned_scores=unassigned_scores,
         callback=callback,
     )
     options = problem.options
     with options.backend.context(options.n_threads):
-        outcomes = [_solve_and_label(head, options) for head in problem.heads]
+        outcomes = [solve_and_label(head, options) for head in problem.heads]
     return assemble(
         outcomes,
         problem.layout,
@@ -236,6 +244,10 @@ def sinkhorn(
     overrelaxation: float | str = "auto",
     min_size: Any = None,
     max_size: Any = None,
+    size_penalty: Any = None,
+    mass: float = 1.0,
+    known_labels: Any = None,
+    unassigned_scores: Any = None,
     callback: Callable[[int, float], Any] | None = None,
 ) -> Result:
     """The Sinkhorn solve of :func:`assign` without hard labels.
@@ -271,19 +283,43 @@ def sinkhorn(
         overrelaxation=overrelaxation,
         min_size=min_size,
         max_size=max_size,
+        size_penalty=size_penalty,
+        mass=mass,
+        known_labels=known_labels,
+        unassigned_scores=unassigned_scores,
         callback=callback,
     )
 
 
-def _solve_and_label(head: Head, options: Options) -> HeadOutcome:
-    """One head: the solve, its hard labels and (if asked) its plan."""
-    solved = solve_head(head, options)
+def solve_and_label(
+    head: Head, options: Options, *, collective: Any = None, n_free: int | None = None
+) -> HeadOutcome:
+    """One head: the solve, its hard labels and (if asked) its plan, over every row
+    (with known labels, the known rows keep theirs).
+
+    ``collective`` and ``n_free``: for one shard of a problem sharded over the
+    ranks of a group (:mod:`otlabel.distributed`), the group (which also reduces
+    each pass) and the number of iterated samples over all ranks.
+    """
+    solved = solve_head(head, options, reducer=collective)
     potential = to_numpy(solved.potential)
-    labels = hard_labels(head.scores, potential, head.constraint, options.rounding, options.backend)
-    counts = None
-    if labels.labels is not None:
-        counts = np.bincount(labels.labels, minlength=potential.size)
+    labels = hard_labels(
+        head.scores,
+        potential,
+        head.constraint,
+        options.rounding,
+        options.backend,
+        virtual=head.virtual,
+        unassigned=solved.unassigned_potential,
+        group=collective,
+        n_samples=n_free,
+    )
     plan = None
     if options.return_plan:
         plan = plan_of(head.scores, solved.row_potential, solved.potential, options.epsilon)
-    return HeadOutcome(solved, labels.labels, counts, labels.gap, labels.cost, plan)
+    outcome = HeadOutcome(solved, labels.labels, None, labels.gap, labels.cost, plan)
+    if head.known is not None:
+        outcome = with_known_rows(outcome, head.known, head.scores)
+    if outcome.labels is not None:
+        outcome.counts = np.bincount(outcome.labels[outcome.labels >= 0], minlength=potential.size)
+    return outcome

@@ -63,6 +63,8 @@ class ColumnConstraint:
     relaxable = False
     #: Whether exact hard labels are count bounds (else concave slot values).
     counts_bounded = True
+    #: (K,) known samples per cluster (None: no known labels).
+    known_counts: np.ndarray | None = None
 
     def to(self, like: Array) -> ColumnConstraint:
         """The same constraint with its vectors in the library and on the device of ``like``."""
@@ -189,7 +191,6 @@ class RelaxedSizes(ColumnConstraint):
     penalty: Array  # (K,) tau > 0, inf allowed
     known: Array | None = None  # (K,) c, mass of the known samples
     known_counts: np.ndarray | None = None
-    fixed_counts: tuple[np.ndarray, np.ndarray] | None = None  # tau = inf columns' count bounds
 
     kind = "relaxed"
     counts_bounded = False
@@ -238,21 +239,24 @@ class RelaxedSizes(ColumnConstraint):
         expected = total * target
         n_f, e_f = n[finite].astype(np.float64), expected[finite]
         values[finite] = -penalty[finite] * (_xlogx(n_f, e_f) - _xlogx(n_f - 1, e_f))
-        if self.fixed_counts is not None:
-            lower, upper = self.fixed_counts
-            fixed = ~np.isfinite(penalty)
-            inside = np.where(counts <= lower, np.inf, np.where(counts > upper, -np.inf, 0.0))
-            values[fixed] = inside[fixed]
+        fixed = ~np.isfinite(penalty)
+        lower, upper = self.count_bounds(n_free)
+        inside = np.where(counts <= lower, np.inf, np.where(counts > upper, -np.inf, 0.0))
+        values[fixed] = inside[fixed]
         return values
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
-        """Bounds that make a start feasible: [0, N] for relaxed columns, the fixed
-        columns' own."""
-        size = to_numpy(self.target).size
-        lower, upper = np.zeros(size, dtype=np.int64), np.full(size, n_samples, dtype=np.int64)
-        if self.fixed_counts is not None:
-            fixed = ~np.isfinite(to_numpy(self.penalty))
-            lower[fixed], upper[fixed] = self.fixed_counts[0][fixed], self.fixed_counts[1][fixed]
+        """Bounds that make a start feasible: ``[0, N]`` for relaxed columns, and for
+        ``tau = inf`` columns (fixed mass) ``floor(N b_k)..ceil(N b_k)`` less the known."""
+        target, penalty = to_numpy(self.target), to_numpy(self.penalty)
+        known = _known(self.known_counts, target.size)
+        lower = np.zeros(target.size, dtype=np.int64)
+        upper = np.full(target.size, n_samples, dtype=np.int64)
+        fixed = ~np.isfinite(penalty)
+        if fixed.any():
+            low, high = _integer_bounds(n_samples + int(known.sum()), target, target)
+            lower[fixed] = np.maximum(low - known, 0)[fixed]
+            upper[fixed] = (high - known)[fixed]
         return lower, upper
 
 
@@ -298,4 +302,3 @@ def count_bounds(n_samples: int, cluster_weights: Any) -> tuple[np.ndarray, np.n
     """
     weights = np.asarray(cluster_weights, dtype=np.float64)
     return _integer_bounds(n_samples, weights, weights)
-

@@ -23,11 +23,19 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ._arrays import device_of, from_host, to_numpy
-from .constraints import BoundedSizes, FixedSizes
-from .problem import DEFAULT_MAX_ITER, DEFAULT_TOL, Head, Problem, build_problem
-from .result import HeadOutcome, Result, assemble
-from .rounding import hard_labels
-from .solver import ColumnPartial, solve_head
+from .api import solve_and_label
+from .constraints import FixedSizes
+from .problem import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_TOL,
+    Head,
+    Problem,
+    build_problem,
+    check_known_counts,
+    make_constraint,
+)
+from .result import Result, assemble
+from .solver import ColumnPartial
 
 __all__ = ["TorchCollective", "assign"]
 
@@ -48,6 +56,10 @@ def assign(
     overrelaxation: float | str = "auto",
     min_size: Any = None,
     max_size: Any = None,
+    size_penalty: Any = None,
+    mass: float = 1.0,
+    known_labels: Any = None,
+    unassigned_scores: Any = None,
 ) -> Result:
     """:func:`otlabel.assign` with the samples sharded over a process group.
 
@@ -66,7 +78,10 @@ def assign(
         (CPU) and NCCL (CUDA; the exchange then runs on this rank's device).
     sample_weights : array (N_r,) or None
         This rank's sample weights; normalised over all ranks.
-    cluster_weights, min_size, max_size, init : as in :func:`otlabel.assign`
+    known_labels, unassigned_scores : array (N_r,) or None
+        This rank's known labels (-1: unknown) and virtual-column scores; the
+        known samples' counts and mass are summed over all ranks.
+    cluster_weights, min_size, max_size, size_penalty, mass, init : as in :func:`otlabel.assign`
         The same on every rank (checked).
     epsilon, tol, max_iter, backend, rounding, n_threads, overrelaxation
         As in :func:`otlabel.assign`.  The iteration runs in the log domain.
@@ -96,6 +111,12 @@ def assign(
         res.labels   # this rank's 1000 labels; res.counts: global, 200 each
     """
     collective = TorchCollective(group)
+    shared = {
+        "cluster_weights": cluster_weights,
+        "min_size": min_size,
+        "max_size": max_size,
+        "size_penalty": size_penalty,
+    }
     verdict: Exception | None = None
     problem: Problem | None = None
     try:
@@ -114,6 +135,10 @@ def assign(
             overrelaxation=overrelaxation,
             min_size=min_size,
             max_size=max_size,
+            size_penalty=size_penalty,
+            mass=mass,
+            known_labels=known_labels,
+            unassigned_scores=unassigned_scores,
             n_samples=sys.maxsize,  # the count checks need the global N: after agreeing
             argument="local_scores",
         )
@@ -124,7 +149,7 @@ def assign(
             )
     except Exception as error:  # every rank must hear of it, or the others wait forever
         verdict = error
-    head, n_samples = collective.agree(verdict, problem)
+    head, n_samples = collective.agree(verdict, problem, shared, mass, init)
     assert problem is not None
     options = problem.options
     with options.backend.context(options.n_threads):
@@ -140,23 +165,14 @@ def _solve(head: Head, options: Any, collective: TorchCollective, n_samples: int
             f"local_scores: balanced rounding needs K <= N, got K={scores.shape[1]} "
             f"clusters for N={n_samples} samples over all ranks; use rounding='argmax'"
         )
-    solved = solve_head(head, options, reducer=collective)
-    potential = to_numpy(solved.potential)
-    labels = hard_labels(
-        scores,
-        potential,
-        head.constraint,
-        options.rounding,
-        options.backend,
-        group=collective,
-        n_samples=n_samples,
-    )
-    counts, cost = None, None
-    if labels.labels is not None and labels.cost is not None:
-        local = np.bincount(labels.labels, minlength=potential.size).astype(np.float64)
-        totals = collective.sum(np.append(local, labels.cost * labels.labels.size))
-        counts, cost = totals[:-1].astype(np.int64), float(totals[-1]) / n_samples
-    outcome = HeadOutcome(solved, labels.labels, counts, labels.gap, cost)
+    known = head.constraint.known_counts
+    n_known = 0 if known is None else int(known.sum())  # over all ranks
+    outcome = solve_and_label(head, options, collective=collective, n_free=n_samples - n_known)
+    if outcome.labels is not None and outcome.counts is not None and outcome.cost is not None:
+        local = outcome.counts.astype(np.float64)
+        totals = collective.sum(np.append(local, outcome.cost * outcome.labels.size))
+        outcome.counts = totals[:-1].astype(np.int64)
+        outcome.cost = float(totals[-1]) / n_samples
     return assemble(
         [outcome],
         "single",
@@ -167,18 +183,18 @@ def _solve(head: Head, options: Any, collective: TorchCollective, n_samples: int
     )
 
 
-def _shared_vectors(head: Head) -> np.ndarray:
-    """What every rank must pass alike: the constraint's vectors and the start."""
-    constraint = head.constraint
-    if isinstance(constraint, BoundedSizes):
-        parts = [[1.0], to_numpy(constraint.lower), to_numpy(constraint.upper)]
-    else:
-        parts = [[0.0], to_numpy(constraint.target)]
-    if isinstance(head.init, np.ndarray):
-        parts += [[2.0], head.init]
-    else:
-        parts += [[1.0 if head.init == "subsample" else 0.0]]
-    return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
+def _shared_vector(arguments: dict[str, Any]) -> np.ndarray:
+    """What every rank must pass alike, as one vector (each argument marked, None as NaN)."""
+    parts: list[np.ndarray] = []
+    for position, value in enumerate(arguments.values()):
+        if isinstance(value, str):
+            value = [float(sum(map(ord, value)))]
+        if value is None:
+            numbers = np.array([np.nan])
+        else:
+            numbers = np.ravel(to_numpy(value) if hasattr(value, "shape") else np.asarray(value))
+        parts.append(np.concatenate([[float(position)], numbers.astype(np.float64)]))
+    return np.concatenate(parts)
 
 
 class TorchCollective:
@@ -203,11 +219,19 @@ class TorchCollective:
         nccl = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu"
 
-    def agree(self, verdict: Exception | None, problem: Problem | None) -> tuple[Head, int]:
+    def agree(
+        self,
+        verdict: Exception | None,
+        problem: Problem | None,
+        shared: dict[str, Any],
+        mass: Any,
+        init: Any,
+    ) -> tuple[Head, int]:
         """Exchange verdicts and sizes; raise on every rank if any rank's input is bad.
 
         Returns this rank's head with its sample weights normalised over all
-        ranks, and the global number of samples.
+        ranks (and, with known labels, its constraint built from every rank's
+        known samples), and the global number of samples.
         """
         messages: list[Any] = [None] * self.size
         own = None if verdict is None else (type(verdict).__name__, str(verdict))
@@ -219,29 +243,67 @@ class TorchCollective:
                 raise kind(f"rank {rank}: {message[1]}") from verdict
         assert problem is not None
         head = problem.heads[0]
-        shape = [head.scores.shape[0], head.weight_total, head.scores.shape[1]]
-        mine = (str(head.scores.dtype), np.concatenate([shape, _shared_vectors(head)]))
-        gathered = self.gather_object(mine)
-        dtypes = [dtype for dtype, _ in gathered]
-        summaries = [summary for _, summary in gathered]
-        n_clusters = [int(summary[2]) for summary in summaries]
+        n_clusters = head.scores.shape[1]
+        known = head.known
+        counts = np.zeros(n_clusters) if known is None else known.counts
+        raw_mass = np.zeros(n_clusters) if known is None else known.mass * head.weight_total
+        sizes = [head.n_total, head.weight_total, n_clusters]
+        mine = {
+            "dtype": str(head.scores.dtype),
+            "sizes": sizes,
+            "shared": _shared_vector({**shared, "mass": mass, "init": init}),
+            "known": np.concatenate([counts, raw_mass]),
+        }
+        everyone = self.gather_object(mine)
+        self._check_alike(everyone)
+        n_samples = int(sum(rank["sizes"][0] for rank in everyone))
+        weight_total = float(sum(rank["sizes"][1] for rank in everyone))
+        log_a = head.log_a + np.log(head.weight_total / weight_total)
+        head = replace(head, log_a=log_a, weight_total=weight_total)
+        if known is not None:
+            head = self._with_global_known(head, everyone, shared, float(mass), n_samples)
+        return head, n_samples
+
+    @staticmethod
+    def _check_alike(everyone: list[dict[str, Any]]) -> None:
+        n_clusters = [int(rank["sizes"][2]) for rank in everyone]
         if len(set(n_clusters)) > 1:
             raise ValueError(f"local_scores: every rank needs the same K, got {n_clusters}")
+        dtypes = [rank["dtype"] for rank in everyone]
         if len(set(dtypes)) > 1:
             raise ValueError(
                 f"local_scores: every rank needs the same dtype (the solve takes the same "
                 f"steps on every rank), got {dtypes}"
             )
-        shared = [summary[3:] for summary in summaries]
-        if any(part.shape != shared[0].shape or np.any(part != shared[0]) for part in shared):
+        first = everyone[0]["shared"]
+        if any(
+            rank["shared"].shape != first.shape
+            or not np.array_equal(rank["shared"], first, equal_nan=True)
+            for rank in everyone
+        ):
             raise ValueError(
-                "cluster_weights, min_size, max_size, init: every rank must pass the same "
-                "values (the ranks differ)"
+                "cluster_weights, min_size, max_size, size_penalty, mass, init: every rank must "
+                "pass the same values (the ranks differ)"
             )
-        n_samples = int(sum(summary[0] for summary in summaries))
-        weight_total = float(sum(summary[1] for summary in summaries))
-        log_a = head.log_a + np.log(head.weight_total / weight_total)
-        return replace(head, log_a=log_a, weight_total=weight_total), n_samples
+        known = {rank["known"].size > 0 and bool(np.any(rank["known"])) for rank in everyone}
+        del known  # a rank without known samples is fine
+
+    def _with_global_known(
+        self,
+        head: Head,
+        everyone: list[dict[str, Any]],
+        shared: dict[str, Any],
+        rho: float,
+        n_samples: int,
+    ) -> Head:
+        """The constraint of this rank's free rows from every rank's known samples."""
+        n_clusters = head.scores.shape[1]
+        totals = np.sum([rank["known"] for rank in everyone], axis=0)
+        counts = totals[:n_clusters].astype(np.int64)
+        mass = totals[n_clusters:] / head.weight_total
+        constraint = make_constraint(shared, n_clusters, rho, counts, mass)
+        check_known_counts(constraint, counts, n_samples - int(counts.sum()))
+        return replace(head, constraint=constraint)
 
     def reduce(self, columns: ColumnPartial, row_error: Any, f: Any) -> tuple[ColumnPartial, Any]:
         """All ranks' partials, combined in rank order: the same on every rank."""

@@ -45,7 +45,7 @@ class Start:
 
 def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> Start:
     """The start of ``head``'s solve, as its ``init`` asks (see the module docstring)."""
-    n_clusters = head.scores.shape[1]
+    n_clusters = head.scores.shape[1] + (head.virtual is not None)  # + partial mass's column
     if isinstance(head.init, np.ndarray):
         return Start(head.init, "given")
     stride = subsample_stride(*head.scores.shape)
@@ -72,7 +72,11 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
     if reducer is not None:
         total = float(reducer.sum(np.array([total]))[0])
     backend = options.backend
-    sub_log_a, start = backend.vectors(rows, np.log(sub_weights / total), np.zeros(rows.shape[1]))
+    n_columns = rows.shape[1] + (head.virtual is not None)
+    sub_log_a, start = backend.vectors(rows, np.log(sub_weights / total), np.zeros(n_columns))
+    virtual = None
+    if head.virtual is not None:
+        (virtual,) = backend.vectors(rows, np.ascontiguousarray(head.virtual[::stride]))
     kernel = backend.log_kernel(rows, sub_log_a, options)
     solved = solve(
         kernel,
@@ -83,6 +87,7 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
         max_iter=options.max_iter,
         omega=options.overrelaxation if head.constraint.relaxable else 1.0,
         reducer=reducer,
+        virtual=virtual,
     )
     return Start(to_numpy(solved.next_potential), "subsample", solved.n_iter)
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import _validation as check
-from ._arrays import is_half
-from .constraints import BoundedSizes, ColumnConstraint, FixedSizes
+from ._arrays import device_of, from_host, is_half, to_numpy
+from .constraints import BoundedSizes, ColumnConstraint, FixedSizes, RelaxedSizes
 from .initializers import STARTS
 from .kernels import resolve_backend
 from .streaming import ChunkedScores
@@ -51,17 +52,32 @@ class Options:
 
 
 @dataclass
+class KnownLabels:
+    """The samples whose label is given: they keep it, and count toward its cluster."""
+
+    labels: np.ndarray  # (N,) int64, -1 where unknown
+    free: np.ndarray  # (N_free,) the rows that are iterated
+    counts: np.ndarray  # (K,) known samples per cluster
+    mass: np.ndarray  # (K,) their weight (of the whole problem's mass 1)
+    log_a: np.ndarray  # (N,) every sample's log weight
+    score_sum: float = 0.0  # sum of the known samples' scores for their labels
+
+
+@dataclass
 class Head:
-    """One score matrix's problem."""
+    """One score matrix's problem (with known labels: the rows that are iterated)."""
 
     scores: Any  # (N, K) array of any supported library, or ChunkedScores
-    log_a: np.ndarray  # (N,) log sample weights, normalised (host, float64)
+    log_a: np.ndarray  # (N,) log sample weights of the whole problem (host, float64)
     weight_total: float  # sum of the raw sample weights (N for uniform)
     constraint: ColumnConstraint
-    init: np.ndarray | str | None  # a potential (K,), "subsample", or None (auto)
+    init: np.ndarray | str | None  # a potential (K,) or (K + 1,), "subsample", or None
     name: str  # how errors name it: "scores" or "scores[h]"
     row_max: Array  # (N,) float64, in the backend's namespace
     row_min: Array  # (N,)
+    virtual: np.ndarray | None = None  # (N,) s0: scores of partial mass's virtual column
+    known: KnownLabels | None = None  # (with known labels, the rows above are the free ones)
+    n_total: int = 0  # samples of the whole matrix, known ones included
 
 
 @dataclass
@@ -97,6 +113,10 @@ def build_problem(
     overrelaxation: float | str = "auto",
     min_size: Any = None,
     max_size: Any = None,
+    size_penalty: Any = None,
+    mass: Any = 1.0,
+    known_labels: Any = None,
+    unassigned_scores: Any = None,
     callback: Callable[[int, float], Any] | None = None,
     n_samples: int | None = None,
     argument: str = "scores",
@@ -131,6 +151,10 @@ def build_problem(
             ("cluster_weights", cluster_weights),
             ("min_size", min_size),
             ("max_size", max_size),
+            ("size_penalty", size_penalty),
+            ("mass", mass),
+            ("known_labels", known_labels),
+            ("unassigned_scores", unassigned_scores),
             ("init", init),
         ]
     }
@@ -156,33 +180,78 @@ def _head(
     n_samples: int,
 ) -> Head:
     """One head: its constraint, its start, and one read of its scores (finite rows)."""
-    n_clusters = scores.shape[1]
-    constraint = _constraint(given, n_clusters, index)
+    n_local, n_clusters = scores.shape
+    rho = check.fraction(given["mass"], _named("mass", index))
+    known = _known_labels(given["known_labels"], n_local, n_clusters, log_a, index)
+    counts, mass = (None, None) if known is None else (known.counts, known.mass)
+    constraint = make_constraint(given, n_clusters, rho, counts, mass, index)
     _check_domain(scores, options, name)
     if (
         options.rounding == "balanced"
         and isinstance(constraint, FixedSizes)
+        and rho == 1.0
         and n_clusters > n_samples
     ):
         raise ValueError(
             f"{name}: balanced rounding needs K <= N, got K={n_clusters} clusters for "
             f"N={n_samples} samples; use fewer clusters or rounding='argmax'"
         )
-    start = _start(given["init"], n_clusters, _named("init", index))
-    row_max, row_min = options.backend.row_extremes(scores)  # one read of the matrix
+    n_columns = n_clusters + (rho < 1.0)
+    start = _start(given["init"], n_clusters, n_columns, _named("init", index))
+    free_scores, free_log_a = scores, log_a
+    if known is not None:
+        free_scores, free_log_a = _rows(scores, known.free), log_a[known.free]
+        known.score_sum = _known_score_sum(scores, known)
+        n_free = n_samples - (n_local - known.free.size)
+        check_known_counts(constraint, known.counts, n_free, index)
+    row_max, row_min = options.backend.row_extremes(free_scores)  # one read of the matrix
     check.check_finite_rows(row_max, row_min, name)
-    return Head(scores, log_a, weight_total, constraint, start, name, row_max, row_min)
+    virtual = None
+    if rho < 1.0:
+        virtual = _unassigned_scores(
+            given["unassigned_scores"], scores, free_scores, known, options, index
+        )
+    return Head(
+        free_scores,
+        free_log_a,
+        weight_total,
+        constraint,
+        start,
+        name,
+        row_max,
+        row_min,
+        virtual,
+        known,
+        n_local,
+    )
 
 
-def _constraint(given: dict[str, Any], n_clusters: int, index: int | None) -> ColumnConstraint:
-    """Fixed sizes (``cluster_weights``) or bounded sizes (``min_size``/``max_size``)."""
+def make_constraint(
+    given: dict[str, Any],
+    n_clusters: int,
+    rho: float,
+    counts: np.ndarray | None = None,
+    mass: np.ndarray | None = None,
+    index: int | None = None,
+) -> ColumnConstraint:
+    """Fixed, bounded or relaxed sizes (``given``: cluster_weights, min_size, max_size,
+    size_penalty), with known labels' ``counts`` and ``mass`` and partial mass ``rho``."""
     bounded = given["min_size"] is not None or given["max_size"] is not None
+    relaxed = given["size_penalty"] is not None
     if bounded and given["cluster_weights"] is not None:
         raise ValueError(
             "cluster_weights: give either cluster proportions (fixed sizes) or "
             "min_size/max_size (bounded sizes), not both; for bounds around proportions b, "
             "pass min_size=(1 - t) * b and max_size=(1 + t) * b"
         )
+    if bounded and relaxed:
+        raise ValueError(
+            "size_penalty: relaxed sizes (a KL penalty toward cluster_weights) and bounds "
+            "(min_size/max_size) are two different constraints; give one of them"
+        )
+    known = mass is not None
+    mass = np.zeros(n_clusters) if mass is None else mass
+    extend = rho < 1.0  # partial mass: one more column, fixed at 1 - rho
     if bounded:
         lower, upper = check.size_bounds(
             given["min_size"],
@@ -190,13 +259,130 @@ def _constraint(given: dict[str, Any], n_clusters: int, index: int | None) -> Co
             n_clusters,
             _named("min_size", index),
             _named("max_size", index),
+            total=rho,
         )
-        return BoundedSizes(lower, upper)
-    name = _named("cluster_weights", index)
-    return FixedSizes(check.weights(given["cluster_weights"], n_clusters, name))
+        _check_known_mass(mass, upper, "max_size", index)
+        lower_free, upper_free = np.maximum(lower - mass, 0.0), upper - mass
+        given_bounds = (lower, upper)
+        if extend:
+            lower_free, upper_free = _append(lower_free, 1 - rho), _append(upper_free, 1 - rho)
+            given_bounds = (_append(lower, 1 - rho), _append(upper, 1 - rho))
+        return BoundedSizes(lower_free, upper_free, _append_zero(counts, extend), given_bounds)
+    weights = rho * check.weights(
+        given["cluster_weights"], n_clusters, _named("cluster_weights", index)
+    )
+    if relaxed:
+        penalty = check.penalty(given["size_penalty"], n_clusters, _named("size_penalty", index))
+        return RelaxedSizes(
+            _append(weights, 1 - rho) if extend else weights,
+            _append(penalty, np.inf) if extend else penalty,
+            (_append(mass, 0.0) if extend else mass) if known else None,
+            _append_zero(counts, extend),
+        )
+    _check_known_mass(mass, weights, "cluster_weights", index)
+    target = weights - mass
+    if extend:
+        return FixedSizes(
+            _append(target, 1 - rho), _append_zero(counts, True), _append(weights, 1 - rho)
+        )
+    return FixedSizes(target, counts, weights if known else None)
 
 
-def _start(value: Any, n_clusters: int, name: str) -> np.ndarray | str | None:
+def _append(values: np.ndarray, last: float) -> np.ndarray:
+    return np.append(np.asarray(values, dtype=np.float64), last)
+
+
+def _append_zero(counts: np.ndarray | None, extend: bool) -> np.ndarray | None:
+    if counts is None or not extend:
+        return counts
+    return np.append(counts, 0).astype(np.int64)
+
+
+def _check_known_mass(mass: np.ndarray, room: np.ndarray, argument: str, index: int | None) -> None:
+    """Known samples may not fill (or overfill) a cluster's upper mass."""
+    full = mass >= room * (1 - 1e-12)
+    if np.any(full & (mass > 0)):
+        k = int(np.flatnonzero(full & (mass > 0))[0])
+        raise ValueError(
+            f"{_named('known_labels', index)}: the known samples of cluster {k} carry "
+            f"{mass[k]:.6g} of the mass, at or above its share {room[k]:.6g} "
+            f"({argument}): no other sample could join it; label fewer samples, or raise "
+            f"the cluster's {argument}"
+        )
+
+
+def check_known_counts(
+    constraint: ColumnConstraint, counts: np.ndarray, n_free: int, index: int | None = None
+) -> None:
+    """In counts, the known samples of a cluster may not exceed its upper count."""
+    if not constraint.counts_bounded:
+        return
+    _, upper = constraint.count_bounds(n_free)  # type: ignore[attr-defined]
+    if np.any(upper < 0):
+        k = int(np.flatnonzero(upper < 0)[0])
+        raise ValueError(
+            f"{_named('known_labels', index)}: cluster {k} has {int(counts[k])} known "
+            f"samples, more than its largest count {int(counts[k] + upper[k])}; label "
+            "fewer samples or widen the cluster's size"
+        )
+
+
+def _known_labels(
+    value: Any, n_samples: int, n_clusters: int, log_a: np.ndarray, index: int | None
+) -> KnownLabels | None:
+    if value is None:
+        return None
+    labels = check.known_labels(value, n_samples, n_clusters, _named("known_labels", index))
+    free = np.flatnonzero(labels < 0)
+    if free.size == 0:
+        raise ValueError(
+            f"{_named('known_labels', index)}: every sample's label is given; there is "
+            "nothing to solve"
+        )
+    is_known = labels >= 0
+    counts = np.bincount(labels[is_known], minlength=n_clusters).astype(np.int64)
+    mass = np.bincount(labels[is_known], weights=np.exp(log_a[is_known]), minlength=n_clusters)
+    return KnownLabels(labels, free, counts, mass, log_a)
+
+
+def _known_score_sum(scores: Any, known: KnownLabels) -> float:
+    """``sum_{i known} S_{i, y_i}`` (the known rows' part of the labels' cost)."""
+    rows = np.flatnonzero(known.labels >= 0)
+    picked = _rows(scores, rows)  # (n_known, K)
+    xp = array_namespace(picked) if not isinstance(picked, ChunkedScores) else picked.namespace()
+    if isinstance(picked, ChunkedScores):
+        picked = picked[0 : rows.size]
+    where = device_of(picked)
+    own = picked[
+        from_host(np.arange(rows.size), xp, where), from_host(known.labels[rows], xp, where)
+    ]
+    return float(xp.sum(xp.astype(own, xp.float64)))
+
+
+def _rows(scores: Any, rows: np.ndarray) -> Any:
+    """The rows ``rows`` of the scores: a copy (arrays) or a stream that gathers them."""
+    if isinstance(scores, ChunkedScores):
+        return ChunkedScores(lambda i0, i1: scores[rows[i0:i1]], n_samples=rows.size)
+    xp = array_namespace(scores)
+    return scores[from_host(rows, xp, device_of(scores)), ...]
+
+
+def _unassigned_scores(
+    value: Any,
+    scores: Any,
+    free_scores: Any,
+    known: KnownLabels | None,
+    options: Options,
+    index: int | None,
+) -> np.ndarray:
+    """``s0`` (N_free,): given, or each row's log-sum-exp of its scores."""
+    if value is None:
+        return to_numpy(options.backend.row_logsumexp(free_scores)).astype(np.float64)
+    s0 = check.finite_vector(value, scores.shape[0], _named("unassigned_scores", index))
+    return s0 if known is None else s0[known.free]
+
+
+def _start(value: Any, n_clusters: int, n_columns: int, name: str) -> np.ndarray | str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -206,7 +392,10 @@ def _start(value: Any, n_clusters: int, name: str) -> np.ndarray | str | None:
                 f"{STARTS} or None, got {value!r}"
             )
         return value
-    return check.initial_potential(value, n_clusters, name)
+    host = check.as_host(value)
+    if n_columns > n_clusters and host.shape == (n_clusters,):  # no unassigned potential
+        return np.append(check.initial_potential(host, n_clusters, name), 0.0)
+    return check.initial_potential(host, n_columns, name)
 
 
 def _check_domain(scores: Any, options: Options, name: str) -> None:

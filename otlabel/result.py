@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from ._arrays import like, to_numpy
 
@@ -64,6 +64,10 @@ class Result:
         ``"finish"`` (exact float64 passes after a float32 kernel).
     start : str
         Where the solve started: ``"given"`` (``init=``), ``"subsample"`` or ``"zero"``.
+    unassigned_potential : float or None
+        With partial mass (``mass < 1``): the potential ``g0`` of the virtual
+        "unassigned" column, whose score is ``s0``; a sample is unassigned (label
+        -1) by argmax when ``s0_i + g0`` beats every ``S_ik + g_k``.
     backend : str
         Backend that ran the iteration, e.g. ``"numpy"``.
     method : str
@@ -97,6 +101,7 @@ class Result:
     errors: Any = field(default_factory=list)
     phases: Any = field(default_factory=dict)
     start: Any = "zero"
+    unassigned_potential: Any = None
 
     def __repr__(self) -> str:
         fields = [
@@ -124,6 +129,38 @@ class HeadOutcome:
     gap: float | None
     cost: float | None
     plan: Array | None = None
+
+
+def with_known_rows(outcome: HeadOutcome, known: Any, free_scores: Any) -> HeadOutcome:
+    """A head's outcome on its free rows spread over every row: known rows keep their
+    label, carry their whole mass to it in the plan, and have no row potential (NaN)."""
+    n_total = known.labels.size
+    labels = None
+    if outcome.labels is not None:
+        labels = known.labels.copy()
+        labels[known.free] = outcome.labels
+    solved = outcome.solved
+    row_potential = np.full(n_total, np.nan)
+    row_potential[known.free] = to_numpy(solved.row_potential)
+    solved.row_potential = row_potential
+    cost = outcome.cost
+    if cost is not None:
+        cost = (cost * known.free.size + known.score_sum) / n_total
+    plan = None if outcome.plan is None else _plan_with_known(outcome.plan, known)
+    return HeadOutcome(solved, labels, None, outcome.gap, cost, plan)
+
+
+def _plan_with_known(free_plan: Array, known: Any) -> Array:
+    """The (N, K) plan: the free rows' entries, and ``a_i`` on each known row's label."""
+    xp = array_namespace(free_plan)
+    where = device(free_plan)
+    n_total, n_clusters = known.labels.size, free_plan.shape[1]
+    one_hot = np.zeros((n_total, n_clusters))
+    rows = np.flatnonzero(known.labels >= 0)
+    one_hot[rows, known.labels[rows]] = np.exp(known.log_a[rows])
+    plan = xp.asarray(one_hot.astype(to_numpy(free_plan[:1]).dtype), device=where)
+    plan[xp.asarray(known.free, device=where), ...] = free_plan
+    return plan
 
 
 def assemble(
@@ -160,6 +197,7 @@ def assemble(
         "errors": [outcome.solved.errors for outcome in outcomes],
         "phases": [outcome.solved.phases for outcome in outcomes],
         "start": [outcome.solved.start for outcome in outcomes],
+        "unassigned_potential": [outcome.solved.unassigned_potential for outcome in outcomes],
     }
     if layout == "single":
         parts: list[dict[str, list[Any]]] = [moved, scalars, records]
@@ -172,6 +210,7 @@ def assemble(
         errors=records["errors"],
         phases=records["phases"],
         start=tuple(records["start"]),
+        unassigned_potential=_column(records["unassigned_potential"]),
         backend=backend,
         epsilon=epsilon,
     )

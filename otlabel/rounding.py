@@ -67,34 +67,69 @@ def hard_labels(
     rounding: str | None,
     backend: Any,
     *,
+    virtual: Any = None,
+    unassigned: float | None = None,
     group: Collective | None = None,
     n_samples: int | None = None,
 ) -> HardLabels:
     """``rounding``'s labels of ``scores`` (N, K) from the cluster potential ``g``.
 
-    ``"balanced"``: the exact labels under the constraint's count bounds, with
-    a certified gap; ``"argmax"``: ``argmax_k (S_ik + g_k)``; None: no labels.
-    ``backend`` says who reads the matrix; ``group`` and ``n_samples``: for one
-    shard of a sharded problem, the counts' bounds and the certificate are global.
+    ``"balanced"``: the exact labels under the constraint (count bounds, or the
+    relaxed objective), with a certified gap; ``"argmax"``: ``argmax_k (S_ik +
+    g_k)``; None: no labels.  ``virtual`` (N,) and ``unassigned``: the scores and
+    the potential of partial mass's virtual column, which takes part as a
+    (K + 1)-th column, never stored; its samples get label -1.  ``backend`` says
+    who reads the matrix; ``group`` and ``n_samples``: for one shard of a
+    sharded problem, the counts' bounds and the certificate are global.
     """
     if rounding is None:
         return HardLabels(None, None, None)
+    if virtual is not None:
+        scores = WithColumn(scores, virtual)
+        potential = np.append(potential, 0.0 if unassigned is None else unassigned)
     passes, rows_per_block = backend.rounding_passes(scores)
+    total = scores.shape[0] if n_samples is None else n_samples
     gap = None
-    if rounding == "balanced":
-        total = scores.shape[0] if n_samples is None else n_samples
-        balanced = balanced_labels(
-            scores,
-            potential,
-            constraint.count_bounds(total),
-            rows_per_block=rows_per_block,
-            passes=passes,
-            group=group,
-        )
-        labels, gap = balanced.labels, balanced.gap
-    else:
+    if rounding == "argmax":
         labels = argmax_labels(scores, potential, rows_per_block, passes)
-    return HardLabels(labels, gap, mean_label_score(scores, labels, rows_per_block))
+    elif constraint.counts_bounded:
+        bounds = constraint.count_bounds(total)
+        exact = balanced_labels(
+            scores, potential, bounds, rows_per_block=rows_per_block, passes=passes, group=group
+        )
+        labels, gap = exact.labels, exact.gap
+    else:
+        concave = concave_labels(
+            scores, potential, constraint, total, rows_per_block, passes, group
+        )
+        labels, gap = concave.labels, concave.gap
+    cost = mean_label_score(scores, labels, rows_per_block)
+    if virtual is not None:
+        labels = np.where(labels == potential.size - 1, -1, labels)
+    return HardLabels(labels, gap, cost)
+
+
+class WithColumn:
+    """Scores ``(N, K)`` read as ``(N, K + 1)``: a last column appended block by block,
+    never stored whole (partial mass's virtual column in the rounding passes)."""
+
+    def __init__(self, scores: Any, column: Any) -> None:
+        self.scores, self.column = scores, column  # (N, K), (N,)
+        self.shape = (scores.shape[0], scores.shape[1] + 1)
+        self.dtype = np.dtype(np.float64)
+        self.device = getattr(scores, "device", "cpu")
+
+    def __getitem__(self, rows: Any) -> Any:
+        block = self.scores[rows]
+        xp, where = array_namespace(block), device_of(block)
+        column = from_host(np.asarray(to_numpy(self.column)[_host_rows(rows)]), xp, where)
+        return xp.concat(
+            [xp.astype(block, xp.float64), xp.astype(column, xp.float64)[:, None]], axis=1
+        )
+
+
+def _host_rows(rows: Any) -> Any:
+    return rows if isinstance(rows, slice) else to_numpy(rows)
 
 
 def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> float:
@@ -395,7 +430,7 @@ class _Transfers:
         return max(1, min(amount, *(int(self.dummies[giver]) for giver, _, _ in path)))
 
     def _shortest_path(self, source: int) -> list[tuple[int, int, bool]]:
-        """Dijkstra from an over-full cluster to the nearest one with room.
+        """Dijkstra from an over-full cluster to the nearest one with room (its end).
 
         Updates the prices so that the path's edges cost nothing and every
         edge still costs at least zero (from any source, so one at a time:
@@ -410,6 +445,8 @@ class _Transfers:
         settled = np.zeros(n_clusters, dtype=bool)
         while True:
             node = int(np.argmin(np.where(settled, np.inf, distance)))
+            if not np.isfinite(distance[node]):
+                raise RuntimeError("exact labels: no cluster with room (infeasible bounds)")
             if self.occupancy[node] < self.upper[node]:
                 break
             settled[node] = True
@@ -494,3 +531,163 @@ def place_dummies(
                     dummies[k] += take
                     left -= take
     return dummies
+
+
+@dataclass
+class ConcaveLabels:
+    """Labels that maximise ``sum_i S_{i,y_i} + sum_k h_k(n_k)`` (``h_k`` concave),
+    with their certificate."""
+
+    labels: np.ndarray  # (N,) int64
+    gap: float  # certified (optimum - achieved) / N
+    prices: np.ndarray  # (K,) the certificate's prices p (samples maximise S_ik - p_k)
+    n_moves: int  # single-sample exchanges made
+
+
+def concave_labels(
+    scores: Any,
+    potential: np.ndarray,
+    constraint: Any,
+    n_samples: int,
+    rows_per_block: int,
+    passes: Passes | None = None,
+    group: Collective | None = None,
+) -> ConcaveLabels:
+    """Exact labels under a separable concave reward on the counts (relaxed sizes).
+
+    Maximises ``sum_i S_{i, y_i} + sum_k h_k(n_k)``, the reward of a cluster's
+    ``n``-th sample being ``c_k(n) = h_k(n) - h_k(n - 1)``, decreasing in ``n``
+    (``constraint.slot_values``; infinite values hold a column's count within its
+    bounds).  The LP with one variable per sample and cluster and one per
+    cluster slot is integral, and its dual is a function of one price per
+    cluster, so exchanges suffice (the objective is M-natural concave in the
+    counts): from a feasible start (the exact labels under the constraint's count
+    bounds, from Sinkhorn's potential), each step runs one multi-source Dijkstra
+    on the cluster graph (a source ``l`` starts at ``p_l + c_l(n_l)``: what giving
+    up its last sample returns), picks the target ``k`` with the largest gain
+    ``p_k + c_k(n_k + 1) - D(k)``, moves one sample along each edge of its path,
+    and lowers the prices as successive shortest paths do, until no exchange
+    gains.  The last Dijkstra's distances give the optimal dual prices
+    ``P_k = D(k) - p_k``: the certificate.
+    """
+    passes = passes or NumpyPasses()
+    group = group or Alone()
+    start = balanced_labels(
+        scores,
+        potential,
+        constraint.count_bounds(n_samples),
+        rows_per_block=rows_per_block,
+        passes=passes,
+        group=group,
+    )
+    labels, prices = start.labels, start.prices
+    exchanges = _Exchanges(scores, labels, prices, rows_per_block, passes, group)
+    n_moves = exchanges.improve(lambda counts: constraint.slot_values(n_samples, counts))
+    dual = exchanges.dual_prices(lambda counts: constraint.slot_values(n_samples, counts))
+    gap = _concave_gap(scores, labels, dual, exchanges, constraint, n_samples, rows_per_block)
+    return ConcaveLabels(labels, gap, dual, n_moves)
+
+
+class _Exchanges(_Transfers):
+    """Single-sample exchanges between clusters along shortest paths."""
+
+    def __init__(
+        self,
+        scores: Any,
+        labels: np.ndarray,
+        prices: np.ndarray,
+        rows_per_block: int,
+        passes: Passes,
+        group: Collective,
+    ) -> None:
+        counts = group.sum(np.bincount(labels, minlength=prices.size))
+        super().__init__(scores, labels, prices, (counts, counts), rows_per_block, passes, group)
+        self.counts = self.occupancy  # no dummies here: occupancy is the counts
+
+    def improve(self, slot_values: Any) -> int:
+        """Move samples along the best exchange while it gains; returns the moves."""
+        n_moves = 0
+        while True:
+            distance, parent, target, gain = self._best_exchange(slot_values, prune=True)
+            if target < 0 or gain <= _GAIN_TOLERANCE * (1.0 + abs(self.prices).max()):
+                return n_moves
+            self.prices = self.prices - np.minimum(distance, distance[target])
+            node = target
+            while parent[node] >= 0:
+                self._move(int(parent[node]), node, False, 1)
+                node = int(parent[node])
+            n_moves += 1
+
+    def dual_prices(self, slot_values: Any) -> np.ndarray:
+        """The certificate's prices ``p_k - D(k)``, from a full Dijkstra at the end."""
+        distance, _, _, _ = self._best_exchange(slot_values, prune=False)
+        return self.prices - distance
+
+    def _best_exchange(
+        self, slot_values: Any, *, prune: bool
+    ) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """Multi-source Dijkstra: distances, parents (-1 at a source), the best target
+        and its gain; with ``prune``, stops once no unsettled cluster can gain more."""
+        prices, n_clusters = self.prices, self.prices.size
+        with np.errstate(invalid="ignore"):
+            distance = prices + slot_values(self.counts)  # giving up the last sample
+            reward = prices + slot_values(self.counts + 1)  # taking one more
+        distance = np.where(np.isnan(distance), np.inf, distance)
+        parent = np.full(n_clusters, -1)
+        settled = np.zeros(n_clusters, dtype=bool)
+        bound = float(np.max(np.where(np.isnan(reward), -np.inf, reward)))
+        best, target = 0.0, -1
+        while not settled.all():
+            node = int(np.argmin(np.where(settled, np.inf, distance)))
+            if not np.isfinite(distance[node]) or (prune and distance[node] >= bound - best):
+                break
+            settled[node] = True
+            gain = reward[node] - distance[node]
+            if parent[node] >= 0 and gain > best:
+                best, target = float(gain), node
+            edge = self.move_cost[node] - prices[node] + prices  # (K,) reduced costs
+            reach = distance[node] + np.maximum(edge, 0.0)
+            better = (reach < distance) & ~settled
+            distance[better] = reach[better]
+            parent[better] = node
+        return distance, parent, target, best
+
+
+#: An exchange must gain more than this (relative to the prices) to be made.
+_GAIN_TOLERANCE = 1e-12
+
+
+def _concave_gap(
+    scores: Any,
+    labels: np.ndarray,
+    dual: np.ndarray,
+    exchanges: _Exchanges,
+    constraint: Any,
+    n_samples: int,
+    rows_per_block: int,
+) -> float:
+    """``(D(P) - F(y)) / N``: the row terms ``max_k (S_ik - p_k) - (S_iy - p_y)`` with
+    the dual prices, plus each cluster's slot term ``max_n [h(n) - P n] - [h(n_k) - P n_k]``
+    (``P = -p``), walked from ``n_k`` over the slots that would gain."""
+    row_terms = 0.0
+    for start in range(0, labels.size, rows_per_block):
+        stop = min(start + rows_per_block, labels.size)
+        row_terms += exchanges.passes.row_gap(scores[start:stop], labels[start:stop], dual)
+    row_terms = float(exchanges.group.sum(np.array([row_terms]))[0])
+    counts, price = exchanges.counts.copy(), -dual
+    slot_terms = 0.0
+    for direction in (+1, -1):
+        n = counts.copy()
+        while True:
+            if direction > 0:
+                step = constraint.slot_values(n_samples, n + 1) - price  # add a sample
+            else:
+                step = price - constraint.slot_values(n_samples, n)  # remove one
+            step = np.where(np.isnan(step), -np.inf, step)
+            step[(n + direction < 0) | (n + direction > n_samples)] = -np.inf
+            gains = step > 0
+            if not gains.any():
+                break
+            slot_terms += float(np.sum(step[gains]))
+            n = n + direction * gains
+    return max(0.0, (row_terms + slot_terms) / n_samples)

@@ -84,8 +84,9 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
     start = initializers.initial_potential(head, options, reducer=reducer)
     record.phases["start"] = start.passes
     log_a, potential = backend.vectors(head.scores, head.log_a, start.potential)
+    virtual = None if head.virtual is None else backend.vectors(head.scores, head.virtual)[0]
     constraint = head.constraint.to(potential)
-    run = _Phases(head, options, log_a, constraint, record, reducer)
+    run = _Phases(head, options, log_a, constraint, record, reducer, virtual)
     kernel = backend.first_kernel(head, log_a, options, warm=start.kind != "zero")
     try:
         with _quiet(potential):  # a non-finite iterate is detected by the loop itself
@@ -123,9 +124,11 @@ class _Phases:
         constraint: Any,
         record: Record,
         reducer: Reducer | None,
+        virtual: Array | None = None,
     ) -> None:
         self.head, self.options, self.log_a = head, options, log_a
         self.constraint, self.record, self.reducer = constraint, record, reducer
+        self.virtual = virtual  # (N,) s0 of partial mass's virtual column, or None
         self.omega = options.overrelaxation if constraint.relaxable else 1.0
         self.potential: Array = None  # where the current phase started
 
@@ -192,6 +195,7 @@ class _Phases:
             reducer=self.reducer,
             record=self.record,
             patience=patience,
+            virtual=self.virtual,
         )
 
     def left(self) -> int:
@@ -200,9 +204,14 @@ class _Phases:
     def output(self, last: Iterate, method: str, start: str) -> SolveOutput:
         """The last iterate, its potentials in the constraint's normal form."""
         offset = self.constraint.offset(last.potential)  # 0 unless g has a free constant
+        potential = last.potential - offset
+        unassigned = None
+        if self.virtual is not None:  # partial mass: the virtual column's g0 comes last
+            potential, unassigned = potential[:-1], float(potential[-1])
         return SolveOutput(
             row_potential=last.row_potential + offset,
-            potential=last.potential - offset,
+            potential=potential,
+            unassigned_potential=unassigned,
             n_iter=len(self.record.errors),
             error=last.error,
             converged=last.error <= self.options.tol,
@@ -225,6 +234,7 @@ def solve(
     reducer: Reducer | None = None,
     record: Record | None = None,
     patience: int | None = None,
+    virtual: Array | None = None,
 ) -> Iterate:
     """Run :func:`iterate` until the error is at most ``tol``, for at most ``max_iter``
     passes, or (with ``patience``) until that many passes made no new best error.
@@ -232,7 +242,9 @@ def solve(
     Returns the last iterate; ``record`` gets the error and phase of every pass.
     """
     best, since_best = math.inf, 0
-    passes = iterate(kernel, constraint, epsilon, potential, omega=omega, reducer=reducer)
+    passes = iterate(
+        kernel, constraint, epsilon, potential, omega=omega, reducer=reducer, virtual=virtual
+    )
     for current in passes:
         if record is not None:
             record.add(current)
@@ -252,6 +264,7 @@ def iterate(
     *,
     omega: float | str = 1.0,
     reducer: Reducer | None = None,
+    virtual: Array | None = None,
 ) -> Iterator[Iterate]:
     """Sinkhorn passes without end, one iterate per pass (each reads the matrix once).
 
@@ -262,7 +275,10 @@ def iterate(
     :class:`OverRelaxation`.  Between two iterates the column update is applied.
     ``reducer``: for one shard of a problem sharded over processes, combines the
     shard's column partial and row error with every other shard's (identical on
-    every shard, so that every shard takes the same steps).
+    every shard, so that every shard takes the same steps).  ``virtual`` (N,):
+    the scores ``s0`` of a virtual last column (partial mass), never stored as a
+    column of the matrix: ``potential`` then has K + 1 entries, the last one its
+    ``g0``, and the row update and the column masses include it.
 
     Raises :class:`UnstableIteration`, carrying the last finite potential, if
     the iterate stops being finite (only a scaling-domain kernel can).
@@ -272,7 +288,11 @@ def iterate(
     schedule = OverRelaxation(omega)
     while True:
         weight = schedule.weight
-        f, columns, row_error = _sweep(kernel, kernel.column_state(g), RowUpdate(previous, weight))
+        g_real, virtual_rows = _split(g, virtual, epsilon)
+        update = RowUpdate(previous, weight, virtual_rows)
+        f, columns, row_error = _sweep(kernel, kernel.column_state(g_real), update)
+        if virtual is not None:
+            columns = _with_virtual_column(columns, virtual, f, g[-1], epsilon)
         if reducer is not None:
             columns, row_error = reducer.reduce(columns, row_error, f)
         log_mass = columns.log_mass()
@@ -426,16 +446,22 @@ class BlockSweep:
 @dataclass
 class RowUpdate:
     """What the row update needs besides the block: over-relaxation of ``f``,
-    ``f = (1 - omega) previous + omega fhat``."""
+    ``f = (1 - omega) previous + omega fhat``, and the virtual column of partial
+    mass, whose entry in row i is ``exp(virtual_i + f_i/eps)``."""
 
     previous: Array | None  # (N,) f of the previous pass (score units); None: none yet
     omega: float = 1.0
+    virtual: Array | None = None  # (N,) (s0 + g0) / eps; None: no virtual column
 
     def rows(self, rows: slice) -> Array | None:
         """The previous f of a block, or None when the update is not relaxed."""
         if self.previous is None or self.omega == 1.0:
             return None
         return self.previous[rows]
+
+    def virtual_rows(self, rows: slice) -> Array | None:
+        """The block's virtual log entries (before ``f``), or None."""
+        return None if self.virtual is None else self.virtual[rows]
 
 
 @dataclass
@@ -464,6 +490,7 @@ class SolveOutput:
     errors: list[float]
     phases: dict[str, int]
     start: str
+    unassigned_potential: float | None = None  # g0 of partial mass's virtual column
 
 
 @dataclass
@@ -538,6 +565,27 @@ class OverRelaxation:
             self.stalled += 1
         if self.stalled >= self.PATIENCE:
             self.weight = 1.0
+
+
+def _split(g: Array, virtual: Array | None, epsilon: float) -> tuple[Array, Array | None]:
+    """The real clusters' potential, and the virtual column's ``(s0 + g0)/eps`` per row."""
+    if virtual is None:
+        return g, None
+    return g[:-1], (virtual + g[-1]) / epsilon
+
+
+def _with_virtual_column(
+    columns: ColumnPartial, virtual: Array, f: Array, g0: Any, epsilon: float
+) -> ColumnPartial:
+    """The real columns' partial with the virtual column's appended: ``(K + 1,)``."""
+    xp = array_namespace(f)
+    log_entries = (virtual + f + g0) / epsilon  # (N,) log of the virtual column's plan
+    top = xp.max(log_entries)
+    scaled = xp.sum(xp.exp(log_entries - top))
+    return ColumnPartial(
+        xp.concat([columns.log_max, xp.reshape(top, (1,))]),
+        xp.concat([columns.scaled_sum, xp.reshape(scaled, (1,))]),
+    )
 
 
 def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteration:

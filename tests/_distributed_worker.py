@@ -33,6 +33,8 @@ def run(rank: int, world: int, folder: str, cases: list[dict], backend: str = "g
             kwargs = dict(case.get("kwargs", {}))
             if "sample_weights" in case:
                 kwargs["sample_weights"] = case["sample_weights"][rank]
+            for name, shards in case.get("per_rank", {}).items():  # e.g. known_labels
+                kwargs[name] = shards[rank]
             try:
                 if case.get("soft"):
                     codes = otlabel.soft_assign(
@@ -59,6 +61,15 @@ def _host(result):
             None if value is None else np.asarray(value.cpu() if hasattr(value, "cpu") else value)
         )
         fields[name + "_type"] = type(value).__module__.split(".")[0]
-    for name in ("n_iter", "error", "converged", "cost", "gap", "method", "backend"):
+    for name in (
+        "n_iter",
+        "error",
+        "converged",
+        "cost",
+        "gap",
+        "method",
+        "backend",
+        "unassigned_potential",
+    ):
         fields[name] = getattr(result, name)
     return fields

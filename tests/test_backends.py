@@ -256,3 +256,28 @@ def test_every_backend_says_what_it_provides(backend):
     ):
         assert callable(getattr(provided, operation)), operation
     assert provided.name == backend.name
+
+
+CONSTRAINTS = {
+    "bounded": {"min_size": 0.1, "max_size": 0.3},
+    "relaxed": {"size_penalty": 0.5},
+    "partial": {"mass": 0.8},
+    "partial-relaxed": {"mass": 0.8, "size_penalty": 0.5},
+    "known": {"known_labels": np.where(np.arange(500) % 9 == 0, np.arange(500) % 5, -1)},
+}
+
+
+@pytest.mark.parametrize("constraint", list(CONSTRAINTS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_constraint_agrees_with_the_float64_reference(backend, constraint, dtype):
+    scores = (otlabel.make_scores(500, 5, kind="head", seed=13) * 2).astype(dtype)
+    kwargs = {"tol": 1e-9, **CONSTRAINTS[constraint]}
+    reference = otlabel.assign(
+        scores.astype(np.float64), 0.1, backend="numpy", method="log", **kwargs
+    )
+    got = otlabel.assign(backend.to(scores), 0.1, backend=backend.name, **kwargs)
+    assert got.converged
+    np.testing.assert_allclose(host(got.potential), reference.potential, atol=1e-7)
+    np.testing.assert_array_equal(host(got.labels), reference.labels)
+    if reference.unassigned_potential is not None:
+        assert got.unassigned_potential == pytest.approx(reference.unassigned_potential, abs=1e-7)

@@ -178,3 +178,45 @@ def test_nccl_ranks_on_gpus_equal_the_single_process_solve(tmp_path, rng):
     cases = [{"shards": shards_of(scores, sizes), "epsilon": 0.1, "kwargs": {"tol": 1e-9}}]
     (balanced,) = launch(world, cases, tmp_path, backend="nccl")
     assert_equals_single(balanced, scores, sizes, 0.1, tol=1e-9)
+
+
+def test_every_constraint_on_two_and_three_ranks_equals_one_process(tmp_path, rng):
+    """Relaxed sizes, partial mass and known labels (counted over all ranks)."""
+    scores = rng.normal(size=(420, 5)) * 2 + np.linspace(1, -1, 5)
+    known = np.where(rng.random(420) < 0.1, rng.integers(0, 5, 420), -1)
+    constraints = [
+        {"size_penalty": 0.5},
+        {"mass": 0.8},
+        {"mass": 0.8, "size_penalty": 0.5},
+        {"known_labels": known},
+        {"known_labels": known, "mass": 0.9, "size_penalty": 0.5},
+    ]
+    for world, sizes in ((2, [150, 270]), (3, [100, 200, 120])):
+        cases = []
+        for kwargs in constraints:
+            shared = {k: v for k, v in kwargs.items() if k != "known_labels"}
+            case = {
+                "shards": shards_of(scores, sizes),
+                "epsilon": 0.1,
+                "kwargs": {"tol": 1e-9, **shared},
+            }
+            if "known_labels" in kwargs:
+                case["per_rank"] = {"known_labels": shards_of(kwargs["known_labels"], sizes)}
+            cases.append(case)
+        folder = tmp_path / f"world{world}"
+        folder.mkdir()
+        outcomes = launch(world, cases, folder)
+        for kwargs, per_rank in zip(constraints, outcomes, strict=True):
+            single = otlabel.assign(scores, 0.1, tol=1e-9, method="log", backend="numpy", **kwargs)
+            offsets = np.cumsum([0, *sizes])
+            for rank, outcome in enumerate(per_rank):
+                assert "result" in outcome, outcome
+                result = outcome["result"]
+                own = slice(offsets[rank], offsets[rank + 1])
+                np.testing.assert_array_equal(result["labels"], single.labels[own])
+                np.testing.assert_array_equal(result["counts"], single.counts)
+                np.testing.assert_allclose(result["potential"], single.potential, atol=1e-7)
+                if single.unassigned_potential is not None:
+                    assert result["unassigned_potential"] == pytest.approx(
+                        single.unassigned_potential, abs=1e-7
+                    )

@@ -107,3 +107,20 @@ def test_triton_backend_equals_the_torch_backend(rng, dtype):
 def test_auto_keeps_the_reference_kernels_until_triton_is_measured(rng):
     scores = torch.as_tensor(rng.normal(size=(20, 3)), device=DEVICE)
     assert otlabel.assign(scores, 0.5).backend == "torch"
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [{"mass": 0.8}, {"mass": 0.8, "size_penalty": 0.5}, {"min_size": 0.1, "max_size": 0.3}],
+    ids=["partial", "partial-relaxed", "bounded"],
+)
+def test_triton_solves_every_constraint_as_the_torch_backend(rng, constraint):
+    """Partial mass's virtual column enters the fused row update too."""
+    scores = torch.as_tensor(rng.normal(size=(40, 5)) * 2, dtype=torch.float32, device=DEVICE)
+    kwargs = {"tol": 1e-8, **constraint}
+    fused = otlabel.assign(scores, 0.2, backend="triton", **kwargs)
+    reference = otlabel.assign(scores.double(), 0.2, backend="torch", method="log", **kwargs)
+    torch.testing.assert_close(fused.potential, reference.potential, rtol=0, atol=1e-7)
+    assert torch.equal(fused.labels, reference.labels)
+    if "mass" in constraint:
+        assert fused.unassigned_potential == pytest.approx(reference.unassigned_potential, abs=1e-7)

@@ -115,19 +115,29 @@ def _float32_array(scores: Any) -> bool:
 
 
 @njit(inline="always", cache=True)
-def _row_update(log_sum, frame, log_a, previous, omega, relaxed):
+def _row_update(log_sum, frame, log_a, previous, omega, relaxed, virtual, has_virtual):
     """Row update in units of eps: returns ``(f/eps, log_scale, row error)``.
 
     The row's plan entries are ``e_k exp(f/eps - frame)`` for its kernel entries
-    ``e`` with ``log sum_k e_k = log_sum``; the exact update
+    ``e`` with ``log sum_k e_k = log_sum`` (with partial mass, and
+    ``exp(virtual + f/eps)`` for the virtual column); the exact update
     ``fhat/eps = log a - log_sum + frame`` gives the row its mass, over-relaxed
     to ``(1 - omega) previous + omega fhat``; ``log_scale = f/eps - frame``.
     """
+    if has_virtual:
+        log_sum = _logaddexp(log_sum, virtual + frame)
     exact = log_a - log_sum + frame
     if not relaxed:
         return exact, exact - frame, 0.0
     new = (1.0 - omega) * previous + omega * exact
     return new, new - frame, math.exp(log_a) * abs(math.expm1(new - exact))
+
+
+@njit(inline="always", cache=True)
+def _logaddexp(x, y):
+    """``log(e^x + e^y)`` in float64."""
+    high, low = max(x, y), min(x, y)
+    return high + math.log1p(math.exp(low - high))
 
 
 @njit(fastmath=_REDUCE, cache=True)
@@ -162,6 +172,8 @@ def _log_sweep(
     previous,
     omega,
     relaxed,
+    virtual,
+    has_virtual,
     f_scaled,
     col_sum,
     col_peak,
@@ -188,7 +200,14 @@ def _log_sweep(
             for j in range(n_cols):
                 values[j] = exp_neg(row[j] * inv_eps + g_scaled[j] - row_max)
             f, log_scale, error = _row_update(
-                math.log(_total(values)), -row_max, log_a[i], previous[i], omega, relaxed
+                math.log(_total(values)),
+                -row_max,
+                log_a[i],
+                previous[i],
+                omega,
+                relaxed,
+                virtual[i],
+                has_virtual,
             )
             f_scaled[i] = f
             row_error += error
@@ -254,6 +273,7 @@ class NumbaLogKernel(Kernel):
                 _scaled_previous(previous, self.epsilon, n_rows),
                 float(update.omega),
                 previous is not None,
+                *_virtual_args(update, rows),
                 f_scaled,
                 col_sum,
                 col_peak,
@@ -261,6 +281,14 @@ class NumbaLogKernel(Kernel):
             )
         columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor)
         return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(block_stats[:, 0])))
+
+
+def _virtual_args(update: RowUpdate, rows: slice) -> tuple[np.ndarray, bool]:
+    """The virtual column's log entries of the rows (a placeholder when there is none)."""
+    virtual = update.virtual_rows(rows)
+    if virtual is None:
+        return np.zeros(1), False
+    return np.ascontiguousarray(virtual, dtype=np.float64), True
 
 
 def _scaled_previous(previous: np.ndarray | None, epsilon: float, n_rows: int) -> np.ndarray:
@@ -347,7 +375,7 @@ def _row_dot(row, v):
 
 
 @njit(fastmath=_NO_EXP, cache=True)
-def _stored_row(row, v, i, log_a, f_ref, previous, omega, relaxed, f_scaled):
+def _stored_row(row, v, i, log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled):
     """Row ``i``'s update on the stored kernel; returns ``(q_i, row error, absorbed)``.
 
     The row's plan is ``G_ik v_k exp(f_i/eps - f_ref_i)``.  If ``sum_k G_ik v_k``
@@ -364,13 +392,28 @@ def _stored_row(row, v, i, log_a, f_ref, previous, omega, relaxed, f_scaled):
             row[j] = value if value > tiny else zero  # no subnormals
         f_ref[i] -= log_sum
         log_sum, absorbed = 0.0, 1
-    f, log_scale, error = _row_update(log_sum, f_ref[i], log_a[i], previous[i], omega, relaxed)
+    f, log_scale, error = _row_update(
+        log_sum, f_ref[i], log_a[i], previous[i], omega, relaxed, virtual[i], has_virtual
+    )
     f_scaled[i] = f
     return np.float32(math.exp(log_scale)), error, absorbed
 
 
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
-def _dense_sweep(kernel, v, log_a, f_ref, previous, omega, relaxed, f_scaled, col_sum, task_stats):
+def _dense_sweep(
+    kernel,
+    v,
+    log_a,
+    f_ref,
+    previous,
+    omega,
+    relaxed,
+    virtual,
+    has_virtual,
+    f_scaled,
+    col_sum,
+    task_stats,
+):
     """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
 
     Writes ``f/eps``; per task its column sums of ``G_ik q_i`` and
@@ -379,7 +422,7 @@ def _dense_sweep(kernel, v, log_a, f_ref, previous, omega, relaxed, f_scaled, co
     four rows; they are flushed to float64 every FLUSH_ROWS rows.
     """
     n_rows, n_cols = kernel.shape
-    args = (log_a, f_ref, previous, omega, relaxed, f_scaled)
+    args = (log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled)
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
@@ -426,13 +469,15 @@ def _sparse_sweep(
     previous,
     omega,
     relaxed,
+    virtual,
+    has_virtual,
     f_scaled,
     col_sum,
     task_stats,
 ):
     """:func:`_dense_sweep` on the kept entries only: the same row update, the same tasks."""
     n_rows, n_cols = indptr.size - 1, v.size
-    args = (log_a, f_ref, previous, omega, relaxed, f_scaled)
+    args = (log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled)
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
@@ -657,6 +702,7 @@ class NumbaKernel(Kernel):
             _scaled_previous(previous, self.epsilon, n_rows),
             float(update.omega),
             previous is not None,
+            *_virtual_args(update, rows),
             f_scaled,
             col_sum,
             task_stats,
@@ -673,7 +719,7 @@ class NumbaKernel(Kernel):
     def observe(self, current: Any) -> None:
         """Build the stored kernel once the iterate is close enough."""
         if self.stored is None and self.can_store and current.error <= self.SWITCH_ERROR:
-            self._store(current.next_potential)
+            self._store(current.next_potential[: self.scores.shape[1]])  # real clusters
 
     def finisher(self, potential: np.ndarray | None) -> Kernel | None:
         """The exact float64 sweep on the sparse kernel's entries (None: dense or none).
@@ -682,7 +728,7 @@ class NumbaKernel(Kernel):
         (a dense one is left for later: it may replace the scores).
         """
         if self.stored is None and potential is not None and self.can_store:
-            self._store(potential, sparse_only=True)
+            self._store(potential[: self.scores.shape[1]], sparse_only=True)  # real clusters
         if not isinstance(self.stored, SparseKernel):
             return None
         return SparseLogKernel(self.stored, self.log_a, self.epsilon, self.n_threads)
@@ -760,6 +806,8 @@ def _sparse_log_sweep(
     previous,
     omega,
     relaxed,
+    virtual,
+    has_virtual,
     f_scaled,
     col_sum,
     col_peak,
@@ -786,7 +834,14 @@ def _sparse_log_sweep(
                 values[e] = exp_neg(values[e] - row_max)
                 total += values[e]
             f, log_scale, error = _row_update(
-                math.log(total), -row_max, log_a[i], previous[i], omega, relaxed
+                math.log(total),
+                -row_max,
+                log_a[i],
+                previous[i],
+                omega,
+                relaxed,
+                virtual[i],
+                has_virtual,
             )
             f_scaled[i] = f
             row_error += error
@@ -847,6 +902,7 @@ class SparseLogKernel(Kernel):
                 _scaled_previous(previous, self.epsilon, n_rows),
                 float(update.omega),
                 previous is not None,
+                *_virtual_args(update, rows),
                 f_scaled,
                 col_sum,
                 col_peak,

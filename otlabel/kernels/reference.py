@@ -91,6 +91,17 @@ class ReferenceBackend:
         """Bytes of one block of rows in the working precision, for these scores."""
         return self.block_bytes
 
+    def row_logsumexp(self, scores: Any) -> Array:
+        """``LSE_k S_ik`` (N,) in float64, one read: the unassigned score of partial mass."""
+        xp = scores.namespace() if isinstance(scores, ChunkedScores) else array_namespace(scores)
+        rows = block_rows(scores.shape[1], 8, self.block_bytes_of(scores))
+        parts = []
+        for _, block in row_blocks(scores, rows):
+            x = xp.astype(block, xp.float64)  # (n, K)
+            top = xp.max(x, axis=1)
+            parts.append(top + xp.log(xp.sum(xp.exp(x - top[:, None]), axis=1)))
+        return xp.concat(parts)
+
     def array_extremes(self, scores: Array) -> tuple[Array, Array]:
         block_bytes = self.block_bytes_of(scores)
         return row_extremes(scores, self.work_dtype(scores), block_bytes=block_bytes)
@@ -169,6 +180,7 @@ def update_rows(
     previous: Array | None,
     omega: float,
     epsilon: float,
+    virtual: Array | None = None,
 ) -> tuple[Array, Array, Any]:
     """The row update of a block, (n,) each: every reference kernel's one formula.
 
@@ -177,12 +189,17 @@ def update_rows(
     ``frame = -max_k``; scaling domain: ``e = G_ik v_k``, ``frame = -m_i/eps``), and
     ``log_row_sum = log sum_k e_ik``.  The exact update
     ``fhat/eps = log a - log_row_sum + frame`` gives every row its mass;
-    over-relaxation moves to ``(1 - omega) previous + omega fhat``.
+    over-relaxation moves to ``(1 - omega) previous + omega fhat``.  The
+    virtual column of partial mass adds ``exp(virtual_i + f_i/eps)`` to row i: its
+    ``exp(virtual + frame)`` joins the row sum.
 
     Returns ``f`` (score units), ``log_scale = f/eps - frame`` (the log factor
     that turns the block's entries into plan entries), and the row error
     ``sum_i a_i |exp((f_i - fhat_i)/eps) - 1|`` (0 when not relaxed).
     """
+    if virtual is not None:
+        xp = array_namespace(log_row_sum)
+        log_row_sum = xp.logaddexp(log_row_sum, virtual + frame)
     exact = log_a - log_row_sum + frame  # fhat / eps
     if previous is None:
         return epsilon * exact, exact - frame, 0.0
@@ -242,7 +259,13 @@ class LogKernel(Kernel):
         log_row_sum = xp.log(xp.astype(xp.sum(e, axis=1, dtype=work), log_a.dtype))  # (n,)
         frame = -xp.astype(row_max, log_a.dtype)
         f, log_scale, row_error = update_rows(
-            log_row_sum, frame, log_a, update.rows(rows), update.omega, self.epsilon
+            log_row_sum,
+            frame,
+            log_a,
+            update.rows(rows),
+            update.omega,
+            self.epsilon,
+            update.virtual_rows(rows),
         )
         row_scale = xp.astype(log_scale, work)  # (n,)
         col_sum = self.column_sums(xp.exp(row_scale), xp.astype(e, work, copy=False))  # (K,)
@@ -329,7 +352,13 @@ class ScalingKernel(Kernel):
         log_row_sum = xp.log(kernel @ state)  # (n,) log s
         frame = -self.row_max[rows] / self.epsilon
         f, log_scale, row_error = update_rows(
-            log_row_sum, frame, self.log_a[rows], update.rows(rows), update.omega, self.epsilon
+            log_row_sum,
+            frame,
+            self.log_a[rows],
+            update.rows(rows),
+            update.omega,
+            self.epsilon,
+            update.virtual_rows(rows),
         )
         col_mass = (xp.exp(log_scale) @ kernel) * state  # (K,) column mass of (u, v)
         return BlockSweep(f, ColumnPartial(xp.zeros_like(col_mass), col_mass), row_error)

@@ -95,12 +95,14 @@ class TritonLogKernel(Kernel):
         row_potential = torch.empty(n_rows, dtype=torch.float64, device=device)
         row_error = torch.zeros(n_rows, dtype=torch.float64, device=device)
         previous = update.rows(rows)
+        virtual = update.virtual_rows(rows)  # (n,) float64, partial mass's column
         _sweep[(programs,)](
             block,
             block.stride(0),
             state,
             self.log_a[rows].contiguous(),
             row_potential if previous is None else previous.contiguous(),
+            row_potential if virtual is None else virtual.contiguous(),
             row_potential,
             row_error,
             part_sum,
@@ -114,6 +116,7 @@ class TritonLogKernel(Kernel):
             self.epsilon,
             float(update.omega),
             RELAX=previous is not None,
+            VIRTUAL=virtual is not None,
             BLOCK_M=BLOCK_M,
             BLOCK_K=BLOCK_K,
             FLUSH_TILES=FLUSH_TILES,
@@ -135,6 +138,7 @@ def _sweep(
     state,
     log_a,
     previous,
+    virtual,
     row_potential,
     row_error,
     part_sum,
@@ -148,6 +152,7 @@ def _sweep(
     eps: tl.float64,  # a Python float is passed as float32 unless annotated
     omega: tl.float64,
     RELAX: tl.constexpr,
+    VIRTUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     FLUSH_TILES: tl.constexpr,
@@ -168,8 +173,8 @@ def _sweep(
             rows = tile + tl.arange(0, BLOCK_M)
             row_ok = rows < last
             log_scale, row_max = _row_update(
-                scores, row_stride, state, log_a, previous, row_potential, row_error,
-                rows, row_ok, n_cols, inv_eps, eps, omega, RELAX, BLOCK_M, BLOCK_K,
+                scores, row_stride, state, log_a, previous, virtual, row_potential, row_error,
+                rows, row_ok, n_cols, inv_eps, eps, omega, RELAX, VIRTUAL, BLOCK_M, BLOCK_K,
             )  # fmt: skip
             scale_peak = tl.maximum(scale_peak, tl.where(row_ok, log_scale, -float("inf")))
             # the tile again, from cache: column masses of the new plan
@@ -198,12 +203,13 @@ def _sweep(
 
 @triton.jit
 def _row_update(
-    scores, row_stride, state, log_a, previous, row_potential, row_error,
+    scores, row_stride, state, log_a, previous, virtual, row_potential, row_error,
     rows, row_ok, n_cols, inv_eps, eps, omega,
-    RELAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    RELAX: tl.constexpr, VIRTUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """A tile's row update: the online log-sum-exp over its columns, then
-    ``f = eps (log a - log sum - max)`` in float64, over-relaxed with ``RELAX``.
+    """A tile's row update: the online log-sum-exp over its columns (with ``VIRTUAL``,
+    and partial mass's virtual entry ``exp(virtual_i)`` relative to the same frame),
+    then ``f = eps (log a - log sum - max)`` in float64, over-relaxed with ``RELAX``.
 
     Stores f and the row error; returns the log row factor (on ``exp(x - max)``)
     and the row maxima.
@@ -218,7 +224,12 @@ def _row_update(
         row_sum = row_sum * tl.exp(row_max - new_max) + scaled
         row_max = new_max
     own_log_a = tl.load(log_a + rows, mask=row_ok, other=0.0).to(tl.float64)
-    log_scale = own_log_a - tl.log(row_sum.to(tl.float64))
+    log_sum = tl.log(row_sum.to(tl.float64))
+    if VIRTUAL:
+        extra = tl.load(virtual + rows, mask=row_ok, other=0.0) - row_max.to(tl.float64)
+        high, low = tl.maximum(log_sum, extra), tl.minimum(log_sum, extra)
+        log_sum = high + tl.log(1.0 + tl.exp(low - high))
+    log_scale = own_log_a - log_sum
     exact = eps * (log_scale - row_max.to(tl.float64))
     if RELAX:
         before = tl.load(previous + rows, mask=row_ok, other=0.0)
