@@ -10,7 +10,7 @@ model's scores, by Sinkhorn-Knopp matrix scaling.
 [100, 100, 100, 100, 100, 100]
 """
 
-from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, sinkhorn
+from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, predict, sinkhorn
 from .constraints import count_bounds
 from .datasets import make_scores
 from .kernels import BackendWarning
@@ -31,6 +31,7 @@ __all__ = [
     "assign",
     "count_bounds",
     "make_scores",
+    "predict",
     "sinkhorn",
     "soft_assign",
 ]

@@ -35,6 +35,7 @@ def soft_assign(
     tol: float | None = None,
     queue: Any = None,
     cluster_weights: Any = None,
+    size_penalty: Any = None,
     group: Any = None,
 ) -> Any:
     """Soft codes of a minibatch: rows summing to 1, clusters equipartitioned.
@@ -62,6 +63,10 @@ def soft_assign(
         in the equipartition, and only the batch's codes are returned.
     cluster_weights : array (K,) or None
         Cluster proportions (positive, normalised); None is uniform, as SwAV.
+    size_penalty : float, array (K,) or None
+        Relaxed sizes (SwAV with an imbalanced prior): the column update pulls
+        the clusters' mass toward ``cluster_weights`` with the KL weight ``tau``
+        instead of fixing it (see :func:`otlabel.assign`).
     group : torch.distributed.ProcessGroup or None
         Share the equipartition over the ranks of a group (SwAV's
         ``world_size > 1``): each rank passes its own batch and gets its own
@@ -90,8 +95,13 @@ def soft_assign(
     batch = _scores(scores, "scores")
     rows = _with_queue(batch, queue)
     problem = build_problem(
-        rows, epsilon, cluster_weights=cluster_weights, method="log", rounding=None
-    )  # the one validation path: finite scores, weights, epsilon
+        rows,
+        epsilon,
+        cluster_weights=cluster_weights,
+        size_penalty=size_penalty,
+        method="log",
+        rounding=None,
+    )  # the one validation path: finite scores, weights, epsilon, sizes
     collective = _collective(group)
     with _quiet(batch), problem.options.backend.context(None):
         return _codes(problem.heads[0], problem.options, batch.shape[0], n_iter, tol, collective)
@@ -113,6 +123,8 @@ def _codes(
     log_mass = _column_log_mass(rows, epsilon, collective)
     xp = array_namespace(log_a)
     start = epsilon * (xp.log(constraint.target) - log_mass)
+    if constraint.kind == "relaxed":  # the relaxed column step from exp(S / eps)
+        start = start / (1.0 + epsilon / constraint.penalty)
     passes = iterate(kernel, constraint, epsilon, start, omega=1.0, reducer=collective)
     for current in passes:
         if current.n_iter == n_iter or (tol is not None and current.error <= tol):

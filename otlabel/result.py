@@ -103,6 +103,13 @@ class Result:
     start: Any = "zero"
     unassigned_potential: Any = None
 
+    def predict(self, scores: Any, *, soft: bool = False, **options: Any) -> Any:
+        """Labels (or soft codes) for new samples from this result's potential:
+        :func:`otlabel.predict` ``(scores, self, soft=soft, **options)``."""
+        from .api import predict
+
+        return predict(scores, self, soft=soft, **options)
+
     def __repr__(self) -> str:
         fields = [
             f"n_iter={self.n_iter!r}",

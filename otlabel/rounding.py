@@ -109,6 +109,36 @@ def hard_labels(
     return HardLabels(labels, gap, cost)
 
 
+def predicted(
+    scores: Any,
+    potential: np.ndarray,
+    virtual: np.ndarray | None,
+    soft: bool,
+    epsilon: float | None,
+    backend: Any,
+) -> Any:
+    """``argmax_k (S_ik + g_k)`` (N,) (-1 for the virtual column), or the codes
+    ``softmax_k((S_ik + g_k)/eps)`` (N, K) without the virtual column's share."""
+    n_clusters = scores.shape[1]
+    if virtual is not None:
+        scores = WithColumn(scores, virtual)
+    passes, rows_per_block = backend.rounding_passes(scores)
+    if not soft:
+        labels = argmax_labels(scores, potential, rows_per_block, passes)
+        return np.where(labels == n_clusters, -1, labels) if virtual is not None else labels
+    assert epsilon is not None
+    blocks = []
+    for start in range(0, scores.shape[0], rows_per_block):
+        block = scores[start : start + rows_per_block]
+        xp, where = array_namespace(block), device_of(block)
+        x = (xp.astype(block, xp.float64) + from_host(potential, xp, where)) / epsilon
+        x = x - xp.max(x, axis=1, keepdims=True)
+        e = xp.exp(x)
+        blocks.append((e / xp.sum(e, axis=1, keepdims=True))[:, :n_clusters])
+    codes = array_namespace(blocks[0]).concat(blocks, axis=0)
+    return codes
+
+
 class WithColumn:
     """Scores ``(N, K)`` read as ``(N, K + 1)``: a last column appended block by block,
     never stored whole (partial mass's virtual column in the rounding passes)."""

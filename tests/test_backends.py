@@ -281,3 +281,14 @@ def test_every_constraint_agrees_with_the_float64_reference(backend, constraint,
     np.testing.assert_array_equal(host(got.labels), reference.labels)
     if reference.unassigned_potential is not None:
         assert got.unassigned_potential == pytest.approx(reference.unassigned_potential, abs=1e-7)
+
+
+def test_predict_comes_back_in_the_input_library(backend):
+    scores = otlabel.make_scores(300, 5, seed=14)
+    res = otlabel.assign(backend.to(scores), 0.1, backend=backend.name, rounding="argmax")
+    labels = otlabel.predict(backend.to(scores), res, backend=backend.name)
+    codes = otlabel.predict(backend.to(scores), res, soft=True, backend=backend.name)
+    assert type(labels).__module__.split(".")[0] == backend.library
+    assert type(codes).__module__.split(".")[0] == backend.library
+    np.testing.assert_array_equal(host(labels), host(res.labels))
+    np.testing.assert_allclose(host(codes).sum(axis=1), 1.0, rtol=1e-6)

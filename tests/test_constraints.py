@@ -366,3 +366,61 @@ def test_more_known_samples_than_a_bounded_cluster_holds_names_the_cluster():
     known = np.r_[np.full(3, 2), np.full(17, -1)]
     with pytest.raises(ValueError, match="cluster 2"):
         otlabel.assign(scores, 0.1, max_size=np.array([0.5, 0.5, 0.1, 0.5]), known_labels=known)
+
+
+# --------------------------------------------------------------------------
+# labels for new samples
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fixed", "relaxed", "partial", "partial-relaxed", "bounded"])
+def test_predict_on_the_training_scores_is_the_argmax_labelling(name, tmp_path):
+    scores, b = problem(14)
+    kwargs = {
+        "fixed": {},
+        "relaxed": {"size_penalty": 0.5},
+        "partial": {"mass": 0.8},
+        "partial-relaxed": {"mass": 0.8, "size_penalty": 0.5},
+        "bounded": {"min_size": 0.1, "max_size": 0.3},
+    }[name]
+    res = otlabel.assign(scores, 0.1, rounding="argmax", **kwargs)
+    np.testing.assert_array_equal(otlabel.predict(scores, res), res.labels)
+    np.testing.assert_array_equal(res.predict(scores), res.labels)
+    np.save(tmp_path / "scores.npy", scores)
+    streamed = otlabel.predict(otlabel.ChunkedScores(tmp_path / "scores.npy"), res)
+    np.testing.assert_array_equal(streamed, res.labels)
+    if "mass" in kwargs:
+        assert np.any(res.labels == -1)
+        unassigned = np.log(np.exp(scores).sum(axis=1)) + res.unassigned_potential
+        best = np.max(scores + res.potential, axis=1)
+        np.testing.assert_array_equal(res.labels == -1, unassigned > best)
+
+
+def test_soft_codes_are_the_softmax_of_scores_plus_potential():
+    scores, _ = problem(15)
+    res = otlabel.assign(scores, 0.1)
+    codes = otlabel.predict(scores[:50], res.potential, soft=True, epsilon=0.1)
+    x = (scores[:50] + res.potential) / 0.1
+    expected = np.exp(x - x.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(codes, expected, rtol=1e-12)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-12)
+    partial = otlabel.assign(scores, 0.1, mass=0.8)
+    shares = partial.predict(scores, soft=True).sum(axis=1)
+    assert np.all(shares < 1) and np.all(shares > 0)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda s, r: otlabel.predict(s, r.potential, soft=True), ValueError, "epsilon: soft"),
+        (lambda s, r: otlabel.predict(s, np.zeros(3)), ValueError, r"potential: .* shape \(5,\)"),
+        (lambda s, r: otlabel.predict(s[:, :3], r), ValueError, r"potential: .* shape \(3,\)"),
+        (lambda s, r: otlabel.predict(np.stack([s, s]), r), ValueError, "one \\(N, K\\) matrix"),
+    ],
+)
+def test_predict_errors_are_named(call, error, match):
+    scores, _ = problem(16)
+    res = otlabel.assign(scores, 0.1)
+    with pytest.raises(error, match=match):
+        call(scores, res)

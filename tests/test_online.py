@@ -103,3 +103,18 @@ def test_bad_scores_are_named(cosine):
         otlabel.soft_assign(bad)
     with pytest.raises(TypeError, match=r"scores: expected an array \(B, K\)"):
         otlabel.soft_assign(cosine.tolist())
+
+
+def test_relaxed_sizes_follow_the_data_where_fixed_sizes_cannot():
+    """SwAV with an imbalanced prior: codes whose cluster masses follow the scores."""
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(-1, 1, size=(512, 4))
+    scores[:, 0] += 0.5  # cluster 0 is everybody's favourite
+    fixed = otlabel.soft_assign(scores, 0.05, n_iter=50)
+    relaxed = otlabel.soft_assign(scores, 0.05, n_iter=50, size_penalty=0.05)
+    np.testing.assert_allclose(fixed.sum(axis=0) / 512, 0.25, atol=2e-3)
+    assert relaxed.sum(axis=0)[0] / 512 > 0.4  # the data's preference shows
+    np.testing.assert_allclose(relaxed.sum(axis=1), 1.0, rtol=1e-12)
+    # at the fixed point, g_k = -tau log(m_k / b_k): the same as the relaxed sinkhorn
+    solved = otlabel.sinkhorn(scores, 0.05, size_penalty=0.05, tol=1e-12, return_plan=True)
+    np.testing.assert_allclose(relaxed.sum(axis=0) / 512, solved.plan.sum(axis=0), atol=1e-6)
