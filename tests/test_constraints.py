@@ -375,7 +375,7 @@ def test_more_known_samples_than_a_bounded_cluster_holds_names_the_cluster():
 
 @pytest.mark.parametrize("name", ["fixed", "relaxed", "partial", "partial-relaxed", "bounded"])
 def test_predict_on_the_training_scores_is_the_argmax_labelling(name, tmp_path):
-    scores, b = problem(14)
+    scores, _ = problem(14)
     kwargs = {
         "fixed": {},
         "relaxed": {"size_penalty": 0.5},
