@@ -430,3 +430,43 @@ def test_per_head_cluster_weights_follow_the_solved_heads():
     assert sizes.max() - sizes.min() <= 1
     with pytest.raises(ValueError, match="one entry per head"):
         SelfLabeler(100, [4, 6], cluster_weights=[np.ones(4)]).update(_toy_model(), _loader(inputs))
+
+
+def test_labeler_takes_every_constraint_and_predicts_new_data():
+    """Relaxed sizes, partial mass and known labels through the labeler; labels of data
+    it never saw from the last potentials, as otlabel.predict gives them."""
+    inputs = torch.randn(200, 6, generator=torch.Generator().manual_seed(3))
+    model = _toy_model(n_clusters=(4, 6))
+    known = np.where(np.arange(200) % 10 == 0, np.arange(200) % 4, -1)
+    labeler = SelfLabeler(200, [4, 4], epsilon=0.1, size_penalty=0.5, mass=0.9, known_labels=known)
+    assert torch.equal(
+        labeler.labels[:, known >= 0], torch.as_tensor(known[known >= 0]).expand(2, -1)
+    )
+    with pytest.raises(ValueError, match="predict: no labels"):
+        labeler.predict(model, _loader(inputs))
+    model = _toy_model(n_clusters=(4, 4))
+    result = labeler.update(model, _loader(inputs))
+    for head in range(2):
+        labels = labeler.labels[head].numpy()
+        np.testing.assert_array_equal(labels[known >= 0], known[known >= 0])  # kept
+        assert np.sum(labels == -1) == 20  # 1 - mass of the samples, never a known one
+        assert labeler.potentials[head].shape == (5,)  # with the unassigned potential
+    unseen = torch.randn(37, 6, generator=torch.Generator().manual_seed(4))
+    predicted = labeler.predict(model, _loader(unseen))
+    assert predicted.shape == (2, 37)
+    with torch.no_grad():
+        log_p = [torch.log_softmax(out, 1).numpy() for out in model(unseen)]
+    for head in range(2):
+        expected = otlabel.predict(
+            log_p[head],
+            np.asarray(result.potential[head]),
+            unassigned=float(result.unassigned_potential[head]),
+        )
+        np.testing.assert_array_equal(predicted[head].numpy(), expected)
+    codes = labeler.predict(model, _loader(unseen), soft=True)
+    assert len(codes) == 2 and codes[0].shape == (37, 4)
+    # the loss ignores unassigned samples
+    logits = model(inputs[:7])
+    labels = labeler[torch.arange(7)]
+    loss = MultiHeadClassifier.loss(logits, labels)
+    assert torch.isfinite(loss)

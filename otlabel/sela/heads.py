@@ -77,11 +77,16 @@ class MultiHeadClassifier(nn.Module):
 
         ``class_weights`` (one ``(K_h,)`` tensor per head) weights each sample by
         its label's weight, as :func:`torch.nn.functional.cross_entropy` does.
+        Label -1 (left unassigned by partial mass) takes no part; a batch whose
+        samples are all unassigned contributes 0.
         """
         weights: Sequence[torch.Tensor | None] = class_weights or [None] * len(logits)
-        return torch.stack(
-            [
-                nn.functional.cross_entropy(out, labels[h], weight=weights[h])
-                for h, out in enumerate(logits)
-            ]
-        ).mean()
+        losses = []
+        for h, out in enumerate(logits):
+            if bool((labels[h] < 0).all()):
+                losses.append(out.sum() * 0.0)  # keeps the graph, adds nothing
+                continue
+            losses.append(
+                nn.functional.cross_entropy(out, labels[h], weight=weights[h], ignore_index=-1)
+            )
+        return torch.stack(losses).mean()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import assign
+from ..api import assign, predict
 from ..result import ConvergenceWarning, Result
 
 __all__ = ["SelfLabeler"]
@@ -57,11 +57,19 @@ class SelfLabeler:
         loader that augments, or one that does not.
     seed : int, default 0
         Seed of the balanced random start (SeLa: ``i % K``, shuffled).
+    size_penalty, mass : as in :func:`otlabel.assign`
+        Cluster sizes beyond equipartition: relaxed toward ``cluster_weights``
+        with a KL weight ``tau`` (imbalanced or unknown class sizes), and a
+        fraction ``1 - mass`` of the samples left unassigned (label -1: train
+        with ``ignore_index=-1``).
+    known_labels : array (N,) of int or None
+        Samples whose label is known (-1: unknown): they keep it in every head,
+        and count toward their cluster's size (semi-supervised SeLa).
     **assign_options
         Passed to :func:`otlabel.assign` (``tol``, ``cluster_weights``,
-        ``rounding``, ``backend``, ...).  Defaults: ``rounding="balanced"``,
-        ``tol=1e-3``, ``max_iter=200``: balanced labels are the exact optimum of
-        the assignment whatever the Sinkhorn accuracy (its potential only
+        ``min_size``, ``max_size``, ``rounding``, ``backend``, ...).  Defaults:
+        ``rounding="balanced"``, ``tol=1e-3``, ``max_iter=200``: balanced labels
+        are the exact optimum of the assignment whatever the Sinkhorn accuracy (its potential only
         warm-starts the rounding; epsilon changes the speed, not the labels), so
         Sinkhorn stopping early is not warned about; ``last_result.converged``
         still tells.
@@ -71,7 +79,8 @@ class SelfLabeler:
     labels : torch.LongTensor (H, N)
         Current labels, on the CPU; ``labeler[indices]`` gives ``(H, B)``.
     potentials : list of (K_h,) float64 arrays or None
-        Cluster potentials of the last solve of each head, the next warm start.
+        Cluster potentials of the last solve of each head, the next warm start
+        (with partial mass, ``(K_h + 1,)``: the unassigned potential last).
     last_result : Result or None
         What the last :meth:`update` returned.
     """
@@ -85,6 +94,9 @@ class SelfLabeler:
         epsilon: float = 0.1,
         mode: str = "train",
         seed: int = 0,
+        size_penalty: Any = None,
+        mass: float = 1.0,
+        known_labels: Any = None,
         **assign_options: Any,
     ) -> None:
         if isinstance(n_clusters, int | np.integer):
@@ -104,8 +116,17 @@ class SelfLabeler:
         self.n_samples = int(n_samples)
         self.epsilon = float(epsilon)
         self.mode = mode
-        self.assign_options = {**LABEL_SOLVE, **assign_options}
+        constraints = {"size_penalty": size_penalty, "mass": mass, "known_labels": known_labels}
+        given = {name: value for name, value in constraints.items() if value is not None}
+        self.assign_options = {**LABEL_SOLVE, **given, **assign_options}
         self.labels = _balanced_random_labels(self.n_samples, self.n_clusters, seed)
+        if known_labels is not None:
+            known = torch.as_tensor(np.asarray(known_labels), dtype=torch.int64)
+            if tuple(known.shape) != (self.n_samples,):
+                raise ValueError(
+                    f"known_labels: expected shape ({self.n_samples},), got {tuple(known.shape)}"
+                )
+            self.labels[:, known >= 0] = known[known >= 0]
         self.potentials: list[np.ndarray] | None = None
         self.last_result: Result | None = None
 
@@ -146,6 +167,9 @@ class SelfLabeler:
         for position, head in enumerate(heads):
             self.labels[head] = torch.as_tensor(np.asarray(result.labels[position]))
             potentials[head] = np.asarray(result.potential[position])
+            if result.unassigned_potential is not None:  # partial mass: g0 comes last
+                unassigned = np.asarray(result.unassigned_potential)[position]
+                potentials[head] = np.append(potentials[head], unassigned)
         self.potentials = potentials
         self.last_result = result
         return result
@@ -162,12 +186,55 @@ class SelfLabeler:
             options["cluster_weights"] = [np.asarray(weights[h]) for h in heads]
         return options
 
+    def predict(
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        device: torch.device | str | None = None,
+        *,
+        n_samples: int | None = None,
+        soft: bool = False,
+    ) -> torch.Tensor:
+        """Labels of data that was not in the training set, from the last update's
+        potentials: ``argmax_k (log p_ik + g_k)`` per head (-1: unassigned, with
+        partial mass), or the soft codes (``soft=True``).
+
+        ``loader`` yields batches ``(inputs, ..., indices)`` over the new data,
+        indices ``0..M-1`` (``n_samples=M``; default: the largest index + 1).
+        Returns ``(H, M)`` labels, or a list of H ``(M, K_h)`` code tensors.
+        """
+        if self.potentials is None:
+            raise ValueError("predict: no labels were computed yet; call update() first")
+        batches = self._collect(model, loader, device)
+        if n_samples is None:
+            n_samples = 1 + max((int(np.max(indices)) for indices, _ in batches), default=-1)
+        log_p = self._gathered(batches, n_samples)
+        out = []
+        for head, scores in enumerate(log_p):
+            potential = self.potentials[head]
+            n_clusters = self.n_clusters[head]
+            unassigned = float(potential[n_clusters]) if potential.size > n_clusters else None
+            out.append(
+                predict(
+                    scores,
+                    potential[:n_clusters],
+                    soft=soft,
+                    epsilon=self.epsilon,
+                    unassigned=unassigned,
+                )
+            )
+        if soft:
+            return [torch.as_tensor(codes) for codes in out]  # type: ignore[return-value]
+        return torch.as_tensor(np.stack(out))
+
     @torch.no_grad()
     def scores(
         self,
         model: torch.nn.Module,
         loader: Iterable[Any],
         device: torch.device | str | None = None,
+        *,
+        n_samples: int | None = None,
     ) -> list[np.ndarray]:
         """Log-probabilities of every sample for every head: H arrays ``(N, K_h)`` float32.
 
@@ -175,24 +242,45 @@ class SelfLabeler:
         come last.  ``model(inputs)`` returns the logits of the heads: a list of
         ``(B, K_h)`` tensors, a stack ``(H, B, K)``, or one ``(B, K)`` tensor.
         The model's train/eval mode is set to ``mode`` and restored afterwards.
+        ``n_samples``: the size of the loader's data (default: the training set's).
         """
+        batches = self._collect(model, loader, device)
+        return self._gathered(batches, self.n_samples if n_samples is None else n_samples)
+
+    @torch.no_grad()
+    def _collect(
+        self, model: torch.nn.Module, loader: Iterable[Any], device: torch.device | str | None
+    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """Each batch's indices and log-probabilities per head, in the labeler's mode."""
         was_training = model.training
         model.train(self.mode == "train")
-        collected = [np.full((self.n_samples, k), np.nan, np.float32) for k in self.n_clusters]
+        batches: list[tuple[np.ndarray, list[np.ndarray]]] = []
         try:
             for batch in loader:
                 inputs, indices = batch[0], np.asarray(batch[-1])
                 if device is not None:
                     inputs = inputs.to(device)
-                for head, logits in enumerate(self._heads_of(model(inputs))):
-                    log_p = torch.log_softmax(logits.float(), dim=1)
-                    collected[head][indices] = log_p.cpu().numpy()
+                heads = [
+                    torch.log_softmax(logits.float(), dim=1).cpu().numpy()
+                    for logits in self._heads_of(model(inputs))
+                ]
+                batches.append((indices, heads))
         finally:
             model.train(was_training)
+        return batches
+
+    def _gathered(
+        self, batches: list[tuple[np.ndarray, list[np.ndarray]]], n_samples: int
+    ) -> list[np.ndarray]:
+        """The batches' log-probabilities in sample order; every index exactly covered."""
+        collected = [np.full((n_samples, k), np.nan, np.float32) for k in self.n_clusters]
+        for indices, heads in batches:
+            for head, log_p in enumerate(heads):
+                collected[head][indices] = log_p
         missing = np.isnan(collected[0][:, 0]).sum()
         if missing:
             raise ValueError(
-                f"loader covered {self.n_samples - missing} of {self.n_samples} samples; "
+                f"loader covered {n_samples - missing} of {n_samples} samples; "
                 "it must yield every sample index once per pass (do not drop the last batch)"
             )
         return collected
