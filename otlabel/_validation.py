@@ -254,7 +254,7 @@ def penalty(value: Any, size: int, name: str) -> np.ndarray:
     if np.any(np.isnan(array)) or np.any(array <= 0):
         raise ValueError(
             f"{name}: tau must be > 0 (score units; larger keeps the sizes closer to "
-            f"cluster_weights), got {array[np.isnan(array) | (array <= 0)][0]!r}"
+            f"cluster_weights), got {float(array[np.isnan(array) | (array <= 0)][0]):g}"
         )
     return array
 

@@ -1,4 +1,4 @@
-"""The ``otlabel`` command: ``otlabel assign``, ``demo``, ``bench`` and ``train``.
+"""The ``otlabel`` command: ``otlabel assign``, ``predict``, ``demo``, ``bench`` and ``train``.
 
 ``otlabel.bench`` (the benchmark runner) and ``otlabel.sela`` are imported only when
 their subcommand runs (or shows its help), never by ``otlabel assign``.
@@ -12,15 +12,17 @@ import os
 import re
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
 
 from . import __version__
 from ._system import available_memory
-from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign
+from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, predict
 from .datasets import KINDS, make_scores
 from .result import Result
 from .streaming import ChunkedScores
@@ -30,6 +32,8 @@ Balanced cluster labels from a matrix of model scores, by optimal transport
 (Sinkhorn-Knopp), as in SeLa, SwAV and DeepCluster-v2.
 
   otlabel assign scores.npy -o labels.npy      label the rows of an (N, K) .npy
+  otlabel predict new.npy --result r.npz -o labels.npy
+                                               label new rows with a saved result
   otlabel demo                                 solve a built-in SeLa-like problem
   otlabel bench                                time it against peers and bandwidth
   otlabel train                                SeLa on digits against its baselines
@@ -61,8 +65,18 @@ OPTION_OF = {
     "max_iter": "--max-iter",
     "method": "--method",
     "rounding": "--rounding",
+    "size_penalty": "--size-penalty",
+    "mass": "--mass",
+    "known_labels": "--known-labels",
+    "unassigned_scores": "--unassigned-scores",
 }
-_ARGUMENT_PREFIX = re.compile(r"^(" + "|".join(OPTION_OF) + r")(\[\d+\])?:")
+#: The same for ``predict``'s messages: what it reads from the ``--result`` file.
+PREDICT_OPTION_OF = {
+    "potential": "--result (potential)",
+    "epsilon": "--result (epsilon)",
+    "unassigned": "--result (unassigned_potential)",
+    "unassigned_scores": "--unassigned-scores",
+}
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -77,13 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except (ValueError, TypeError, OSError, FloatingPointError) as error:
-        print(f"otlabel {args.command}: error: {_as_options(str(error))}", file=sys.stderr)
+        message = _as_options(str(error), getattr(args, "option_of", OPTION_OF))
+        print(f"otlabel {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 
-def _as_options(message: str) -> str:
+def _as_options(message: str, option_of: dict[str, str] = OPTION_OF) -> str:
     """``min_size: ...`` (the Python argument) as ``--min-size: ...`` (the option)."""
-    return _ARGUMENT_PREFIX.sub(lambda m: OPTION_OF[m.group(1)] + (m.group(2) or "") + ":", message)
+    prefix = re.compile(r"^(" + "|".join(map(re.escape, option_of)) + r")(\[\d+\])?:")
+    return prefix.sub(lambda m: option_of[m.group(1)] + (m.group(2) or "") + ":", message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
         "--save",
         metavar="NPZ",
         help="write the whole result (.npz: labels, counts, potential, row_potential, errors, "
-        "gap, n_iter, error, converged, epsilon, method, backend, cost)",
+        "gap, n_iter, error, converged, epsilon, method, backend, cost, unassigned_potential); "
+        "otlabel predict labels new data with it",
     )
     label.add_argument(
         "--cluster-weights", metavar="NPY", help="(K,) cluster proportions (.npy); default uniform"
@@ -159,6 +176,33 @@ def _parser() -> argparse.ArgumentParser:
         ".npy of K fractions); not with --cluster-weights",
     )
     label.add_argument(
+        "--size-penalty",
+        metavar="TAU",
+        help="relaxed sizes: a KL penalty tau > 0 (score units) pulling the cluster sizes "
+        "toward --cluster-weights (a number, or a .npy of K values); not with "
+        "--min-size/--max-size",
+    )
+    label.add_argument(
+        "--mass",
+        type=float,
+        default=1.0,
+        metavar="RHO",
+        help="partial mass: label only this fraction of the samples, in (0, 1]; the others "
+        "get label -1 (default 1)",
+    )
+    label.add_argument(
+        "--known-labels",
+        metavar="NPY",
+        help="(N,) int labels (.npy; (H, N) for heads), -1 where unknown: known samples keep "
+        "their label",
+    )
+    label.add_argument(
+        "--unassigned-scores",
+        metavar="NPY",
+        help="with --mass < 1: (N,) scores of the 'unassigned' column (.npy); default each "
+        "row's log-sum-exp",
+    )
+    label.add_argument(
         "--init",
         metavar="NPY",
         help="warm start: a previous potential (.npy, (K,) or (H, K)), or the word 'subsample'",
@@ -170,20 +214,57 @@ def _parser() -> argparse.ArgumentParser:
         help="iteration backend; a .npy runs on auto, numpy or numba (default auto)",
     )
     label.add_argument("--n-threads", type=int, metavar="N", help="thread count of the kernels")
-    reading = label.add_mutually_exclusive_group()
-    reading.add_argument(
-        "--mmap",
-        action="store_true",
-        help="memory-map the scores and solve them as an array (never streamed)",
-    )
-    reading.add_argument(
-        "--stream",
-        action="store_true",
-        help="read the scores block by block (otlabel.ChunkedScores) whatever their size; "
-        f"default: only when larger than {STREAM_FRACTION * 100:g}%% of the available memory",
-    )
+    _reading_options(label)
     _solver_options(label, epsilon=0.04)
-    label.set_defaults(run=_assign)
+    label.set_defaults(run=_assign, option_of=OPTION_OF)
+
+    guess = commands.add_parser(
+        "predict",
+        help="label new rows with the potential of a result saved by `otlabel assign --save`",
+        description="Label each row of an (N, K) score matrix (.npy) with argmax_k (S_ik + g_k), "
+        "or write its soft codes softmax_k((S_ik + g_k) / epsilon), from the potential g (and "
+        "epsilon, and partial mass's unassigned potential) of a saved result.",
+    )
+    guess.add_argument("scores", help="(N, K) float array in .npy format")
+    guess.add_argument(
+        "--result",
+        required=True,
+        metavar="NPZ",
+        help="the .npz written by `otlabel assign --save` (its potential, epsilon and "
+        "unassigned_potential)",
+    )
+    guess.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where to write the labels (.npy, int64, -1: unassigned), or with --soft the "
+        "codes (.npy, float64, (N, K))",
+    )
+    guess.add_argument(
+        "--soft",
+        action="store_true",
+        help="soft codes softmax((S + g) / epsilon) (N, K) instead of labels",
+    )
+    guess.add_argument(
+        "--head",
+        type=int,
+        metavar="H",
+        help="for a result of H heads (a potential (H, K)): the head whose potential to use",
+    )
+    guess.add_argument(
+        "--unassigned-scores",
+        metavar="NPY",
+        help="for a result with --mass < 1: (N,) scores of the 'unassigned' column of the new "
+        "rows (.npy); default each row's log-sum-exp",
+    )
+    guess.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="who reads the matrix; a .npy runs on auto, numpy or numba (default auto)",
+    )
+    _reading_options(guess)
+    guess.set_defaults(run=_predict, option_of=PREDICT_OPTION_OF)
 
     demo = commands.add_parser(
         "demo",
@@ -266,6 +347,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reading_options(parser: argparse.ArgumentParser) -> None:
+    reading = parser.add_mutually_exclusive_group()
+    reading.add_argument(
+        "--mmap",
+        action="store_true",
+        help="memory-map the scores and read them as an array (never streamed)",
+    )
+    reading.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the scores block by block (otlabel.ChunkedScores) whatever their size; "
+        f"default: only when larger than {STREAM_FRACTION * 100:g}%% of the available memory",
+    )
+
+
 def _solver_options(parser: argparse.ArgumentParser, *, epsilon: float) -> None:
     parser.add_argument(
         "--epsilon",
@@ -295,29 +391,40 @@ def _solver_options(parser: argparse.ArgumentParser, *, epsilon: float) -> None:
 
 
 def _assign(args: argparse.Namespace) -> int:
-    if args.backend not in NPY_BACKENDS:
-        raise ValueError(
-            f"--backend: {args.backend!r} runs Torch or CuPy arrays, and a .npy file is read "
-            f"as a NumPy array; use one of {', '.join(NPY_BACKENDS)} (or call "
-            "otlabel.assign from Python on a tensor)"
-        )
+    _check_npy_backend(args.backend, "otlabel.assign")
     bounded = args.min_size is not None or args.max_size is not None
     if bounded and args.cluster_weights is not None:
         raise ValueError(
             "--cluster-weights: give either cluster proportions (fixed sizes) or "
             "--min-size/--max-size (bounded sizes), not both"
         )
+    if bounded and args.size_penalty is not None:
+        raise ValueError(
+            "--size-penalty: relaxed sizes (a KL penalty toward --cluster-weights) and bounded "
+            "sizes (--min-size/--max-size) are two different constraints; give one of them"
+        )
+    if args.unassigned_scores is not None and args.mass == 1.0:
+        raise ValueError(
+            "--unassigned-scores: scores of the 'unassigned' column are used only with partial "
+            "mass; give --mass < 1 too"
+        )
     written = None
     if args.save:
         written = args.save if args.save.endswith(".npz") else f"{args.save}.npz"
     _check_writable(args.output, "--output")
     _check_writable(written, "--save")
-    scores, reading = _open_scores(args)
+    scores, reading = _open_scores(
+        args.scores, mmap=args.mmap, stream=args.stream, method=args.method
+    )
     options: dict[str, Any] = {
         "cluster_weights": _optional_npy(args.cluster_weights, "--cluster-weights"),
         "sample_weights": _optional_npy(args.sample_weights, "--sample-weights"),
-        "min_size": _fractions(args.min_size, "--min-size"),
-        "max_size": _fractions(args.max_size, "--max-size"),
+        "min_size": _number_or_npy(args.min_size, "--min-size", FRACTIONS),
+        "max_size": _number_or_npy(args.max_size, "--max-size", FRACTIONS),
+        "size_penalty": _number_or_npy(args.size_penalty, "--size-penalty", PENALTIES),
+        "mass": args.mass,
+        "known_labels": _optional_npy(args.known_labels, "--known-labels"),
+        "unassigned_scores": _optional_npy(args.unassigned_scores, "--unassigned-scores"),
         "init": _initial(args.init),
         "backend": args.backend,
         "n_threads": args.n_threads,
@@ -327,6 +434,9 @@ def _assign(args: argparse.Namespace) -> int:
         print(reading)
     result, seconds = _timed_assign(scores, args, **options)
     print(summary(result, seconds))
+    if options["known_labels"] is not None:
+        known = np.count_nonzero(np.asarray(options["known_labels"]) >= 0, axis=-1)
+        print(f"known      {_n(known)} of {scores.shape[-2]} samples kept their given label")
     if args.output:
         with _writing(args.output, "--output"):
             np.save(args.output, np.asarray(result.labels))
@@ -337,6 +447,15 @@ def _assign(args: argparse.Namespace) -> int:
             np.savez(written, **arrays)
         print(f"result     written to {written}")
     return 0 if np.all(result.converged) else 3
+
+
+def _check_npy_backend(backend: str, function: str) -> None:
+    if backend not in NPY_BACKENDS:
+        raise ValueError(
+            f"--backend: {backend!r} runs Torch or CuPy arrays, and a .npy file is read "
+            f"as a NumPy array; use one of {', '.join(NPY_BACKENDS)} (or call "
+            f"{function} from Python on a tensor)"
+        )
 
 
 def _check_writable(path: str | None, option: str) -> None:
@@ -359,31 +478,33 @@ def _writing(path: str, option: str) -> Iterator[None]:
         raise OSError(f"{option}: cannot write {path}: {error.strerror or error}") from None
 
 
-def _open_scores(args: argparse.Namespace) -> tuple[Any, str]:
+def _open_scores(
+    path: str, *, mmap: bool, stream: bool, method: str | None = None
+) -> tuple[Any, str]:
     """The scores as an array, a memory map or a stream, and a line saying which (or "")."""
-    shape, _, nbytes = _npy_header(args.scores, "scores")
-    if args.mmap:
-        return np.load(args.scores, mmap_mode="r"), ""
+    shape, _, nbytes = _npy_header(path, "scores")
+    if mmap:
+        return np.load(path, mmap_mode="r"), ""
     available = available_memory()
     large = nbytes > STREAM_FRACTION * available
-    if not (args.stream or large):
-        return np.load(args.scores), ""
+    if not (stream or large):
+        return np.load(path), ""
     why = (
         "--stream"
-        if args.stream
+        if stream
         else f"{_bytes(nbytes)} > {STREAM_FRACTION:.0%} of the {_bytes(available)} available"
     )
     if len(shape) != 2:
         # ChunkedScores holds one (N, K) matrix; a stack of heads is solved as an array.
-        return np.load(args.scores, mmap_mode="r"), (
+        return np.load(path, mmap_mode="r"), (
             f"reading    memory-mapped ({why}; a stack of heads cannot be streamed)"
         )
-    if args.method == "scaling":
+    if method == "scaling":
         raise ValueError(
             f"--method: 'scaling' stores exp(S/eps), as large as the matrix, and these scores are "
             f"streamed ({why}); use --method auto or log, or --mmap"
         )
-    return ChunkedScores(args.scores), f"reading    streamed block by block from disk ({why})"
+    return ChunkedScores(path), f"reading    streamed block by block from disk ({why})"
 
 
 def _npy_header(path: str, option: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
@@ -449,8 +570,13 @@ def _optional_npy(path: str | None, option: str) -> np.ndarray | None:
     return None if path is None else _load_npy(path, option)
 
 
-def _fractions(text: str | None, option: str) -> float | np.ndarray | None:
-    """``--min-size`` / ``--max-size``: a number, or a .npy path of K fractions."""
+#: What ``--min-size`` / ``--max-size`` and ``--size-penalty`` take, for their messages.
+FRACTIONS = "a fraction of N (e.g. 0.05) or a .npy file of K fractions"
+PENALTIES = "a penalty tau > 0 in score units (e.g. 0.5) or a .npy file of K of them"
+
+
+def _number_or_npy(text: str | None, option: str, expected: str) -> float | np.ndarray | None:
+    """``--min-size``, ``--max-size``, ``--size-penalty``: a number, or a .npy path of K."""
     if text is None:
         return None
     try:
@@ -459,10 +585,7 @@ def _fractions(text: str | None, option: str) -> float | np.ndarray | None:
         pass
     if text.endswith(".npy") or os.path.exists(text):
         return _load_npy(text, option)
-    raise ValueError(
-        f"{option}: expected a fraction of N (e.g. 0.05) or a .npy file of K fractions, "
-        f"got {text!r}"
-    )
+    raise ValueError(f"{option}: expected {expected}, got {text!r}")
 
 
 def _initial(text: str | None) -> str | np.ndarray | None:
@@ -476,8 +599,9 @@ def result_arrays(result: Result) -> dict[str, np.ndarray]:
     """The arrays that ``--save`` writes to its .npz, one per field of the result.
 
     Scalars are 0-d arrays (for H heads: ``(H,)``); ``gap`` (None with argmax
-    rounding) and ``cost`` when None are stored as NaN; ``labels`` and ``counts``
-    are left out when None (no rounding, which the command never asks for).
+    rounding), ``cost`` and ``unassigned_potential`` (None without partial mass)
+    when None are stored as NaN; ``labels`` and ``counts`` are left out when None
+    (no rounding, which the command never asks for).
     ``errors``: ``(n_iter,)``; for H heads ``(H, max n_iter)``, each row padded
     with NaN after its own passes.
     """
@@ -495,6 +619,7 @@ def result_arrays(result: Result) -> dict[str, np.ndarray]:
         "method": np.asarray(result.method, dtype=np.str_),
         "backend": np.asarray(result.backend, dtype=np.str_),
         "cost": _floats(result.cost, heads),
+        "unassigned_potential": _floats(result.unassigned_potential, heads),
     }
     hard = {"labels": result.labels, "counts": result.counts}  # None without rounding
     return {**{name: np.asarray(v) for name, v in hard.items() if v is not None}, **arrays}
@@ -515,6 +640,186 @@ def _errors(errors: Any, stacked: bool) -> np.ndarray:
     for h, head in enumerate(errors):
         padded[h, : len(head)] = head
     return padded
+
+
+# ---------------------------------------------------------------------------
+# otlabel predict
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What ``otlabel predict`` takes from a ``--save`` file (one head's)."""
+
+    potential: np.ndarray  # (K,) float64
+    epsilon: float | None  # read for --soft only (labels do not need it), else None
+    unassigned: float | None  # partial mass's g0; None without partial mass
+    head: int | None  # the head picked from a stacked result, or None
+    n_heads: int | None  # H of a stacked result, or None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    _check_npy_backend(args.backend, "otlabel.predict")
+    _check_writable(args.output, "--output")
+    shape, _, _ = _npy_header(args.scores, "scores")
+    if len(shape) != 2:
+        raise ValueError(
+            f"scores: {args.scores} holds {_shape_of(shape)}; otlabel predict labels one (N, K) "
+            "matrix (for a stack of heads, save each head's scores and pick its potential with "
+            "--head)"
+        )
+    saved = load_result(args.result, head=args.head, soft=args.soft)
+    n_clusters = shape[1]
+    if saved.potential.shape != (n_clusters,):
+        raise ValueError(
+            f"--result: {args.result} holds the potential of {saved.potential.size} clusters, "
+            f"and the scores {args.scores} have K={n_clusters} columns"
+        )
+    unassigned_scores = _optional_npy(args.unassigned_scores, "--unassigned-scores")
+    if unassigned_scores is not None and saved.unassigned is None:
+        raise ValueError(
+            f"--unassigned-scores: {args.result} has no unassigned potential (it was solved "
+            "with all the mass, --mass 1), so no sample is left unassigned; drop this option"
+        )
+    scores, reading = _open_scores(args.scores, mmap=args.mmap, stream=args.stream)
+    print(f"scores     {args.scores}: {_shape(scores)} {np.dtype(scores.dtype)}")
+    if reading:
+        print(reading)
+    print(_saved_line(args.result, saved))
+    started = time.perf_counter()
+    predicted = np.asarray(
+        predict(
+            scores,
+            saved.potential,
+            soft=args.soft,
+            epsilon=saved.epsilon,
+            unassigned=saved.unassigned,
+            unassigned_scores=unassigned_scores,
+            backend=args.backend,
+        )
+    )
+    seconds = time.perf_counter() - started
+    print(f"time       {seconds:.2f} s")
+    n_samples = predicted.shape[0]
+    if args.soft:
+        sums = predicted.sum(axis=1)
+        print(
+            f"codes      {_shape(predicted)} {predicted.dtype}, row sums "
+            f"{_g(float(sums.min()))}..{_g(float(sums.max()))}"
+        )
+        if saved.unassigned is not None:
+            # The unassigned column's share is what a row's codes lack; label -1 where it wins.
+            share = 1.0 - sums
+            left = int(np.count_nonzero(share > predicted.max(axis=1)))
+            print(
+                f"unassigned {left} of {n_samples} samples (label -1: their unassigned share "
+                f"beats every cluster), mean share {_g(float(share.mean()))}"
+            )
+    else:
+        predicted = predicted.astype(np.int64, copy=False)
+        counts = np.bincount(predicted[predicted >= 0], minlength=n_clusters)
+        print(f"clusters   sizes {_range(counts)}  counts {_list(counts)}")
+        if saved.unassigned is not None:
+            left = int(np.count_nonzero(predicted < 0))
+            print(f"unassigned {left} of {n_samples} samples (label -1)")
+    with _writing(args.output, "--output"):
+        np.save(args.output, predicted)
+    print(f"{'codes' if args.soft else 'labels':<10} written to {args.output}")
+    return 0
+
+
+def load_result(path: str, *, head: int | None = None, soft: bool = False) -> Saved:
+    """The potential, epsilon and unassigned potential of a ``--save`` file (for
+    H heads: of head ``head``); errors name ``--result`` (or ``--head``)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(len(_NPY_MAGIC))
+    except OSError as error:
+        raise OSError(f"--result: cannot read {path}: {error.strerror or error}") from None
+    if not start.startswith(b"PK"):
+        what = (
+            "it is a .npy array; give the .npz of otlabel assign --save"
+            if start == _NPY_MAGIC
+            else _kind_of(start)
+        )
+        raise ValueError(f"--result: {path} is not a .npz archive ({what})")
+    try:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            if "potential" not in keys:
+                raise ValueError(
+                    f"--result: {path} has no 'potential' array (its arrays: "
+                    f"{', '.join(sorted(keys)) or 'none'}); write it with otlabel assign --save"
+                )
+            arrays = {
+                name: np.asarray(archive[name])
+                for name in ("potential", "epsilon", "unassigned_potential")
+                if name in keys
+            }
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        if str(error).startswith("--result: "):
+            raise
+        raise ValueError(f"--result: cannot read {path}: {error}") from None
+    potential = _numbers(arrays["potential"], path, "potential")
+    stacked = potential.ndim == 2
+    if potential.ndim not in (1, 2) or potential.shape[-1] == 0:
+        raise ValueError(
+            f"--result: {path}'s potential has shape {potential.shape}; expected (K,) or "
+            "(H, K) for H heads"
+        )
+    n_heads = potential.shape[0] if stacked else None
+    unassigned = arrays.get("unassigned_potential")
+    if unassigned is not None:
+        unassigned = _numbers(unassigned, path, "unassigned_potential")
+        if unassigned.shape != (() if n_heads is None else (n_heads,)):
+            raise ValueError(
+                f"--result: {path}'s unassigned_potential has shape {unassigned.shape}, which "
+                f"does not match its potential {potential.shape}"
+            )
+    if stacked:
+        last = potential.shape[0] - 1
+        if head is None:
+            raise ValueError(
+                f"--result: {path} holds the potentials of {last + 1} heads {potential.shape}; "
+                f"pick one with --head (0..{last})"
+            )
+        if not 0 <= head <= last:
+            raise ValueError(f"--head: expected a head in 0..{last}, got {head}")
+        potential = potential[head]
+        unassigned = None if unassigned is None else unassigned[head]
+    elif head is not None:
+        raise ValueError(
+            f"--head: {path} holds one head's potential {potential.shape}; drop --head"
+        )
+    g0 = None if unassigned is None or np.isnan(unassigned) else float(unassigned)
+    epsilon = None
+    if soft:
+        if "epsilon" not in arrays:
+            raise ValueError(f"--result: {path} has no 'epsilon', which --soft codes need")
+        value = _numbers(arrays["epsilon"], path, "epsilon")
+        if value.shape != () or not (np.isfinite(value) and value > 0):
+            raise ValueError(
+                f"--result: {path}'s epsilon is {value!r}; --soft codes need one number > 0"
+            )
+        epsilon = float(value)
+    return Saved(potential.astype(np.float64), epsilon, g0, head, n_heads)
+
+
+def _numbers(array: np.ndarray, path: str, name: str) -> np.ndarray:
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"--result: {path}'s {name} is not an array of numbers ({array.dtype})")
+    return array
+
+
+def _saved_line(path: str, saved: Saved) -> str:
+    parts = [f"potential of {saved.potential.size} clusters"]
+    if saved.head is not None:
+        parts[0] += f" (head {saved.head} of {saved.n_heads})"
+    if saved.epsilon is not None:
+        parts.append(f"epsilon {saved.epsilon:g}")
+    if saved.unassigned is not None:
+        parts.append(f"unassigned potential {saved.unassigned:.6g}")
+    return f"result     {path}: {', '.join(parts)}"
 
 
 # ---------------------------------------------------------------------------
@@ -617,6 +922,11 @@ def summary(result: Result, seconds: float) -> str:
     ]
     if result.counts is not None:
         lines.append(f"clusters   sizes {_range(result.counts)}  cost {_g(result.cost)}")
+    if result.unassigned_potential is not None and result.labels is not None:
+        labels = np.asarray(result.labels)
+        left = np.count_nonzero(labels < 0, axis=-1)
+        each = " per head" if labels.ndim == 2 else ""
+        lines.append(f"unassigned {_n(left)} of {labels.shape[-1]} samples{each} (label -1)")
     if result.gap is not None:
         lines.append(f"optimality certified gap {_g(result.gap)} per sample (score units)")
     return "\n".join(lines)
@@ -641,6 +951,20 @@ def _bytes(n: float) -> str:
 def _range(counts: Any) -> str:
     counts = np.asarray(counts)
     return f"{int(counts.min())}..{int(counts.max())}"
+
+
+def _n(counts: Any) -> str:
+    """An int, or a list of ints for H heads."""
+    counts = np.asarray(counts)
+    return str(int(counts)) if counts.ndim == 0 else _list(counts)
+
+
+def _list(counts: Any) -> str:
+    """``[100, 98, 102]``; past 64 values, the first and last three around ``...``."""
+    values = [str(int(c)) for c in np.asarray(counts)]
+    if len(values) > 64:
+        values = [*values[:3], "...", *values[-3:]]
+    return f"[{', '.join(values)}]"
 
 
 def _g(value: object) -> str:

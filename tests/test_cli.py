@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -93,6 +94,7 @@ def test_help_and_version():
 SAVED = [
     *("labels", "counts", "potential", "row_potential", "errors", "gap"),
     *("n_iter", "error", "converged", "epsilon", "method", "backend", "cost"),
+    "unassigned_potential",
 ]
 
 
@@ -109,7 +111,8 @@ def _fails_naming(argv, capsys, *words):
     status = main(argv)
     captured = capsys.readouterr()
     assert status == 1, captured
-    assert captured.err.startswith("otlabel assign: error: ")
+    assert captured.err.startswith(f"otlabel {argv[0]}: error: "), captured.err
+    assert captured.err.count("\n") == 1, captured.err
     for word in words:
         assert word in captured.err, captured.err
     return captured.err
@@ -130,6 +133,8 @@ def test_save_writes_the_python_api_result(scores_file, tmp_path, capsys):
         assert saved["labels"].dtype == np.int64 and saved["converged"].dtype == np.bool_
         assert str(saved["method"]) == expected.method
         assert str(saved["backend"]) == expected.backend
+        assert saved["unassigned_potential"].shape == ()  # all the mass: no unassigned column
+        assert np.isnan(saved["unassigned_potential"])
     missing = str(tmp_path / "no" / "r.npz")
     _fails_naming(["assign", path, "--save", missing], capsys, "--save", "no folder")
 
@@ -148,6 +153,8 @@ def test_save_stacks_heads_and_stores_missing_gap_as_nan(tmp_path, capsys):
         np.testing.assert_array_equal(saved["cost"], expected.cost)
         assert saved["labels"].shape == (2, 600) and saved["counts"].shape == (2, 6)
         assert saved["gap"].shape == (2,) and np.all(np.isnan(saved["gap"]))
+        assert saved["unassigned_potential"].shape == (2,)
+        assert np.all(np.isnan(saved["unassigned_potential"]))
         assert saved["method"].tolist() == list(expected.method)
         errors = saved["errors"]
         assert errors.shape == (2, max(expected.n_iter))
@@ -325,3 +332,261 @@ def test_assign_and_import_do_not_import_the_benchmark_runner(scores_file):
         check=True,
     )
     assert "--sizes" in bench.stdout and "--solvers" in bench.stdout
+
+
+# ---------------------------------------------------------------------------
+# otlabel assign: relaxed sizes, partial mass, known labels; otlabel predict
+# ---------------------------------------------------------------------------
+
+EPS = "0.1"
+NUMPY = ["--backend", "numpy"]
+
+
+@pytest.fixture
+def new_file(tmp_path):
+    """New samples (300, 6) of other clusters, on disk, and the matrix."""
+    new = otlabel.make_scores(300, 6, seed=5)
+    np.save(tmp_path / "new.npy", new)
+    return str(tmp_path / "new.npy"), new
+
+
+def _assign_and_save(path, tmp_path, capsys, *options):
+    """``otlabel assign --save``; the .npz path and what was printed."""
+    saved = str(tmp_path / "result.npz")
+    status = main(["assign", path, "--epsilon", EPS, *NUMPY, "--save", saved, *options])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    return saved, out
+
+
+def _predict(path, saved, tmp_path, capsys, *options):
+    """``otlabel predict``; what it wrote to -o and what it printed."""
+    written = str(tmp_path / "predicted.npy")
+    status = main(["predict", path, "--result", saved, "-o", written, *NUMPY, *options])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    return np.load(written), out
+
+
+def test_predict_labels_equal_the_python_api(scores_file, new_file, tmp_path, capsys):
+    path, scores = scores_file
+    saved, _ = _assign_and_save(path, tmp_path, capsys)
+    result = otlabel.assign(scores, 0.1, backend="numpy")
+    for file, matrix in (scores_file, new_file):
+        labels, out = _predict(file, saved, tmp_path, capsys)
+        expected = otlabel.predict(matrix, result.potential, backend="numpy")
+        assert labels.dtype == np.int64 and labels.shape == (matrix.shape[0],)
+        np.testing.assert_array_equal(labels, expected)
+        counts = np.bincount(expected, minlength=6)
+        assert f"{matrix.shape[0]} x 6 float32" in out
+        assert f"sizes {counts.min()}..{counts.max()}  counts [" in out
+        assert f"counts [{', '.join(str(c) for c in counts)}]" in out
+        assert "unassigned" not in out  # all the mass was assigned
+        assert f"labels     written to {tmp_path / 'predicted.npy'}" in out
+    # argmax rounding: predict on the same matrix gives the saved labels themselves
+    saved, _ = _assign_and_save(path, tmp_path, capsys, "--rounding", "argmax")
+    labels, _ = _predict(path, saved, tmp_path, capsys)
+    np.testing.assert_array_equal(labels, np.load(saved)["labels"])
+    argmax = otlabel.assign(scores, 0.1, rounding="argmax", backend="numpy")
+    np.testing.assert_array_equal(labels, argmax.labels)
+
+
+def test_predict_soft_codes_equal_the_python_api(scores_file, new_file, tmp_path, capsys):
+    path, scores = scores_file
+    saved, _ = _assign_and_save(path, tmp_path, capsys)
+    result = otlabel.assign(scores, 0.1, backend="numpy")
+    file, new = new_file
+    codes, out = _predict(file, saved, tmp_path, capsys, "--soft")
+    expected = otlabel.predict(new, result.potential, soft=True, epsilon=0.1, backend="numpy")
+    assert codes.dtype == np.float64 and codes.shape == (300, 6)
+    np.testing.assert_allclose(codes, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert "codes      300 x 6 float64, row sums 1..1" in out
+    assert "epsilon 0.1" in out and "codes      written to" in out
+    streamed, out = _predict(file, saved, tmp_path, capsys, "--soft", "--stream")
+    assert "streamed block by block from disk (--stream)" in out
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-12)
+
+
+def test_mass_leaves_samples_unassigned_and_predict_reproduces_them(scores_file, tmp_path, capsys):
+    path, scores = scores_file
+    rho, n = 0.8, scores.shape[0]
+    saved, out = _assign_and_save(path, tmp_path, capsys, "--mass", str(rho))
+    result = otlabel.assign(scores, 0.1, mass=rho, backend="numpy")
+    with np.load(saved) as arrays:
+        labels, g0 = arrays["labels"], arrays["unassigned_potential"]
+    left = int(np.sum(labels == -1))
+    assert left in {math.floor(n * (1 - rho)), math.ceil(n * (1 - rho))}
+    assert f"unassigned {left} of {n} samples (label -1)" in out
+    np.testing.assert_array_equal(labels, result.labels)
+    assert g0.shape == () and float(g0) == result.unassigned_potential
+    # predict: argmax over the clusters and the unassigned column (s0 = log-sum-exp, g0)
+    predicted, out = _predict(path, saved, tmp_path, capsys)
+    np.testing.assert_array_equal(predicted, otlabel.predict(scores, result, backend="numpy"))
+    s = scores.astype(np.float64) + result.potential
+    s0 = np.logaddexp.reduce(scores.astype(np.float64), axis=1) + float(g0)
+    np.testing.assert_array_equal(predicted == -1, s0 > s.max(axis=1))
+    np.testing.assert_array_equal(predicted[predicted >= 0], s.argmax(axis=1)[predicted >= 0])
+    assert f"unassigned {int(np.sum(predicted == -1))} of {n} samples (label -1)" in out
+    assert f"unassigned potential {float(g0):.6g}" in out
+    # soft codes: rows sum to 1 less the unassigned share
+    codes, out = _predict(path, saved, tmp_path, capsys, "--soft")
+    expected = otlabel.predict(scores, result, soft=True, backend="numpy")
+    np.testing.assert_allclose(codes, expected, rtol=0, atol=1e-12)
+    x, x0 = s / 0.1, s0 / 0.1
+    lse = np.logaddexp.reduce(x, axis=1)
+    share = 1 / (1 + np.exp(lse - x0))  # the unassigned column's share of each row
+    np.testing.assert_allclose(codes.sum(axis=1), 1 - share, rtol=0, atol=1e-12)
+    assert f"unassigned {int(np.sum(predicted == -1))} of {n} samples (label -1: " in out
+    # argmax rounding: predict reproduces the saved labels, -1 included
+    saved, _ = _assign_and_save(path, tmp_path, capsys, "--mass", str(rho), "--rounding", "argmax")
+    predicted, _ = _predict(path, saved, tmp_path, capsys)
+    np.testing.assert_array_equal(predicted, np.load(saved)["labels"])
+    assert np.sum(predicted == -1) > 0
+
+
+def test_unassigned_scores_are_passed_to_assign_and_predict(scores_file, tmp_path, capsys):
+    path, scores = scores_file
+    s0 = np.random.default_rng(1).normal(-1.0, 0.5, size=scores.shape[0])
+    np.save(tmp_path / "s0.npy", s0)
+    given = ["--unassigned-scores", str(tmp_path / "s0.npy")]
+    saved, _ = _assign_and_save(path, tmp_path, capsys, "--mass", "0.7", *given)
+    result = otlabel.assign(scores, 0.1, mass=0.7, unassigned_scores=s0, backend="numpy")
+    np.testing.assert_array_equal(np.load(saved)["labels"], result.labels)
+    predicted, _ = _predict(path, saved, tmp_path, capsys, *given)
+    expected = otlabel.predict(scores, result, unassigned_scores=s0, backend="numpy")
+    np.testing.assert_array_equal(predicted, expected)
+    assert not np.array_equal(predicted, otlabel.predict(scores, result, backend="numpy"))
+
+
+def test_known_labels_are_kept(scores_file, tmp_path, capsys):
+    path, scores = scores_file
+    known = np.full(scores.shape[0], -1, dtype=np.int64)
+    known[:60] = np.argmin(scores[:60], axis=1)  # the labels the solve would never pick
+    np.save(tmp_path / "known.npy", known)
+    saved, out = _assign_and_save(
+        path, tmp_path, capsys, "--known-labels", str(tmp_path / "known.npy")
+    )
+    labels = np.load(saved)["labels"]
+    np.testing.assert_array_equal(labels[:60], known[:60])
+    expected = otlabel.assign(scores, 0.1, known_labels=known, backend="numpy")
+    np.testing.assert_array_equal(labels, expected.labels)
+    assert "known      60 of 600 samples kept their given label" in out
+    assert "sizes 100..100" in out  # the known samples count toward their cluster's size
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_size_penalty_matches_the_python_api(scores_file, tmp_path, capsys, as_file):
+    path, scores = scores_file
+    tau: float | np.ndarray = 0.5
+    option = "0.5"
+    if as_file:
+        tau = np.array([0.2, 0.5, 1.0, 2.0, 5.0, 10.0])
+        np.save(tmp_path / "tau.npy", tau)
+        option = str(tmp_path / "tau.npy")
+    saved, out = _assign_and_save(path, tmp_path, capsys, "--size-penalty", option)
+    expected = otlabel.assign(scores, 0.1, size_penalty=tau, backend="numpy")
+    labels = np.load(saved)["labels"]
+    np.testing.assert_array_equal(labels, expected.labels)
+    counts = np.bincount(labels, minlength=6)
+    assert counts.min() < 100 < counts.max()  # relaxed: not the balanced 100 each
+    assert f"sizes {counts.min()}..{counts.max()}" in out
+
+
+def test_predict_picks_a_head_of_a_stacked_result(tmp_path, capsys):
+    stack = np.stack([otlabel.make_scores(600, 6, seed=s) for s in (3, 4)])
+    np.save(tmp_path / "heads.npy", stack)
+    np.save(tmp_path / "head1.npy", stack[1])
+    saved, out = _assign_and_save(str(tmp_path / "heads.npy"), tmp_path, capsys, "--mass", "0.9")
+    assert "unassigned [60, 60] of 600 samples per head (label -1)" in out
+    result = otlabel.assign(stack, 0.1, mass=0.9, backend="numpy")
+    assert np.load(saved)["unassigned_potential"].shape == (2,)
+    head = str(tmp_path / "head1.npy")
+    labels, out = _predict(head, saved, tmp_path, capsys, "--head", "1")
+    expected = otlabel.predict(
+        stack[1], result.potential[1], unassigned=result.unassigned_potential[1], backend="numpy"
+    )
+    np.testing.assert_array_equal(labels, expected)
+    assert "potential of 6 clusters (head 1 of 2)" in out
+    argv = ["predict", head, "--result", saved, "-o", str(tmp_path / "x.npy")]
+    _fails_naming(argv, capsys, "--result", "2 heads", "--head")
+    _fails_naming([*argv, "--head", "2"], capsys, "--head", "0..1")
+    _fails_naming(["predict", str(tmp_path / "heads.npy"), *argv[2:]], capsys, "scores", "(N, K)")
+    single, _ = _assign_and_save(head, tmp_path, capsys)
+    _fails_naming([*argv[:3], single, *argv[4:], "--head", "0"], capsys, "--head", "one head")
+
+
+def test_predict_streams_large_files_automatically(scores_file, tmp_path, monkeypatch, capsys):
+    from otlabel import cli
+
+    path, _ = scores_file
+    saved, _ = _assign_and_save(path, tmp_path, capsys, "--mass", "0.8")
+    in_memory, _ = _predict(path, saved, tmp_path, capsys)
+    monkeypatch.setattr(cli, "available_memory", lambda: 20_000)  # the file: 14.4 kB of data
+    streamed, out = _predict(path, saved, tmp_path, capsys)
+    assert "streamed block by block from disk (14.4 kB > 50% of the 20 kB available)" in out
+    np.testing.assert_array_equal(streamed, in_memory)
+    mapped, out = _predict(path, saved, tmp_path, capsys, "--mmap")
+    assert "streamed" not in out
+    np.testing.assert_array_equal(mapped, in_memory)
+
+
+def test_new_options_fail_naming_the_option(scores_file, tmp_path, capsys):
+    path, _ = scores_file
+    argv = ["assign", path, *NUMPY]
+    _fails_naming([*argv, "--mass", "1.5"], capsys, "--mass:", "(0, 1]")
+    _fails_naming([*argv, "--mass", "0"], capsys, "--mass:")
+    _fails_naming([*argv, "--size-penalty", "0"], capsys, "--size-penalty:", "> 0")
+    _fails_naming([*argv, "--size-penalty", "-1"], capsys, "--size-penalty:", "> 0")
+    _fails_naming([*argv, "--size-penalty", "lots"], capsys, "--size-penalty:", "'lots'")
+    bounded = [*argv, "--size-penalty", "0.5", "--min-size", "0.1"]
+    _fails_naming(bounded, capsys, "--size-penalty:", "--min-size/--max-size")
+    np.save(tmp_path / "short.npy", np.full(599, -1, dtype=np.int64))
+    short = [*argv, "--known-labels", str(tmp_path / "short.npy")]
+    _fails_naming(short, capsys, "--known-labels:", "(600,)")
+    np.save(tmp_path / "floats.npy", np.full(600, -1.0))
+    floats = [*argv, "--known-labels", str(tmp_path / "floats.npy")]
+    _fails_naming(floats, capsys, "--known-labels:", "integer")
+    np.save(tmp_path / "big.npy", np.full(600, 6, dtype=np.int64))
+    big = [*argv, "--known-labels", str(tmp_path / "big.npy")]
+    _fails_naming(big, capsys, "--known-labels:", "0..5")
+    s0 = ["--unassigned-scores", str(tmp_path / "short.npy")]
+    _fails_naming([*argv, *s0], capsys, "--unassigned-scores:", "--mass")
+    _fails_naming([*argv, "--mass", "0.8", *s0], capsys, "--unassigned-scores:", "(600,)")
+
+
+def test_predict_bad_input_fails_naming_the_option_or_file(scores_file, tmp_path, capsys):
+    path, _ = scores_file
+    saved, _ = _assign_and_save(path, tmp_path, capsys)
+    out = str(tmp_path / "labels.npy")
+    argv = ["predict", path, "--result", saved, "-o", out]
+    missing = str(tmp_path / "missing.npz")
+    _fails_naming(
+        [*argv[:3], missing, *argv[4:]], capsys, "--result:", "missing.npz", "cannot read"
+    )
+    np.savez(tmp_path / "other.npz", labels=np.zeros(600, dtype=np.int64))
+    other = str(tmp_path / "other.npz")
+    _fails_naming([*argv[:3], other, *argv[4:]], capsys, "--result:", "no 'potential'", "labels")
+    _fails_naming([*argv[:3], path, *argv[4:]], capsys, "--result:", "not a .npz", ".npy array")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "result.npz").read_bytes()[:100])
+    cut = str(tmp_path / "cut.npz")
+    _fails_naming([*argv[:3], cut, *argv[4:]], capsys, "--result:", "cannot read")
+    np.savez(tmp_path / "k5.npz", potential=np.zeros(5))
+    k5 = str(tmp_path / "k5.npz")
+    _fails_naming([*argv[:3], k5, *argv[4:]], capsys, "--result:", "5 clusters", "K=6")
+    np.savez(tmp_path / "nan.npz", potential=np.full(6, np.nan))
+    nan = str(tmp_path / "nan.npz")
+    _fails_naming([*argv[:3], nan, *argv[4:]], capsys, "--result (potential):", "NaN")
+    _fails_naming([*argv[:3], k5.replace("k5", "nan"), *argv[4:], "--soft"], capsys, "epsilon")
+    (tmp_path / "table.txt").write_text("1 2 3\n")
+    _fails_naming(["predict", str(tmp_path / "table.txt"), *argv[2:]], capsys, "scores:", ".npy")
+    _fails_naming([*argv, "--backend", "torch"], capsys, "--backend:")
+    nowhere = str(tmp_path / "no" / "labels.npy")
+    _fails_naming([*argv[:5], nowhere], capsys, "--output:", "no folder")
+    np.save(tmp_path / "s0.npy", np.zeros(600))
+    s0 = ["--unassigned-scores", str(tmp_path / "s0.npy")]
+    _fails_naming([*argv, *s0], capsys, "--unassigned-scores:", "--mass")
+    assert not (tmp_path / "labels.npy").exists()  # nothing written on an error
+    with pytest.raises(SystemExit) as usage:  # --result is required: a usage error
+        main(["predict", path, "-o", out])
+    assert usage.value.code == 2
