@@ -245,6 +245,15 @@ class RelaxedSizes(ColumnConstraint):
         values[fixed] = inside[fixed]
         return values
 
+    def slot_parameters(self, n_free: int) -> tuple[np.ndarray, ...]:
+        """What :meth:`slot_values` needs, as arrays: ``tau`` (inf: fixed count), the
+        expected counts ``N b``, the known counts, and the fixed columns' bounds."""
+        target, penalty = to_numpy(self.target), to_numpy(self.penalty)
+        known = _known(self.known_counts, target.size)
+        lower, upper = self.count_bounds(n_free)
+        expected = (n_free + int(known.sum())) * target
+        return penalty.astype(np.float64), expected, known.astype(np.int64), lower, upper
+
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounds that make a start feasible: ``[0, N]`` for relaxed columns, and for
         ``tau = inf`` columns (fixed mass) ``floor(N b_k)..ceil(N b_k)`` less the known."""

@@ -130,6 +130,8 @@ def predicted(
     blocks = []
     for start in range(0, scores.shape[0], rows_per_block):
         block = scores[start : start + rows_per_block]
+        if isinstance(block, WithColumn):
+            block = np.asarray(block)  # (n, K + 1): the codes' softmax includes the column
         xp, where = array_namespace(block), device_of(block)
         x = (xp.astype(block, xp.float64) + from_host(potential, xp, where)) / epsilon
         x = x - xp.max(x, axis=1, keepdims=True)
@@ -139,9 +141,20 @@ def predicted(
     return codes
 
 
+def _in_memory(scores: Any) -> bool:
+    """A NumPy matrix (with or without an appended column): compiled repairs read it;
+    a stream's rows are gathered in NumPy."""
+    return isinstance(getattr(scores, "scores", scores), np.ndarray)
+
+
 class WithColumn:
     """Scores ``(N, K)`` read as ``(N, K + 1)``: a last column appended block by block,
-    never stored whole (partial mass's virtual column in the rounding passes)."""
+    never stored whole (partial mass's virtual column in the rounding passes).
+
+    A block of NumPy rows is a :class:`WithColumn` too (its rows and their column
+    values): the compiled passes read it in place, and ``numpy.asarray`` gives the
+    ``(n, K + 1)`` float64 array that the NumPy passes read.
+    """
 
     def __init__(self, scores: Any, column: Any) -> None:
         self.scores, self.column = scores, column  # (N, K), (N,)
@@ -151,11 +164,16 @@ class WithColumn:
 
     def __getitem__(self, rows: Any) -> Any:
         block = self.scores[rows]
+        column = np.asarray(to_numpy(self.column)[_host_rows(rows)], dtype=np.float64)
+        if isinstance(block, np.ndarray):
+            return WithColumn(block, column)
         xp, where = array_namespace(block), device_of(block)
-        column = from_host(np.asarray(to_numpy(self.column)[_host_rows(rows)]), xp, where)
-        return xp.concat(
-            [xp.astype(block, xp.float64), xp.astype(column, xp.float64)[:, None]], axis=1
-        )
+        values = xp.astype(from_host(column, xp, where), xp.float64)[:, None]
+        return xp.concat([xp.astype(block, xp.float64), values], axis=1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = np.column_stack([np.asarray(self.scores, np.float64), self.column])
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def _host_rows(rows: Any) -> Any:
@@ -168,6 +186,12 @@ def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> fl
     for start in range(0, labels.size, rows_per_block):
         block = scores[start : start + rows_per_block]
         own = labels[start : start + rows_per_block]
+        if isinstance(block, WithColumn):  # the virtual column's score where it was chosen
+            n_clusters = block.scores.shape[1]
+            rows = np.arange(own.size)
+            real = np.asarray(block.scores[rows, np.minimum(own, n_clusters - 1)], np.float64)
+            total += float(np.sum(np.where(own == n_clusters, block.column, real)))
+            continue
         xp, where = array_namespace(block), device_of(block)
         rows = from_host(np.arange(own.size), xp, where)
         picked = block[rows, from_host(own, xp, where)]  # (n,)
@@ -340,9 +364,8 @@ def balanced_labels(
     labels = argmax_labels(scores, -prices, rows_per_block, passes)
     transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
     fast_balance = getattr(passes, "balance", None)
-    in_memory = isinstance(scores, np.ndarray)  # a stream's rows are gathered in NumPy
     whole = isinstance(group, Alone)
-    if fast_balance and in_memory and whole:
+    if fast_balance and _in_memory(scores) and whole:
         n_moves = fast_balance(transfers)
     else:
         n_moves = transfers.balance()
@@ -423,13 +446,22 @@ class _Transfers:
         self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
-        """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k."""
+        """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k.
+
+        Passes that can (Numba) also record in :attr:`move_arg` a sample that
+        attains each minimum, so that a move recomputes only the minima it took.
+        """
         n_clusters = self.upper.size
         move_cost = np.full((n_clusters, n_clusters), np.inf)
+        with_args = getattr(self.passes, "move_costs_with_args", None)
+        self.move_arg = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
         for start in range(0, self.labels.size, rows_per_block):
             block = self.scores[start : start + rows_per_block]
             own = self.labels[start : start + rows_per_block]
-            self.passes.move_costs(block, own, move_cost)
+            if with_args is not None:
+                with_args(block, own, move_cost, self.move_arg, start)
+            else:
+                self.passes.move_costs(block, own, move_cost)
         return move_cost
 
     def balance(self) -> int:
@@ -602,20 +634,44 @@ def concave_labels(
     """
     passes = passes or NumpyPasses()
     group = group or Alone()
-    start = balanced_labels(
-        scores,
-        potential,
-        constraint.count_bounds(n_samples),
-        rows_per_block=rows_per_block,
-        passes=passes,
-        group=group,
-    )
-    labels, prices = start.labels, start.prices
+    labels = argmax_labels(scores, potential, rows_per_block, passes)
+    prices = -np.asarray(potential, dtype=np.float64)
+    bounds = _start_bounds(constraint, group.sum(np.bincount(labels, minlength=prices.size)))
+    if bounds is not None:  # fixed-count columns (partial mass's) outside their bounds
+        start = balanced_labels(
+            scores, potential, bounds, rows_per_block=rows_per_block, passes=passes, group=group
+        )
+        labels, prices = start.labels, start.prices
     exchanges = _Exchanges(scores, labels, prices, rows_per_block, passes, group)
-    n_moves = exchanges.improve(lambda counts: constraint.slot_values(n_samples, counts))
+    fast_improve = getattr(passes, "improve", None)
+    if fast_improve is not None and _in_memory(scores) and isinstance(group, Alone):
+        n_moves = fast_improve(exchanges, constraint, n_samples)
+    else:
+        n_moves = exchanges.improve(lambda counts: constraint.slot_values(n_samples, counts))
     dual = exchanges.dual_prices(lambda counts: constraint.slot_values(n_samples, counts))
     gap = _concave_gap(scores, labels, dual, exchanges, constraint, n_samples, rows_per_block)
     return ConcaveLabels(labels, gap, dual, n_moves)
+
+
+def _start_bounds(constraint: Any, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Count bounds that bring the fixed-count columns within theirs and move the
+    relaxed ones as little as that takes (None: the argmax labels are feasible).
+
+    The argmax labels of Sinkhorn's potential are a good start for the exchanges;
+    only a column of fixed count (partial mass's) may be outside its bounds.
+    Widening the relaxed columns' bounds further would let the repair drift
+    toward the plain argmax of the scores, which the exchanges would then undo.
+    """
+    n_total = int(counts.sum())
+    lower, upper = constraint.count_bounds(n_total)
+    relaxed = (lower == 0) & (upper == n_total)
+    wanted = int(np.sum(np.maximum(lower - counts, 0)))  # the fixed columns must receive
+    surplus = int(np.sum(np.maximum(counts - upper, 0)))  # ... and give
+    if wanted == 0 and surplus == 0:
+        return None
+    lower = np.where(relaxed, np.maximum(counts - wanted, 0), lower)
+    upper = np.where(relaxed, counts + surplus, upper)
+    return lower, upper
 
 
 class _Exchanges(_Transfers):
@@ -663,9 +719,13 @@ class _Exchanges(_Transfers):
             distance = prices + slot_values(self.counts)  # giving up the last sample
             reward = prices + slot_values(self.counts + 1)  # taking one more
         distance = np.where(np.isnan(distance), np.inf, distance)
+        reward = np.where(np.isnan(reward), -np.inf, reward)
+        fast = getattr(self.passes, "exchange_paths", None)
+        if fast is not None:  # the same Dijkstra, compiled
+            return fast(self.move_cost, prices, distance, reward, prune)
         parent = np.full(n_clusters, -1)
         settled = np.zeros(n_clusters, dtype=bool)
-        bound = float(np.max(np.where(np.isnan(reward), -np.inf, reward)))
+        bound = float(np.max(reward))
         best, target = 0.0, -1
         while not settled.all():
             node = int(np.argmin(np.where(settled, np.inf, distance)))

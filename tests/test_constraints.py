@@ -424,3 +424,13 @@ def test_predict_errors_are_named(call, error, match):
     res = otlabel.assign(scores, 0.1)
     with pytest.raises(error, match=match):
         call(scores, res)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relaxed_labels_equal_from_numpy_and_numba_passes(seed):
+    scores, b = problem(300 + seed, n=3000, k=20)
+    kwargs = {"cluster_weights": b, "size_penalty": 0.3, "mass": 0.9 if seed % 2 else 1.0}
+    numpy_ = otlabel.assign(scores, 0.05, backend="numpy", **kwargs)
+    numba_ = otlabel.assign(scores, 0.05, backend="numba", **kwargs)
+    np.testing.assert_array_equal(numpy_.labels, numba_.labels)
+    assert numpy_.gap <= 1e-9 and numba_.gap <= 1e-9

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..rounding import NumpyPasses
 
-__all__ = ["NumbaPasses", "balance"]
+__all__ = ["NumbaPasses", "balance", "improve"]
 
 
 class NumbaPasses:
@@ -26,17 +26,29 @@ class NumbaPasses:
     name = "numba"
 
     @staticmethod
-    def argmax(block: np.ndarray, potential: np.ndarray) -> np.ndarray:
+    def argmax(block: Any, potential: np.ndarray) -> np.ndarray:
         labels = np.empty(block.shape[0], np.int64)
-        _argmax_rows(np.ascontiguousarray(block), np.ascontiguousarray(potential), labels)
+        _argmax_rows(*matrix_and_column(block), np.ascontiguousarray(potential), labels)
         return labels
 
     @staticmethod
-    def move_costs(block: np.ndarray, own: np.ndarray, move_cost: np.ndarray) -> None:
+    def move_costs(block: Any, own: np.ndarray, move_cost: np.ndarray) -> None:
         order = np.argsort(own, kind="stable")
         clusters, first = np.unique(own[order], return_index=True)
         bounds = np.append(first, own.size)
-        _cluster_min_loss(np.ascontiguousarray(block), order, bounds, clusters, move_cost)
+        _cluster_min_loss(*matrix_and_column(block), order, bounds, clusters, move_cost)
+
+    @staticmethod
+    def move_costs_with_args(
+        block: Any, own: np.ndarray, move_cost: np.ndarray, move_arg: np.ndarray, first: int
+    ) -> None:
+        """:meth:`move_costs`, and in ``move_arg`` a sample (row ``first + i``) that
+        attains each minimum."""
+        order = np.argsort(own, kind="stable")
+        clusters, starts = np.unique(own[order], return_index=True)
+        bounds = np.append(starts, own.size)
+        block, virtual = matrix_and_column(block)
+        _cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first)
 
     @staticmethod
     def gather(scores: Any, index: np.ndarray) -> np.ndarray:
@@ -49,48 +61,120 @@ class NumbaPasses:
         return balance(transfers)
 
     @staticmethod
-    def row_gap(block: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> float:
+    def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
+        """The exchanges of relaxed labels in Numba (arrays only; see :func:`improve`)."""
+        return improve(exchanges, constraint, n_samples)
+
+    @staticmethod
+    def exchange_paths(
+        move_cost: np.ndarray,
+        prices: np.ndarray,
+        distance: np.ndarray,
+        reward: np.ndarray,
+        prune: bool,
+    ) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """The multi-source Dijkstra of :class:`otlabel.rounding._Exchanges`, compiled:
+        the same steps (first index of a minimum) on the same arrays."""
+        distance = distance.copy()
+        parent = np.full(prices.size, -1, dtype=np.int64)
+        target, best = _exchange_paths(move_cost, prices, distance, reward, parent, prune)
+        return distance, parent, int(target), float(best)
+
+    @staticmethod
+    def row_gap(block: Any, labels: np.ndarray, prices: np.ndarray) -> float:
         terms = np.empty(block.shape[0])
-        _row_gap_terms(np.ascontiguousarray(block), labels, prices, terms)
+        _row_gap_terms(*matrix_and_column(block), labels, prices, terms)
         return float(np.sum(terms))
 
 
+@njit(cache=True)
+def _exchange_paths(move_cost, prices, distance, reward, parent, prune):
+    """Dijkstra from every cluster at once (``distance`` holds each start); returns the
+    target of the largest gain ``reward - distance`` reached by a path, and that gain."""
+    n_clusters = prices.size
+    settled = np.zeros(n_clusters, np.bool_)
+    bound = -np.inf
+    for k in range(n_clusters):
+        bound = max(bound, reward[k])
+    best, target = 0.0, -1
+    for _ in range(n_clusters):
+        node, low = -1, np.inf
+        for k in range(n_clusters):  # first index of the smallest, as numpy.argmin
+            if not settled[k] and distance[k] < low:
+                node, low = k, distance[k]
+        if node < 0 or (prune and distance[node] >= bound - best):
+            break
+        settled[node] = True
+        gain = reward[node] - distance[node]
+        if parent[node] >= 0 and gain > best:
+            best, target = gain, node
+        for k in range(n_clusters):
+            if settled[k]:
+                continue
+            edge = (move_cost[node, k] - prices[node]) + prices[k]
+            reach = distance[node] + max(edge, 0.0)
+            if reach < distance[k]:
+                distance[k] = reach
+                parent[k] = node
+    return target, best
+
+
 @njit(parallel=True, cache=True)
-def _argmax_rows(block, potential, labels):
-    """``argmax_k (S_ik + g_k)`` in float64, the first index on ties (as NumPy)."""
+def _argmax_rows(block, virtual, potential, labels):
+    """``argmax_k (S_ik + g_k)`` in float64, the first index on ties (as NumPy); with a
+    ``virtual`` column (not empty), over the K + 1 columns."""
+    n_cols = block.shape[1] + (virtual.size > 0)
     for i in prange(block.shape[0]):
-        best = np.float64(block[i, 0]) + potential[0]
+        best = _score(block, virtual, i, 0) + potential[0]
         arg = 0
-        for k in range(1, block.shape[1]):
-            value = np.float64(block[i, k]) + potential[k]
+        for k in range(1, n_cols):
+            value = _score(block, virtual, i, k) + potential[k]
             if value > best:
                 best, arg = value, k
         labels[i] = arg
 
 
 @njit(parallel=True, cache=True)
-def _cluster_min_loss(block, order, bounds, clusters, move_cost):
+def _cluster_min_loss(block, virtual, order, bounds, clusters, move_cost):
     """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``; one cluster per task, no races."""
+    n_cols = block.shape[1] + (virtual.size > 0)
     for s in prange(clusters.size):
         k = clusters[s]
         for j in range(bounds[s], bounds[s + 1]):
             i = order[j]
-            own = np.float64(block[i, k])
-            for other in range(block.shape[1]):
-                loss = own - np.float64(block[i, other])
+            own = _score(block, virtual, i, k)
+            for other in range(n_cols):
+                loss = own - _score(block, virtual, i, other)
                 if loss < move_cost[k, other]:
                     move_cost[k, other] = loss
 
 
 @njit(parallel=True, cache=True)
-def _row_gap_terms(block, labels, prices, terms):
+def _cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first):
+    """:func:`_cluster_min_loss` that also records the sample of each new minimum."""
+    n_cols = block.shape[1] + (virtual.size > 0)
+    for s in prange(clusters.size):
+        k = clusters[s]
+        for j in range(bounds[s], bounds[s + 1]):
+            i = order[j]
+            own = _score(block, virtual, i, k)
+            for other in range(n_cols):
+                loss = own - _score(block, virtual, i, other)
+                if loss < move_cost[k, other]:
+                    move_cost[k, other] = loss
+                    move_arg[k, other] = first + i
+
+
+@njit(parallel=True, cache=True)
+def _row_gap_terms(block, virtual, labels, prices, terms):
     """``max_k (S_ik - p_k) - (S_iy - p_y)`` per row (>= 0)."""
+    n_cols = block.shape[1] + (virtual.size > 0)
     for i in prange(block.shape[0]):
-        best = np.float64(block[i, 0]) - prices[0]
-        for k in range(1, block.shape[1]):
-            best = max(best, np.float64(block[i, k]) - prices[k])
+        best = _score(block, virtual, i, 0) - prices[0]
+        for k in range(1, n_cols):
+            best = max(best, _score(block, virtual, i, k) - prices[k])
         y = labels[i]
-        terms[i] = best - (np.float64(block[i, y]) - prices[y])
+        terms[i] = best - (_score(block, virtual, i, y) - prices[y])
 
 
 def balance(transfers: Any) -> int:
@@ -103,8 +187,11 @@ def balance(transfers: Any) -> int:
     """
     members, start, count = _member_table(transfers.members, transfers.upper, transfers.dummies)
     prices = transfers.prices.copy()
+    scores, virtual = matrix_and_column(transfers.scores)
     n_moves = _balance(
-        np.ascontiguousarray(transfers.scores),
+        scores,
+        virtual,
+        transfers.move_arg,
         transfers.labels,
         prices,
         transfers.upper.astype(np.int64),
@@ -119,6 +206,124 @@ def balance(transfers: Any) -> int:
     transfers.prices = prices
     transfers.members = [members[s : s + c].tolist() for s, c in zip(start, count, strict=True)]
     return int(n_moves)
+
+
+def matrix_and_column(scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The in-memory matrix, and the appended virtual column (empty when none): a
+    :class:`otlabel.rounding.WithColumn` (or one of its blocks) is read in place."""
+    column = getattr(scores, "column", None)
+    if column is None:
+        return np.ascontiguousarray(scores), np.zeros(0)
+    return np.ascontiguousarray(scores.scores), np.ascontiguousarray(column, dtype=np.float64)
+
+
+def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
+    """Run :meth:`otlabel.rounding._Exchanges.improve` in Numba; returns the exchanges.
+
+    The same steps (the compiled Dijkstra, the same moves), on the exchanges'
+    state, updated in place; the slot values are the constraint's
+    (:meth:`~otlabel.constraints.RelaxedSizes.slot_values`), computed in Numba.
+    """
+    scores, virtual = matrix_and_column(exchanges.scores)
+    slots = constraint.slot_parameters(n_samples)
+    n_moves, room = 0, max(64, exchanges.labels.size // max(exchanges.counts.size, 1))
+    while True:  # a cluster's member list may fill up: rebuild it with more room
+        members, start, count, capacity = _growing_table(exchanges.members, room)
+        prices = exchanges.prices.copy()
+        moved, full = _improve(
+            scores, virtual, exchanges.move_arg, exchanges.labels, prices, exchanges.counts,
+            exchanges.move_cost, members, start, count, capacity, *slots, GAIN_TOLERANCE,
+        )  # fmt: skip
+        exchanges.prices = prices
+        exchanges.members = [members[s : s + c].tolist() for s, c in zip(start, count, strict=True)]
+        n_moves += int(moved)
+        if not full:
+            return n_moves
+        room *= 2
+
+
+def _growing_table(lists: list[list[int]], room: int) -> tuple[np.ndarray, ...]:
+    """Member lists in one array, each with ``room`` free slots after its members."""
+    count = np.array([len(group) for group in lists], dtype=np.int64)
+    capacity = count + room
+    start = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
+    members = np.empty(int(capacity.sum()), dtype=np.int64)
+    for k, group in enumerate(lists):
+        members[start[k] : start[k] + count[k]] = group
+    return members, start, count, capacity
+
+
+#: The exchange tolerance of :mod:`otlabel.rounding` (relative to the prices).
+GAIN_TOLERANCE = 1e-12
+
+
+@njit(cache=True)
+def _slot_value(k, n, penalty, expected, known, lower, upper):
+    """``h_k(n) - h_k(n - 1)`` as :meth:`RelaxedSizes.slot_values` computes it."""
+    if not np.isfinite(penalty[k]):  # a fixed-count column: free inside its bounds
+        if n <= lower[k]:
+            return np.inf
+        if n > upper[k]:
+            return -np.inf
+        return 0.0
+    if n < 1:
+        return np.inf
+    x = np.float64(n + known[k])
+    previous = x - 1.0
+    value = x * np.log(x / expected[k])
+    if previous > 0:
+        value -= previous * np.log(previous / expected[k])
+    return -penalty[k] * value
+
+
+@njit(cache=True)
+def _improve(
+    scores, virtual, move_arg, labels, prices, counts, move_cost, members, start, count,
+    capacity, penalty, expected, known, lower, upper, tolerance,
+):  # fmt: skip
+    """Exchanges until none gains; returns ``(exchanges, a member list is full)``."""
+    n_clusters = prices.size
+    distance = np.empty(n_clusters)
+    reward = np.empty(n_clusters)
+    parent = np.empty(n_clusters, np.int64)
+    no_dummies = np.zeros(n_clusters, np.int64)
+    n_moves = 0
+    while True:
+        for k in range(n_clusters):
+            distance[k] = prices[k] + _slot_value(
+                k, counts[k], penalty, expected, known, lower, upper
+            )
+            reward[k] = prices[k] + _slot_value(
+                k, counts[k] + 1, penalty, expected, known, lower, upper
+            )
+            if np.isnan(distance[k]):
+                distance[k] = np.inf
+            if np.isnan(reward[k]):
+                reward[k] = -np.inf
+        parent[:] = -1
+        target, best = _exchange_paths(move_cost, prices, distance, reward, parent, True)
+        largest = 0.0
+        for k in range(n_clusters):
+            largest = max(largest, abs(prices[k]))
+        if target < 0 or best <= tolerance * (1.0 + largest):
+            return n_moves, False
+        node = target
+        while parent[node] >= 0:  # every taker needs a free slot in its member list
+            if count[node] >= capacity[node]:
+                return n_moves, True
+            node = parent[node]
+        limit = distance[target]
+        for k in range(n_clusters):
+            prices[k] = prices[k] - min(distance[k], limit)
+        node = target
+        while parent[node] >= 0:
+            giver = parent[node]
+            _move(
+                giver, node, False, 1, scores, virtual, labels, no_dummies, counts,
+                move_cost, move_arg, members, start, count,
+            )  # fmt: skip
+            node = giver
+        n_moves += 1
 
 
 def _member_table(
@@ -142,6 +347,8 @@ def _member_table(
 @njit(cache=True)
 def _balance(
     scores,
+    virtual,
+    move_arg,
     labels,
     prices,
     upper,
@@ -176,8 +383,8 @@ def _balance(
         while node != source:  # the path's edges, last first
             giver = parent[node]
             _move(
-                giver, node, by_dummy[node], amount, scores, labels, dummies, occupancy,
-                move_cost, members, start, count,
+                giver, node, by_dummy[node], amount, scores, virtual, labels, dummies,
+                occupancy, move_cost, move_arg, members, start, count,
             )  # fmt: skip
             node = giver
         n_moves += amount
@@ -236,8 +443,8 @@ def _shortest_path(
 
 @njit(cache=True)
 def _move(
-    giver, taker, dummy, amount, scores, labels, dummies, occupancy, move_cost,
-    members, start, count,
+    giver, taker, dummy, amount, scores, virtual, labels, dummies, occupancy, move_cost,
+    move_arg, members, start, count,
 ):  # fmt: skip
     """Move ``amount`` dummies, or the member of ``giver`` that loses least, to ``taker``."""
     occupancy[giver] -= amount
@@ -250,7 +457,7 @@ def _move(
     pick, least = 0, np.inf
     for j in range(size):
         i = members[first + j]
-        loss = np.float64(scores[i, giver]) - np.float64(scores[i, taker])
+        loss = _score(scores, virtual, i, giver) - _score(scores, virtual, i, taker)
         if loss < least:
             pick, least = j, loss
     sample = members[first + pick]
@@ -261,15 +468,25 @@ def _move(
     count[taker] += 1
     labels[sample] = taker
     n_clusters = move_cost.shape[1]
-    for k in range(n_clusters):
-        move_cost[giver, k] = np.inf
-    for j in range(size - 1):
-        i = members[first + j]
-        own = np.float64(scores[i, giver])
-        for k in range(n_clusters):
-            loss = own - np.float64(scores[i, k])
+    for k in range(n_clusters):  # the minima the moved sample attained: over the others
+        if move_arg[giver, k] != sample:
+            continue
+        move_cost[giver, k], move_arg[giver, k] = np.inf, -1
+        for j in range(size - 1):
+            i = members[first + j]
+            loss = _score(scores, virtual, i, giver) - _score(scores, virtual, i, k)
             if loss < move_cost[giver, k]:
-                move_cost[giver, k] = loss
-    own = np.float64(scores[sample, taker])
+                move_cost[giver, k], move_arg[giver, k] = loss, i
+    own = _score(scores, virtual, sample, taker)
     for k in range(n_clusters):
-        move_cost[taker, k] = min(move_cost[taker, k], own - np.float64(scores[sample, k]))
+        loss = own - _score(scores, virtual, sample, k)
+        if loss < move_cost[taker, k]:
+            move_cost[taker, k], move_arg[taker, k] = loss, sample
+
+
+@njit(inline="always", cache=True)
+def _score(scores, virtual, i, k):
+    """``S_ik`` in float64, the virtual column's score when ``k`` is past the last."""
+    if k == scores.shape[1]:
+        return virtual[i]
+    return np.float64(scores[i, k])
