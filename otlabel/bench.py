@@ -76,6 +76,7 @@ class Solver:
     available: Callable[[], bool]
     make: Callable[[Any, float], Any]  # -> object with step() and labels()
     streams: bool = False  # reads the scores from a .npy on disk (make gets its path)
+    constraint: bool = False  # a cluster-size constraint row (opt-in: --constraints)
 
 
 class _OtlabelRun:
@@ -89,9 +90,19 @@ class _OtlabelRun:
 
     lag = 0  # step() returns the error of the iterate it produced
 
-    def __init__(self, scores: Any, epsilon: float, backend: str) -> None:
+    def __init__(
+        self,
+        scores: Any,
+        epsilon: float,
+        backend: str,
+        constraint: dict[str, Any] | None = None,
+        rounds: bool = False,
+    ) -> None:
         self.scores, self.epsilon, self.backend = scores, epsilon, backend
-        self.potential = np.zeros(scores.shape[1])
+        self.constraint = dict(constraint or {})
+        self.rounds = rounds or self.rounds
+        n_columns = scores.shape[1] + (self.constraint.get("mass", 1.0) < 1.0)
+        self.potential = np.zeros(n_columns)  # with partial mass, g0 last
         self.method: str | None = None
         self.passes: Iterator[Any] | None = None
         self._labels: np.ndarray | None = None
@@ -113,8 +124,11 @@ class _OtlabelRun:
                 tol=tol,
                 backend=self.backend,
                 max_iter=max(1, int(budget / max(per_pass, 1e-9))),
+                **self.constraint,
             )
-        self.potential, self.method = result.potential, result.method
+        self.potential, self.method = np.asarray(result.potential), result.method
+        if result.unassigned_potential is not None:
+            self.potential = np.append(self.potential, result.unassigned_potential)
         self._labels = None if result.labels is None else np.asarray(result.labels)
         return int(result.n_iter), float(result.error)
 
@@ -131,12 +145,16 @@ class _OtlabelRun:
         Numba backend's stored kernel at once), from :attr:`potential`."""
         if self._problem is None:
             self._problem = build_problem(
-                self.scores, self.epsilon, backend=self.backend, rounding=None
+                self.scores, self.epsilon, backend=self.backend, rounding=None, **self.constraint
             )
         head, options = self._problem.heads[0], self._problem.options
         log_a, potential = options.backend.vectors(head.scores, head.log_a, self.potential)
+        virtual = None
+        if head.virtual is not None:
+            (virtual,) = options.backend.vectors(head.scores, head.virtual)
         kernel = self._kernel(head, log_a, options, warm)
-        return iterate(kernel, head.constraint.to(potential), self.epsilon, potential)
+        constraint = head.constraint.to(potential)
+        return iterate(kernel, constraint, self.epsilon, potential, virtual=virtual)
 
     @staticmethod
     def _kernel(head: Any, log_a: Any, options: Any, warm: bool) -> Any:
@@ -155,8 +173,16 @@ class _OtlabelRun:
         if self._problem is None:
             self._passes(warm=False)
         head, options = self._problem.heads[0], self._problem.options
+        n_clusters = head.scores.shape[1]
+        potential = np.asarray(self.potential)
         rounded = hard_labels(
-            head.scores, np.asarray(self.potential), head.constraint, "balanced", options.backend
+            head.scores,
+            potential[:n_clusters],
+            head.constraint,
+            "balanced",
+            options.backend,
+            virtual=head.virtual,
+            unassigned=float(potential[-1]) if head.virtual is not None else None,
         )
         assert rounded.labels is not None
         return rounded.labels
@@ -338,6 +364,43 @@ def _installed(module: str) -> Callable[[], bool]:
     return check
 
 
+#: The cluster-size rows (``otlabel bench --constraints``): each solved with its exact
+#: labels, to compare with the fixed-size row on the same input.
+CONSTRAINT_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fixed": ("fixed sizes (equal)", {}),
+    "bounded": ("bounded sizes 0.5/K..2/K", {"min_size": 0.5, "max_size": 2.0}),
+    "relaxed": ("relaxed sizes, tau = 0.5", {"size_penalty": 0.5}),
+    "partial": ("partial mass 0.9", {"mass": 0.9}),
+    "known": ("5% known labels (the scores' argmax)", {"known_labels": 0.05}),
+}
+
+
+def _constraint_run(constraint: dict[str, Any]) -> Callable[[Any, float], Any]:
+    """How a cluster-size row makes its run: assign with the constraint and labels."""
+
+    def make(scores: Any, epsilon: float) -> _OtlabelRun:
+        arguments = _constraint_arguments(constraint, scores)
+        return _OtlabelRun(scores, epsilon, "numba", arguments, rounds=True)
+
+    return make
+
+
+def _constraint_arguments(constraint: dict[str, Any], scores: Any) -> dict[str, Any]:
+    """The row's arguments for these scores: bounds per cluster (fractions of 1/K), and
+    known labels drawn from the scores' argmax (a fixed 1-in-20 sample)."""
+    n, k = scores.shape
+    arguments = dict(constraint)
+    for bound in ("min_size", "max_size"):
+        if bound in arguments:
+            arguments[bound] = arguments[bound] / k
+    if "known_labels" in arguments:
+        known = np.full(n, -1)
+        rows = np.arange(0, n, round(1 / arguments["known_labels"]))
+        known[rows] = np.argmax(scores[rows], axis=1)
+        arguments["known_labels"] = known
+    return arguments
+
+
 SOLVERS: dict[str, Solver] = {
     "otlabel-numpy": Solver(
         "otlabel-numpy",
@@ -355,6 +418,18 @@ SOLVERS: dict[str, Solver] = {
         _installed("numba"),
         lambda scores, eps: _OtlabelRun(scores, eps, "numba"),
     ),
+    **{
+        f"otlabel-{name}": Solver(
+            f"otlabel-{name}",
+            f"otlabel.assign, Numba backend, {what}; time to tolerance with its exact labels",
+            1,
+            lambda dtype: dtype.itemsize,
+            _installed("numba"),
+            _constraint_run(constraint),
+            constraint=True,
+        )
+        for name, (what, constraint) in CONSTRAINT_ROWS.items()
+    },
     "otlabel-stream": Solver(
         "otlabel-stream",
         "otlabel, ChunkedScores over a .npy on disk (memmap), warm page cache",
@@ -417,7 +492,9 @@ SOLVERS: dict[str, Solver] = {
 
 
 #: What ``otlabel bench`` runs by default: every solver on in-memory scores.
-DEFAULT_SOLVERS = [name for name, solver in SOLVERS.items() if not solver.streams]
+DEFAULT_SOLVERS = [
+    name for name, solver in SOLVERS.items() if not solver.streams and not solver.constraint
+]
 
 
 # ---------------------------------------------------------------------------
@@ -570,7 +647,8 @@ def run_row(
                     steps += 1
                 n_iter = steps - run.lag if error <= tol else steps
             seconds = time.perf_counter() - started
-            counts = np.bincount(run.labels(), minlength=k)
+            labels = run.labels()
+        counts = np.bincount(labels[labels >= 0], minlength=k)  # -1: unassigned
         result.method = getattr(run, "method", None)
         result.n_iter, result.error, result.reached_tol = n_iter, error, error <= tol
         result.seconds_to_tol = seconds
@@ -884,6 +962,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="add otlabel-stream rows: the matrix from a .npy on disk, warm and cold page cache",
     )
+    parser.add_argument(
+        "--constraints",
+        action="store_true",
+        help="add the cluster-size rows (fixed, bounded, relaxed, partial, known), each "
+        "timed with its exact labels",
+    )
     parser.add_argument("--tol", type=float, default=DEFAULT_TOL)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per row to tolerance")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per row")
@@ -914,6 +998,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     solvers = list(args.solvers)
     if args.stream:
         solvers += [name for name in SOLVERS if SOLVERS[name].streams and name not in solvers]
+    if args.constraints:
+        solvers += [name for name in SOLVERS if SOLVERS[name].constraint and name not in solvers]
     config = BenchConfig(sizes, solvers, args.tol, args.budget, args.repeats, args.kind, args.out)
     results = run(config)
     print(markdown_table(results, machine_header(config)))

@@ -230,9 +230,11 @@ def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
     while True:  # a cluster's member list may fill up: rebuild it with more room
         members, start, count, capacity = _growing_table(exchanges.members, room)
         prices = exchanges.prices.copy()
+        penalty, expected, known, lower, upper = slots
         moved, full = _improve(
             scores, virtual, exchanges.move_arg, exchanges.labels, prices, exchanges.counts,
-            exchanges.move_cost, members, start, count, capacity, *slots, GAIN_TOLERANCE,
+            exchanges.move_cost, members, start, count, capacity,
+            penalty, expected, known, lower, upper, GAIN_TOLERANCE,
         )  # fmt: skip
         exchanges.prices = prices
         exchanges.members = [members[s : s + c].tolist() for s, c in zip(start, count, strict=True)]
