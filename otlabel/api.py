@@ -136,8 +136,8 @@ def assign(
         optimum (at most 1.8; 4 to 5 times fewer passes at SeLa's settings),
         falling back to 1 if the error stalls.  A number in (0, 2) fixes it;
         1.0 is plain Sinkhorn-Knopp as SeLa runs it.  The fixed point (and so
-        the answer) is the same for every weight.  Bounded sizes take plain
-        passes (over-relaxation is proven for fixed sizes only).
+        the answer) is the same for every weight (proven for fixed sizes,
+        measured for bounded and relaxed ones: docs/cluster-sizes.md).
     min_size, max_size : float, array (K,) or None
         Bounded cluster sizes, as fractions of all the mass: ``min_size_k <=
         (Q^T 1)_k <= max_size_k`` in the Sinkhorn solve, and counts
