@@ -19,6 +19,7 @@ from array_api_compat import array_namespace
 
 from . import _validation as check
 from ._arrays import device_of, from_host, is_half, to_numpy
+from ._system import available_memory
 from .constraints import BoundedSizes, ColumnConstraint, FixedSizes, RelaxedSizes
 from .initializers import STARTS
 from .kernels import resolve_backend
@@ -360,8 +361,12 @@ def _known_score_sum(scores: Any, known: KnownLabels) -> float:
 
 
 def _rows(scores: Any, rows: np.ndarray) -> Any:
-    """The rows ``rows`` of the scores: a copy (arrays) or a stream that gathers them."""
+    """The rows ``rows`` of the scores: a copy of them if it fits in half the available
+    memory (NumPy; always for device arrays), else a stream that gathers them."""
     if isinstance(scores, ChunkedScores):
+        return ChunkedScores(lambda i0, i1: scores[rows[i0:i1]], n_samples=rows.size)
+    copy_bytes = rows.size * scores.shape[1] * scores.dtype.itemsize
+    if isinstance(scores, np.ndarray) and copy_bytes > 0.5 * available_memory():
         return ChunkedScores(lambda i0, i1: scores[rows[i0:i1]], n_samples=rows.size)
     xp = array_namespace(scores)
     return scores[from_host(rows, xp, device_of(scores)), ...]
