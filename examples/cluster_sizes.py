@@ -13,6 +13,7 @@ classes by their majority class.
 from __future__ import annotations
 
 import sys
+
 import numpy as np
 
 import otlabel
