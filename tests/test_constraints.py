@@ -434,3 +434,16 @@ def test_relaxed_labels_equal_from_numpy_and_numba_passes(seed):
     numba_ = otlabel.assign(scores, 0.05, backend="numba", **kwargs)
     np.testing.assert_array_equal(numpy_.labels, numba_.labels)
     assert numpy_.gap <= 1e-9 and numba_.gap <= 1e-9
+
+
+def test_the_cluster_sizes_page_examples_run():
+    """docs/cluster-sizes.md: every code block runs, in order, as written."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parents[1] / "docs" / "cluster-sizes.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert len(blocks) >= 4
+    namespace: dict = {}
+    exec(compile("\n".join(blocks), str(page), "exec"), namespace)  # noqa: S102
+    assert (namespace["res"].labels[:50] == namespace["known"][:50]).all()
