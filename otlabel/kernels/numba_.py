@@ -115,22 +115,29 @@ def _float32_array(scores: Any) -> bool:
 
 
 @njit(inline="always", cache=True)
-def _row_update(log_sum, frame, log_a, previous, omega, relaxed, virtual, has_virtual):
-    """Row update in units of eps: returns ``(f/eps, log_scale, row error)``.
+def _row_update(row_sum, frame, log_a, a, previous, omega, relaxed, virtual, has_virtual):
+    """Row update in units of eps: returns ``(f/eps, row error, scale)``.
 
     The row's plan entries are ``e_k exp(f/eps - frame)`` for its kernel entries
-    ``e`` with ``log sum_k e_k = log_sum`` (with partial mass, and
+    ``e`` with ``sum_k e_k = row_sum`` (with partial mass, and
     ``exp(virtual + f/eps)`` for the virtual column); the exact update
-    ``fhat/eps = log a - log_sum + frame`` gives the row its mass, over-relaxed
-    to ``(1 - omega) previous + omega fhat``; ``log_scale = f/eps - frame``.
+    ``fhat/eps = log a - log row_sum + frame`` gives the row its mass, over-relaxed
+    to ``(1 - omega) previous + omega fhat``.  ``scale = exp(f/eps - frame)`` turns
+    the row's kernel entries into plan entries: ``a (1 + expm1(f/eps - fhat/eps)) /
+    row_sum``, so a row costs one ``log`` (and one ``expm1`` when relaxed), no ``exp``.
     """
-    if has_virtual:
-        log_sum = _logaddexp(log_sum, virtual + frame)
-    exact = log_a - log_sum + frame
+    if has_virtual:  # in logs: the virtual entry may dwarf the row
+        log_sum = _logaddexp(math.log(row_sum), virtual + frame)
+        exact = log_a - log_sum + frame
+        new = (1.0 - omega) * previous + omega * exact if relaxed else exact
+        error = a * abs(math.expm1(new - exact)) if relaxed else 0.0
+        return new, error, math.exp(new - frame)
+    exact = log_a - math.log(row_sum) + frame
     if not relaxed:
-        return exact, exact - frame, 0.0
+        return exact, 0.0, a / row_sum
     new = (1.0 - omega) * previous + omega * exact
-    return new, new - frame, math.exp(log_a) * abs(math.expm1(new - exact))
+    change = math.expm1(new - exact)
+    return new, a * abs(change), a * (1.0 + change) / row_sum
 
 
 @njit(inline="always", cache=True)
@@ -167,6 +174,7 @@ def _total(values):
 def _log_sweep(
     scores,
     log_a,
+    a,
     g_scaled,
     inv_eps,
     previous,
@@ -192,33 +200,33 @@ def _log_sweep(
         sums, peaks = col_sum[b], col_peak[b]
         sums[:] = 0.0
         peaks[:] = 0.0
-        row_error, max_log_scale = 0.0, -np.inf
+        row_error, max_scale = 0.0, 0.0
         first, last = b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)
         for i in range(first, last):
             row = scores[i]
             row_max = _shifted_max(row, inv_eps, g_scaled)
             for j in range(n_cols):
                 values[j] = exp_neg(row[j] * inv_eps + g_scaled[j] - row_max)
-            f, log_scale, error = _row_update(
-                math.log(_total(values)),
+            f, error, scale = _row_update(
+                _total(values),
                 -row_max,
                 log_a[i],
+                a[i],
                 previous[i],
                 omega,
                 relaxed,
-                virtual[i],
+                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
                 has_virtual,
             )
             f_scaled[i] = f
             row_error += error
-            max_log_scale = max(max_log_scale, log_scale)
-            scale = math.exp(log_scale)
+            max_scale = max(max_scale, scale)
             for j in range(n_cols):
                 entry = values[j] * scale
                 sums[j] += entry
                 peaks[j] = max(peaks[j], entry)
         block_stats[b, 0] = row_error
-        block_stats[b, 1] = max_log_scale
+        block_stats[b, 1] = math.log(max_scale) if max_scale > 0 else -np.inf
         block_stats[b, 2] = last - first
 
 
@@ -239,6 +247,7 @@ class NumbaLogKernel(Kernel):
         precise: bool = False,
     ) -> None:
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon  # array or ChunkedScores
+        self.a = np.exp(log_a)  # (N,) the row masses themselves: no exp per row per pass
         self.n_threads = n_threads
         self.storage = np.float32 if scores.dtype == np.float32 else np.float64
         self.dtype = np.float64 if precise else self.storage  # of the arithmetic
@@ -268,6 +277,7 @@ class NumbaLogKernel(Kernel):
             _log_sweep(
                 np.ascontiguousarray(block, dtype=self.storage),
                 self.log_a[rows],
+                self.a[rows],
                 state,
                 self.dtype(1.0 / self.epsilon),
                 _scaled_previous(previous, self.epsilon, n_rows),
@@ -346,6 +356,7 @@ def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: The stabilised scaling kernel absorbs a row or the columns into the stored
 #: kernel when their scaling leaves [e^-ABSORB, e^ABSORB].
 ABSORB = 20.0
+_ABSORB_LOW, _ABSORB_HIGH = math.exp(-ABSORB), math.exp(ABSORB)
 #: Rows per parallel task of the stored sweeps (fixed: results do not depend on
 #: the thread count); float32 column partials are flushed to float64 every
 #: FLUSH_ROWS rows, float32 row sums every RUN elements.
@@ -356,47 +367,71 @@ _NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
 #: The stored kernel is kept sparse (its entries above the flush, CSR) when at
 #: most this fraction of the N x K entries survive the flush.
 SPARSE_DENSITY = 0.1
-#: Stored entries at or below this are flushed to zero: subnormal float32 keep
-#: few bits (they would restore badly) and take a slow path in arithmetic.
-_TINY32 = 1.7e-38
-_LOG_TINY32 = math.log(_TINY32)
+#: Stored entries at or below ``e^FLUSH_EXPONENT`` (relative to their row's largest when
+#: the kernel is built) are flushed to zero.  Products with the column scalings
+#: (``[e^-ABSORB, e^ABSORB]``) and the scaled row factors (``[e^-ABSORB, K]``, see
+#: :func:`_stored_row`) then stay normal float32 numbers: no subnormal arithmetic,
+#: whose slow path costs several times a normal multiply.  A flushed entry is below
+#: ``e^-(FLUSH_EXPONENT + ABSORB) = e^-40`` of its row's mass, so a row loses less
+#: than ``K e^-40`` (about 1e-14 at K = 3000) of its mass: far below any tolerance.
+FLUSH_EXPONENT = -60.0
+_FLUSH = math.exp(FLUSH_EXPONENT)
 
 
-@njit(fastmath=_NO_EXP, cache=True)
-def _row_dot(row, v):
-    """``sum_j row[j] v[j]``: float32 runs of RUN elements, summed in float64."""
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _row_dot(values, first, last, v):
+    """``sum_j values[first + j] v[j]`` (a dense row): float32 runs of RUN elements,
+    summed in float64."""
     total = 0.0
-    for start in range(0, row.size, RUN):
+    for start in range(first, last, RUN):
         run = np.float32(0.0)
-        for j in range(start, min(start + RUN, row.size)):
-            run += row[j] * v[j]
+        for e in range(start, min(start + RUN, last)):
+            run += values[e] * v[e - first]
         total += run
     return total
 
 
-@njit(fastmath=_NO_EXP, cache=True)
-def _stored_row(row, v, i, log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled):
-    """Row ``i``'s update on the stored kernel; returns ``(q_i, row error, absorbed)``.
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _sparse_dot(values, indices, first, last, v):
+    """``sum_e values[e] v[indices[e]]`` over a row's kept entries, float32 runs in float64."""
+    total = 0.0
+    for start in range(first, last, RUN):
+        run = np.float32(0.0)
+        for e in range(start, min(start + RUN, last)):
+            run += values[e] * v[indices[e]]
+        total += run
+    return total
 
-    The row's plan is ``G_ik v_k exp(f_i/eps - f_ref_i)``.  If ``sum_k G_ik v_k``
-    left [e^-ABSORB, e^ABSORB], the row is rescaled in place and its reference
-    moves with it.  Writes ``f_i / eps``; ``q_i`` is the row's factor.
+
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _stored_row(
+    values, first, last, row_sum, f_ref, i, log_a, a, previous, omega, relaxed, virtual,
+    has_virtual, q_scale,
+):  # fmt: skip
+    """Row ``i``'s update on the stored kernel: ``(q_i C, f_i / eps, row error, absorbed)``.
+
+    The row's plan is ``G_ik v_k exp(f_i/eps - f_ref_i)`` for its entries
+    ``values[first:last]``, and ``row_sum`` is ``sum_k G_ik v_k``.  If that left
+    [e^-ABSORB, e^ABSORB], the row is rescaled in place and its reference moves
+    with it.  The row's factor ``q_i`` comes back scaled by ``C = q_scale`` (the
+    kernel's ``N K``), which keeps ``G_ik q_i C`` a normal float32 number (``q_i``
+    is of order ``a_i``); the kernel divides the column sums by ``C``.  Scalars
+    and index ranges only: no array views per row (each would touch a shared
+    reference count from every thread).
     """
-    log_sum = math.log(_row_dot(row, v))
     absorbed = 0
-    if abs(log_sum) > ABSORB:
-        scale = np.float32(math.exp(-log_sum))
-        tiny, zero = np.float32(_TINY32), np.float32(0.0)
-        for j in range(row.size):
-            value = row[j] * scale
-            row[j] = value if value > tiny else zero  # no subnormals
-        f_ref[i] -= log_sum
-        log_sum, absorbed = 0.0, 1
-    f, log_scale, error = _row_update(
-        log_sum, f_ref[i], log_a[i], previous[i], omega, relaxed, virtual[i], has_virtual
+    if not _ABSORB_LOW <= row_sum <= _ABSORB_HIGH:
+        scale = np.float32(1.0 / row_sum)
+        tiny, zero = np.float32(_FLUSH), np.float32(0.0)
+        for e in range(first, last):
+            value = values[e] * scale
+            values[e] = value if value > tiny else zero  # no subnormals
+        f_ref[i] -= math.log(row_sum)
+        row_sum, absorbed = 1.0, 1
+    f, error, factor = _row_update(
+        row_sum, f_ref[i], log_a, a, previous, omega, relaxed, virtual, has_virtual
     )
-    f_scaled[i] = f
-    return np.float32(math.exp(log_scale)), error, absorbed
+    return np.float32(factor * q_scale), f, error, absorbed
 
 
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
@@ -404,6 +439,7 @@ def _dense_sweep(
     kernel,
     v,
     log_a,
+    a,
     f_ref,
     previous,
     omega,
@@ -413,6 +449,7 @@ def _dense_sweep(
     f_scaled,
     col_sum,
     task_stats,
+    q_scale,
 ):
     """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
 
@@ -422,34 +459,44 @@ def _dense_sweep(
     four rows; they are flushed to float64 every FLUSH_ROWS rows.
     """
     n_rows, n_cols = kernel.shape
-    args = (log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled)
+    flat = kernel.reshape(kernel.size)  # rows as index ranges: no view per row
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
         partial = np.zeros(n_cols, dtype=np.float32)
+        q = np.zeros(4, dtype=np.float32)
         row_error, absorbed = 0.0, 0
         first, last = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
         i = first
         while i < last:
-            if i + 4 <= last:
-                r0, r1, r2, r3 = kernel[i], kernel[i + 1], kernel[i + 2], kernel[i + 3]
-                q0, e0, a0 = _stored_row(r0, v, i, *args)
-                q1, e1, a1 = _stored_row(r1, v, i + 1, *args)
-                q2, e2, a2 = _stored_row(r2, v, i + 2, *args)
-                q3, e3, a3 = _stored_row(r3, v, i + 3, *args)
+            rows = min(4, last - i)
+            for r in range(rows):  # the rows' updates, then their columns together
+                row = i + r
+                start = row * n_cols
+                q[r], f, error, was_absorbed = _stored_row(
+                    flat, start, start + n_cols, _row_dot(flat, start, start + n_cols, v),
+                    f_ref, row, log_a[row], a[row], previous[row], omega, relaxed,
+                    virtual[row] if has_virtual else 0.0, has_virtual, q_scale,
+                )  # fmt: skip
+                f_scaled[row] = f
+                row_error += error
+                absorbed += was_absorbed
+            if rows == 4:
+                base = i * n_cols
+                q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
                 for j in range(n_cols):
-                    partial[j] += r0[j] * q0 + r1[j] * q1 + r2[j] * q2 + r3[j] * q3
-                row_error += e0 + e1 + e2 + e3
-                absorbed += a0 + a1 + a2 + a3
-                i += 4
+                    partial[j] += (
+                        flat[base + j] * q0
+                        + flat[base + n_cols + j] * q1
+                        + flat[base + 2 * n_cols + j] * q2
+                        + flat[base + 3 * n_cols + j] * q3
+                    )
             else:
-                row = kernel[i]
-                q, e, absorbed_one = _stored_row(row, v, i, *args)
-                for j in range(n_cols):
-                    partial[j] += row[j] * q
-                row_error += e
-                absorbed += absorbed_one
-                i += 1
+                for r in range(rows):
+                    base = (i + r) * n_cols
+                    for j in range(n_cols):
+                        partial[j] += flat[base + j] * q[r]
+            i += rows
             if (i - first) % FLUSH_ROWS == 0 or i == last:
                 for j in range(n_cols):
                     sums[j] += partial[j]
@@ -465,6 +512,7 @@ def _sparse_sweep(
     values,
     v,
     log_a,
+    a,
     f_ref,
     previous,
     omega,
@@ -474,26 +522,26 @@ def _sparse_sweep(
     f_scaled,
     col_sum,
     task_stats,
+    q_scale,
 ):
     """:func:`_dense_sweep` on the kept entries only: the same row update, the same tasks."""
-    n_rows, n_cols = indptr.size - 1, v.size
-    args = (log_a, f_ref, previous, omega, relaxed, virtual, has_virtual, f_scaled)
+    n_rows = indptr.size - 1
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
-        gathered = np.empty(n_cols, dtype=np.float32)  # v at the row's kept columns
         row_error, absorbed = 0.0, 0
         for i in range(t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)):
             first, last = indptr[i], indptr[i + 1]
-            for e in range(first, last):
-                gathered[e - first] = v[indices[e]]
-            q, error, absorbed_one = _stored_row(
-                values[first:last], gathered[: last - first], i, *args
-            )
+            q, f, error, was_absorbed = _stored_row(
+                values, first, last, _sparse_dot(values, indices, first, last, v), f_ref, i,
+                log_a[i], a[i], previous[i], omega, relaxed,
+                virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
+            )  # fmt: skip
+            f_scaled[i] = f
             for e in range(first, last):
                 sums[indices[e]] += values[e] * q
             row_error += error
-            absorbed += absorbed_one
+            absorbed += was_absorbed
         task_stats[t, 0] = row_error
         task_stats[t, 1] = absorbed
 
@@ -509,7 +557,7 @@ def _build_dense(scores, g_ref, inv_eps, kernel, f_ref):
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
     scale = np.float32(inv_eps)
-    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for i in prange(n_rows):
         row, out = scores[i], kernel[i]
         row_max = _shifted_max(row, scale, g32)
@@ -522,7 +570,7 @@ def _build_dense(scores, g_ref, inv_eps, kernel, f_ref):
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
 def _scale_columns(kernel, factor):
     """``G_ik *= factor_k``, flushing what falls below the smallest normal float32."""
-    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for i in prange(kernel.shape[0]):
         row = kernel[i]
         for j in range(kernel.shape[1]):
@@ -557,10 +605,10 @@ class SparseKernel:
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
     """Entries of ``G`` (as :func:`_build_dense` makes it) kept, per row: those whose
-    exponent is above log(_TINY32), decided without an ``exp``."""
+    exponent is above FLUSH_EXPONENT, decided without an ``exp``."""
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
-    scale, floor = np.float32(inv_eps), np.float32(_LOG_TINY32)
+    scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
     for i in prange(n_rows):
         row = scores[i]
         row_max = _shifted_max(row, scale, g32)
@@ -577,8 +625,8 @@ def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_sc
     (one at the threshold that ``exp`` puts below it is stored as zero)."""
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
-    scale, floor = np.float32(inv_eps), np.float32(_LOG_TINY32)
-    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
+    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for i in prange(n_rows):
         row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
         for j in range(n_cols):
@@ -594,7 +642,7 @@ def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_sc
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
 def _scale_sparse_columns(indptr, indices, values, factor):
     """:func:`_scale_columns` on the kept entries."""
-    tiny, zero = np.float32(_TINY32), np.float32(0.0)
+    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for i in prange(indptr.size - 1):
         for e in range(indptr[i], indptr[i + 1]):
             value = values[e] * factor[indices[e]]
@@ -612,10 +660,10 @@ class NumbaKernel(Kernel):
     ``G = exp((S + f + g)/eps)`` (float32, relative to the current ``g`` and to
     each row's maximum, so that every row of ``G`` peaks at 1) needs two
     multiply-adds per element.  It is built once the iterate's error is at most
-    :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-87`` of
+    :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-60`` of
     their row's plan, and stay negligible while the duals settle (a row or the
     columns are absorbed into ``G`` whenever their scaling leaves
-    ``[e^-20, e^20]``, so the flushed mass stays below ``K e^-47``).  When at most
+    ``[e^-20, e^20]``, so the flushed mass stays below ``K e^-40``).  When at most
     :data:`SPARSE_DENSITY` of its entries survive the flush (at SeLa's epsilon
     most do not), ``G`` is kept sparse, its kept entries row by row with their
     scores, and the scores are not touched: a pass then reads those entries
@@ -652,6 +700,8 @@ class NumbaKernel(Kernel):
         self.stored: np.ndarray | SparseKernel | None = None  # G, dense or sparse
         self.f_ref = self.g_ref = np.zeros(0)  # references, in units of epsilon
         self.can_store = True
+        self.q_scale = float(scores.shape[0] * scores.shape[1])  # see _stored_row
+        self.a = np.exp(log_a)
 
     @property
     def method(self) -> str:  # type: ignore[override]
@@ -698,6 +748,7 @@ class NumbaKernel(Kernel):
         row_args = (
             state,
             self.log_a[rows],
+            self.a[rows],
             self.f_ref,
             _scaled_previous(previous, self.epsilon, n_rows),
             float(update.omega),
@@ -706,13 +757,14 @@ class NumbaKernel(Kernel):
             f_scaled,
             col_sum,
             task_stats,
+            self.q_scale,
         )
         with threads(self.n_threads):
             if isinstance(block, SparseKernel):
                 _sparse_sweep(block.indptr, block.indices, block.values, *row_args)
             else:
                 _dense_sweep(block, *row_args)
-        col_mass = np.sum(col_sum, axis=0) * state  # (K,) column mass of the plan
+        col_mass = np.sum(col_sum, axis=0) * state / self.q_scale  # (K,) column mass of the plan
         columns = ColumnPartial(np.zeros(n_cols), col_mass)
         return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
 
@@ -738,15 +790,16 @@ class NumbaKernel(Kernel):
 
         Kept entries come back up to float32 rounding.  An entry that the kernel
         flushed (its kernel value fell below float32's normal range, more than
-        ``87 eps`` below its row's best ``S + g``) is not known any more: it comes
-        back as the score whose kernel value would be ``e^(-87 - ln K)``, below the
+        ``60 eps`` below its row's best ``S + g``, :data:`FLUSH_EXPONENT`) is not known
+        any more: it comes back as the score whose kernel value would be
+        ``e^(-60 - ln K)``, below the
         flush threshold, so that the row's flushed entries together still carry
-        less than ``e^-87`` of its largest entry.
+        less than ``e^-60`` of its largest entry.
         """
         if not (isinstance(self.stored, np.ndarray) and self.overwrite):
             return
         self.overwrite = False
-        floor = -87.0 - float(np.log(self.stored.shape[1]))
+        floor = FLUSH_EXPONENT - float(np.log(self.stored.shape[1]))
         with threads(self.n_threads):
             _restore_scores(self.stored, self.f_ref, self.g_ref, self.epsilon, floor, self.stored)
 
@@ -801,6 +854,7 @@ def _sparse_log_sweep(
     indices,
     kept_scores,
     log_a,
+    a,
     g_scaled,
     inv_eps,
     previous,
@@ -820,7 +874,7 @@ def _sparse_log_sweep(
         sums[:] = 0.0
         peaks[:] = 0.0
         values = np.empty(n_cols)
-        row_error, max_log_scale = 0.0, -np.inf
+        row_error, max_scale = 0.0, 0.0
         first_row, last_row = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
         for i in range(first_row, last_row):
             first, last = indptr[i], indptr[i + 1]
@@ -833,27 +887,27 @@ def _sparse_log_sweep(
             for e in range(last - first):
                 values[e] = exp_neg(values[e] - row_max)
                 total += values[e]
-            f, log_scale, error = _row_update(
-                math.log(total),
+            f, error, scale = _row_update(
+                total,
                 -row_max,
                 log_a[i],
+                a[i],
                 previous[i],
                 omega,
                 relaxed,
-                virtual[i],
+                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
                 has_virtual,
             )
             f_scaled[i] = f
             row_error += error
-            max_log_scale = max(max_log_scale, log_scale)
-            scale = math.exp(log_scale)
+            max_scale = max(max_scale, scale)
             for e in range(first, last):
                 entry = values[e - first] * scale
                 k = indices[e]
                 sums[k] += entry
                 peaks[k] = max(peaks[k], entry)
         task_stats[t, 0] = row_error
-        task_stats[t, 1] = max_log_scale
+        task_stats[t, 1] = math.log(max_scale) if max_scale > 0 else -np.inf
         task_stats[t, 2] = last_row - first_row
 
 
@@ -862,9 +916,9 @@ class SparseLogKernel(Kernel):
 
     Float64 arithmetic on the very scores of the kept entries, so its error is
     the plan's error recomputed from the scores, except for the entries the
-    stored kernel dropped: each was below ``e^-87`` of its row's largest at the
-    potential the kernel was built at, ``K e^-47`` of the row's mass at most
-    after absorptions (within 1e-16 of the error at any tolerance a user asks).
+    stored kernel dropped: each was below ``e^-60`` of its row's largest at the
+    potential the kernel was built at, ``K e^-40`` of the row's mass at most
+    after absorptions (about 1e-14 at K = 3000: far below any tolerance asked).
     Costs one ``exp`` per kept entry: a few percent of a dense log pass.
     """
 
@@ -874,6 +928,7 @@ class SparseLogKernel(Kernel):
         self, stored: SparseKernel, log_a: np.ndarray, epsilon: float, n_threads: int | None
     ) -> None:
         self.stored, self.log_a, self.epsilon, self.n_threads = stored, log_a, epsilon, n_threads
+        self.a = np.exp(log_a)
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         return potential / self.epsilon  # (K,) g / eps, float64
@@ -897,6 +952,7 @@ class SparseLogKernel(Kernel):
                 block.indices,
                 block.scores,
                 self.log_a[rows],
+                self.a[rows],
                 state,
                 1.0 / self.epsilon,
                 _scaled_previous(previous, self.epsilon, n_rows),
