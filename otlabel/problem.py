@@ -74,8 +74,8 @@ class Head:
     constraint: ColumnConstraint
     init: np.ndarray | str | None  # a potential (K,) or (K + 1,), "subsample", or None
     name: str  # how errors name it: "scores" or "scores[h]"
-    row_max: Array  # (N,) float64, in the backend's namespace
-    row_min: Array  # (N,)
+    row_max: Array  # (N,) float64 in the backend's namespace, or None: not needed yet
+    row_min: Array  # (N,) (see Backend.extremes_of)
     virtual: np.ndarray | None = None  # (N,) s0: scores of partial mass's virtual column
     known: KnownLabels | None = None  # (with known labels, the rows above are the free ones)
     n_total: int = 0  # samples of the whole matrix, known ones included
@@ -205,8 +205,7 @@ def _head(
         known.score_sum = _known_score_sum(scores, known)
         n_free = n_samples - (n_local - known.free.size)
         check_known_counts(constraint, known.counts, n_free, index)
-    row_max, row_min = options.backend.row_extremes(free_scores)  # one read of the matrix
-    check.check_finite_rows(row_max, row_min, name)
+    row_max, row_min = options.backend.validate(free_scores, name)  # one read of the matrix
     virtual = None
     if rho < 1.0:
         virtual = _unassigned_scores(

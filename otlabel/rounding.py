@@ -361,18 +361,61 @@ def balanced_labels(
     group = group or Alone()
     lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
-    labels = argmax_labels(scores, -prices, rows_per_block, passes)
-    transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
+    labels, moves = _labels_and_move_costs(scores, -prices, rows_per_block, passes)
+    if moves is not None and not isinstance(group, Alone):  # every shard's minima
+        moves = (group.min(moves[0]), moves[1])
+    transfers = _Transfers(
+        scores, labels, prices, (lower, upper), rows_per_block, passes, group, moves
+    )
     fast_balance = getattr(passes, "balance", None)
     whole = isinstance(group, Alone)
     if fast_balance and _in_memory(scores) and whole:
         n_moves = fast_balance(transfers)
     else:
         n_moves = transfers.balance()
-    gap = certified_gap(
-        scores, labels, transfers.prices, lower, upper, rows_per_block, passes, group
-    )
+    counts = group.sum(np.bincount(labels, minlength=prices.size))
+    gap = gap_from_move_costs(transfers.move_cost, counts, transfers.prices, lower, upper)
     return BalancedLabels(labels, gap, transfers.prices, n_moves)
+
+
+def _labels_and_move_costs(
+    scores: Any, potential: np.ndarray, rows_per_block: int, passes: Passes
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """The argmax labels, and (passes that can: one read for both) their move costs."""
+    fused = getattr(passes, "argmax_and_move_costs", None)
+    if fused is None or not _in_memory(scores):
+        return argmax_labels(scores, potential, rows_per_block, passes), None
+    labels = np.empty(scores.shape[0], dtype=np.int64)
+    n_clusters = potential.size
+    move_cost = np.full((n_clusters, n_clusters), np.inf)
+    move_arg = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
+    for start in range(0, labels.size, rows_per_block):
+        block = scores[start : start + rows_per_block]
+        fused(block, potential, labels[start : start + rows_per_block], move_cost, move_arg, start)
+    return labels, (move_cost, move_arg)
+
+
+def gap_from_move_costs(
+    move_cost: np.ndarray,
+    counts: np.ndarray,
+    prices: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+) -> float:
+    """The certified gap of :func:`certified_gap`, its row terms bounded from the move
+    costs instead of a read of the matrix.
+
+    Sample i in cluster k loses ``max_l (S_il - p_l) - (S_ik - p_k) = max_l (p_k - p_l
+    - (S_ik - S_il))``, at most ``max_l (p_k - p_l - C[k, l])`` with ``C[k, l] = min_{i
+    in k} (S_ik - S_il)`` (exact, kept exact through every move), and 0 when every
+    reduced cost is non-negative, as the repair keeps them.  So ``sum_k n_k
+    max(0, max_l (p_k - p_l - C[k, l]))`` bounds the row terms.
+    """
+    with np.errstate(invalid="ignore"):
+        excess = prices[:, None] - prices[None, :] - move_cost  # (K, K)
+    worst = np.max(np.where(np.isnan(excess), -np.inf, excess), axis=1)  # -inf: empty
+    row_terms = float(np.sum(counts * np.maximum(worst, 0.0)))
+    return _gap(row_terms, counts, prices, lower, upper)
 
 
 def certified_gap(
@@ -402,6 +445,13 @@ def certified_gap(
     counts = np.bincount(labels, minlength=prices.size)
     totals = group.sum(np.append(counts, row_terms).astype(np.float64))
     counts, row_terms = totals[:-1].astype(np.int64), float(totals[-1])
+    return _gap(row_terms, counts, prices, lower, upper)
+
+
+def _gap(
+    row_terms: float, counts: np.ndarray, prices: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> float:
+    """``(row terms + price term) / N``, the level of the dual chosen optimally."""
     n_samples = int(counts.sum())
     # The level minimises N level - sum_k bound_k(level - p_k) (level - p_k):
     # its slope turns non-negative once the optional slots of the clusters
@@ -428,8 +478,10 @@ class _Transfers:
         rows_per_block: int,
         passes: Passes,
         group: Collective,
+        moves: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """``labels`` are this shard's (all of them for one process); the rest is global."""
+        """``labels`` are this shard's (all of them for one process); the rest is global.
+        ``moves``: the labels' move costs and the samples that attain them, if known."""
         self.scores, self.labels, self.prices = scores, labels, prices.copy()
         self.passes, self.group = passes, group
         lower, upper = bounds
@@ -443,7 +495,10 @@ class _Transfers:
         n_dummies = int(upper.sum()) - int(counts.sum())
         self.dummies = place_dummies(self.prices, self.spare, upper - counts, n_dummies)
         self.occupancy = counts + self.dummies
-        self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
+        if moves is None:
+            self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
+        else:
+            self.move_cost, self.move_arg = moves
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
         """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k.
@@ -757,14 +812,14 @@ def _concave_gap(
     rows_per_block: int,
 ) -> float:
     """``(D(P) - F(y)) / N``: the row terms ``max_k (S_ik - p_k) - (S_iy - p_y)`` with
-    the dual prices, plus each cluster's slot term ``max_n [h(n) - P n] - [h(n_k) - P n_k]``
+    the dual prices (bounded from the move costs, as :func:`gap_from_move_costs`
+    does), plus each cluster's slot term ``max_n [h(n) - P n] - [h(n_k) - P n_k]``
     (``P = -p``), walked from ``n_k`` over the slots that would gain."""
-    row_terms = 0.0
-    for start in range(0, labels.size, rows_per_block):
-        stop = min(start + rows_per_block, labels.size)
-        row_terms += exchanges.passes.row_gap(scores[start:stop], labels[start:stop], dual)
-    row_terms = float(exchanges.group.sum(np.array([row_terms]))[0])
     counts, price = exchanges.counts.copy(), -dual
+    with np.errstate(invalid="ignore"):
+        excess = dual[:, None] - dual[None, :] - exchanges.move_cost  # (K, K)
+    worst = np.max(np.where(np.isnan(excess), -np.inf, excess), axis=1)
+    row_terms = float(np.sum(counts * np.maximum(worst, 0.0)))
     slot_terms = 0.0
     for direction in (+1, -1):
         n = counts.copy()

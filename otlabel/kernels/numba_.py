@@ -70,6 +70,22 @@ class NumbaBackend(ReferenceBackend):
     def array_extremes(self, scores: Any) -> tuple[np.ndarray, np.ndarray]:
         return row_extremes(scores)
 
+    def validate(self, scores: Any, name: str) -> tuple[Any, Any]:
+        """Finite scores, checked by a vectorised sum per row (3 to 4 times faster than
+        the extremes, which only the scaling domain needs: :meth:`extremes_of`)."""
+        if not isinstance(scores, np.ndarray):
+            return super().validate(scores, name)
+        bad = np.empty(scores.shape[0], dtype=np.bool_)
+        for rows, block in row_blocks(scores, max(1, CHUNK_BYTES // scores.strides[0])):
+            _nonfinite_rows(np.ascontiguousarray(block), bad[rows])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{name}: contains NaN or infinite values (first in row {row}); "
+                "scores must be finite"
+            )
+        return None, None
+
     def rounding_passes(self, scores: Any) -> tuple[Any, int]:
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
@@ -325,20 +341,42 @@ def sub_block_partial(
     return partial.total()
 
 
-@njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, cache=True)
+@njit(parallel=True, cache=True)
 def _row_extremes(scores, maxima, minima):
     """Each row's maximum and minimum in float64; NaN or inf shows as non-finite."""
     for i in prange(scores.shape[0]):
         row = scores[i]
-        high = low = np.float64(row[0])
-        bad = False
-        for j in range(row.size):
-            value = np.float64(row[j])
-            bad |= not math.isfinite(value)  # no nnan/ninf here: we look for them
-            high = max(high, value)
-            low = min(low, value)
-        maxima[i] = np.nan if bad else high
-        minima[i] = np.nan if bad else low
+        high, low = _max_min(row)
+        bad = not math.isfinite(_zero_probe(row))
+        maxima[i] = np.nan if bad else np.float64(high)
+        minima[i] = np.nan if bad else np.float64(low)
+
+
+@njit(parallel=True, cache=True)
+def _nonfinite_rows(scores, bad):
+    """``bad[i]``: row i holds a NaN or an infinite score."""
+    for i in prange(scores.shape[0]):
+        bad[i] = not math.isfinite(_zero_probe(scores[i]))
+
+
+@njit(fastmath=True, cache=True)
+def _max_min(row):
+    """The row's largest and smallest entries (vectorised; finiteness checked apart)."""
+    high = low = row[0]
+    for j in range(row.size):
+        high = max(high, row[j])
+        low = min(low, row[j])
+    return high, low
+
+
+@njit(fastmath={"reassoc"}, cache=True)
+def _zero_probe(row):
+    """``sum_j (x_j - x_j)``: 0 for finite entries, NaN as soon as one is NaN or
+    infinite (only ``reassoc``, so that the compiler may not assume them finite)."""
+    probe = row[0] - row[0]
+    for j in range(row.size):
+        probe += row[j] - row[j]
+    return np.float64(probe)
 
 
 def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

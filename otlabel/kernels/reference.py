@@ -19,6 +19,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from .._arrays import device_of, from_host, is_half
+from .._validation import check_finite_rows
 from ..rounding import HostPasses, NumpyPasses
 from ..solver import (
     BLOCK_BYTES,
@@ -78,6 +79,20 @@ class ReferenceBackend:
 
     # -- reads of the whole matrix -----------------------------------------
 
+    def validate(self, scores: Any, name: str) -> tuple[Array, Array]:
+        """One read of the matrix that raises, naming the first bad row, if a score is
+        NaN or infinite; returns the row extremes it found (None where a backend's
+        check does not compute them: :meth:`extremes_of` does when needed)."""
+        row_max, row_min = self.row_extremes(scores)
+        check_finite_rows(row_max, row_min, name)
+        return row_max, row_min
+
+    def extremes_of(self, head: Any) -> tuple[Array, Array]:
+        """The head's row maxima and minima, read once if validation did not keep them."""
+        if head.row_max is None:
+            head.row_max, head.row_min = self.row_extremes(head.scores)
+        return head.row_max, head.row_min
+
     def row_extremes(self, scores: Any) -> tuple[Array, Array]:
         """Row maxima and minima (N,) in one read, which also finds NaN and inf."""
         if not isinstance(scores, ChunkedScores):
@@ -126,7 +141,8 @@ class ReferenceBackend:
         scores = head.scores
         if isinstance(scores, ChunkedScores) or is_half(scores):
             return False
-        return scaling_is_safe(head.row_max, head.row_min, options.epsilon, scores.dtype)
+        row_max, row_min = self.extremes_of(head)
+        return scaling_is_safe(row_max, row_min, options.epsilon, scores.dtype)
 
     def scaling_kernel(self, head: Any, log_a: Array, options: Any) -> Kernel:
         overwrite = options.overwrite_scores and _writeable(head.scores)
@@ -134,7 +150,7 @@ class ReferenceBackend:
             head.scores,
             log_a,
             options.epsilon,
-            head.row_max,
+            self.extremes_of(head)[0],
             overwrite=overwrite,
             block_bytes=self.block_bytes_of(head.scores),
         )
