@@ -361,12 +361,8 @@ def balanced_labels(
     group = group or Alone()
     lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
-    labels, moves = _labels_and_move_costs(scores, -prices, rows_per_block, passes)
-    if moves is not None and not isinstance(group, Alone):  # every shard's minima
-        moves = (group.min(moves[0]), moves[1])
-    transfers = _Transfers(
-        scores, labels, prices, (lower, upper), rows_per_block, passes, group, moves
-    )
+    labels = argmax_labels(scores, -prices, rows_per_block, passes)
+    transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
     fast_balance = getattr(passes, "balance", None)
     whole = isinstance(group, Alone)
     if fast_balance and _in_memory(scores) and whole:
@@ -376,23 +372,6 @@ def balanced_labels(
     counts = group.sum(np.bincount(labels, minlength=prices.size))
     gap = gap_from_move_costs(transfers.move_cost, counts, transfers.prices, lower, upper)
     return BalancedLabels(labels, gap, transfers.prices, n_moves)
-
-
-def _labels_and_move_costs(
-    scores: Any, potential: np.ndarray, rows_per_block: int, passes: Passes
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """The argmax labels, and (passes that can: one read for both) their move costs."""
-    fused = getattr(passes, "argmax_and_move_costs", None)
-    if fused is None or not _in_memory(scores):
-        return argmax_labels(scores, potential, rows_per_block, passes), None
-    labels = np.empty(scores.shape[0], dtype=np.int64)
-    n_clusters = potential.size
-    move_cost = np.full((n_clusters, n_clusters), np.inf)
-    move_arg = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
-    for start in range(0, labels.size, rows_per_block):
-        block = scores[start : start + rows_per_block]
-        fused(block, potential, labels[start : start + rows_per_block], move_cost, move_arg, start)
-    return labels, (move_cost, move_arg)
 
 
 def gap_from_move_costs(
@@ -478,10 +457,8 @@ class _Transfers:
         rows_per_block: int,
         passes: Passes,
         group: Collective,
-        moves: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """``labels`` are this shard's (all of them for one process); the rest is global.
-        ``moves``: the labels' move costs and the samples that attain them, if known."""
+        """``labels`` are this shard's (all of them for one process); the rest is global."""
         self.scores, self.labels, self.prices = scores, labels, prices.copy()
         self.passes, self.group = passes, group
         lower, upper = bounds
@@ -495,10 +472,7 @@ class _Transfers:
         n_dummies = int(upper.sum()) - int(counts.sum())
         self.dummies = place_dummies(self.prices, self.spare, upper - counts, n_dummies)
         self.occupancy = counts + self.dummies
-        if moves is None:
-            self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
-        else:
-            self.move_cost, self.move_arg = moves
+        self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
         """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k.

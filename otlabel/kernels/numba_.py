@@ -99,9 +99,12 @@ class NumbaBackend(ReferenceBackend):
         """float32 arrays (``method="auto"``): the log domain, then a stored kernel
         (:class:`NumbaKernel`); otherwise as the reference backend chooses."""
         scores = head.scores
-        if options.method == "auto" and _float32_array(scores):
+        if options.method == "auto" and (_float32_array(scores) or _float32_stream(scores)):
             overwrite = bool(
-                options.overwrite_scores and scores.flags.writeable and scores.flags.c_contiguous
+                isinstance(scores, np.ndarray)
+                and options.overwrite_scores
+                and scores.flags.writeable
+                and scores.flags.c_contiguous
             )
             return NumbaKernel(
                 scores,
@@ -123,6 +126,15 @@ class NumbaBackend(ReferenceBackend):
 
 def _float32_array(scores: Any) -> bool:
     return isinstance(scores, np.ndarray) and scores.dtype == np.float32
+
+
+def _float32_stream(scores: Any) -> bool:
+    """A stream of NumPy float32 blocks: its stored kernel is built in one read of it."""
+    return (
+        isinstance(scores, ChunkedScores)
+        and scores.library == "numpy"
+        and np.dtype(scores.dtype) == np.float32
+    )
 
 
 # --------------------------------------------------------------------------
@@ -846,6 +858,9 @@ class NumbaKernel(Kernel):
         flush (at most :data:`SPARSE_DENSITY`), else dense (not with
         ``sparse_only``), in place of the scores with ``overwrite`` or in new
         memory if there is room; else stay in the log domain."""
+        if isinstance(self.scores, ChunkedScores):
+            self._store_stream(g)
+            return
         g_ref, f_ref = g / self.epsilon, np.empty(self.scores.shape[0])
         counts = np.empty(self.scores.shape[0], dtype=np.int64)
         with threads(self.n_threads):
@@ -864,6 +879,39 @@ class NumbaKernel(Kernel):
         else:
             self.can_store = False  # no room: the log domain it stays
             return
+        self.g_ref, self.f_ref = g_ref, f_ref
+
+    def _store_stream(self, g: np.ndarray) -> None:
+        """The sparse kernel of a stream, from one read of it: each block is counted and
+        filled while it is in memory; a dense one if more than :data:`SPARSE_DENSITY`
+        of the entries are kept and the whole of it fits in memory; else the log domain
+        it stays (and says so: ``res.phases`` shows no stored passes)."""
+        stream, (n_rows, n_cols) = self.scores, self.scores.shape
+        g_ref, f_ref = g / self.epsilon, np.empty(n_rows)
+        counts = np.empty(n_rows, dtype=np.int64)
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        budget = SPARSE_DENSITY * n_rows * n_cols
+        for rows, block in row_blocks(stream, max(SUB_BLOCK_ROWS, CHUNK_BYTES // (8 * n_cols))):
+            block = np.ascontiguousarray(block)
+            with threads(self.n_threads):
+                _count_kept(block, g_ref, 1.0 / self.epsilon, f_ref[rows], counts[rows])
+            pointers = np.zeros(block.shape[0] + 1, dtype=np.int64)
+            np.cumsum(counts[rows], out=pointers[1:])
+            indices = np.empty(int(pointers[-1]), dtype=_index_dtype(n_cols))
+            values = np.empty(int(pointers[-1]), dtype=np.float32)
+            kept = np.empty(int(pointers[-1]), dtype=block.dtype)
+            with threads(self.n_threads):
+                _fill_sparse(
+                    block, g_ref, 1.0 / self.epsilon, f_ref[rows], pointers, indices, values, kept
+                )
+            parts.append((indices, values, kept))
+            if sum(part[1].size for part in parts) > budget:  # too dense for a sparse kernel
+                self.can_store = False
+                return
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices, values, kept = (np.concatenate([part[i] for part in parts]) for i in range(3))
+        self.stored = SparseKernel(indptr, indices, values, kept, (n_rows, n_cols))
         self.g_ref, self.f_ref = g_ref, f_ref
 
     def _sparse(self, counts: np.ndarray, g_ref: np.ndarray, f_ref: np.ndarray) -> SparseKernel:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -50,27 +49,6 @@ class NumbaPasses:
         bounds = np.append(starts, own.size)
         block, virtual = matrix_and_column(block)
         _cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first)
-
-    @staticmethod
-    def argmax_and_move_costs(
-        block: Any,
-        potential: np.ndarray,
-        labels: np.ndarray,
-        move_cost: np.ndarray,
-        move_arg: np.ndarray,
-        first: int,
-    ) -> None:
-        """:meth:`argmax` and :meth:`move_costs_with_args` in one read of the block:
-        each thread takes its own share of the rows into its own (K, K) minima, merged
-        afterwards (minima do not depend on the order; ties may record another sample)."""
-        block, virtual = matrix_and_column(block)
-        n_parts = max(1, numba.get_num_threads())
-        costs = np.full((n_parts, *move_cost.shape), np.inf)
-        args = np.full((n_parts, *move_cost.shape), -1, dtype=np.int64)
-        _argmax_and_losses(
-            block, virtual, np.ascontiguousarray(potential), labels, costs, args, first
-        )
-        _merge_minima(costs, args, move_cost, move_arg)
 
     @staticmethod
     def gather(scores: Any, index: np.ndarray) -> np.ndarray:
@@ -144,16 +122,29 @@ def _exchange_paths(move_cost, prices, distance, reward, parent, prune):
 @njit(parallel=True, cache=True)
 def _argmax_rows(block, virtual, potential, labels):
     """``argmax_k (S_ik + g_k)`` in float64, the first index on ties (as NumPy); with a
-    ``virtual`` column (not empty), over the K + 1 columns."""
-    n_cols = block.shape[1] + (virtual.size > 0)
+    ``virtual`` column (not empty), over the K + 1 columns.  Two vectorised scans of
+    the row (in cache): its maximum, then the first index that reaches it."""
+    n_cols = block.shape[1]
     for i in prange(block.shape[0]):
-        best = _score(block, virtual, i, 0) + potential[0]
-        arg = 0
-        for k in range(1, n_cols):
-            value = _score(block, virtual, i, k) + potential[k]
-            if value > best:
-                best, arg = value, k
+        row = block[i]
+        best = _shifted_row_max(row, potential)
+        arg = n_cols
+        for k in range(n_cols):
+            if np.float64(row[k]) + potential[k] == best:
+                arg = k
+                break
+        if virtual.size > 0 and virtual[i] + potential[n_cols] > best:
+            arg = n_cols
         labels[i] = arg
+
+
+@njit(fastmath={"nnan", "ninf", "nsz", "reassoc"}, cache=True)
+def _shifted_row_max(row, potential):
+    """``max_k (S_ik + g_k)`` in float64 (finite input: the validation saw to it)."""
+    best = np.float64(row[0]) + potential[0]
+    for k in range(row.size):
+        best = max(best, np.float64(row[k]) + potential[k])
+    return best
 
 
 @njit(parallel=True, cache=True)
@@ -169,43 +160,6 @@ def _cluster_min_loss(block, virtual, order, bounds, clusters, move_cost):
                 loss = own - _score(block, virtual, i, other)
                 if loss < move_cost[k, other]:
                     move_cost[k, other] = loss
-
-
-@njit(parallel=True, cache=True)
-def _argmax_and_losses(block, virtual, potential, labels, costs, args, first):
-    """Per row: its ``argmax_k (S_ik + g_k)``, then its losses ``S_iy - S_il`` into its
-    part's minima ``costs[part, y]`` (parts: contiguous shares of the rows)."""
-    n_rows = block.shape[0]
-    n_cols = block.shape[1] + (virtual.size > 0)
-    n_parts = costs.shape[0]
-    for part in prange(n_parts):
-        cost, arg = costs[part], args[part]
-        for i in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
-            best = _score(block, virtual, i, 0) + potential[0]
-            y = 0
-            for k in range(1, n_cols):
-                value = _score(block, virtual, i, k) + potential[k]
-                if value > best:
-                    best, y = value, k
-            labels[i] = y
-            own = _score(block, virtual, i, y)
-            for other in range(n_cols):
-                loss = own - _score(block, virtual, i, other)
-                if loss < cost[y, other]:
-                    cost[y, other] = loss
-                    arg[y, other] = first + i
-
-
-@njit(cache=True)
-def _merge_minima(costs, args, move_cost, move_arg):
-    """``move_cost = min(move_cost, min over parts)``, with a sample of each minimum."""
-    n_parts, n_clusters, n_cols = costs.shape
-    for part in range(n_parts):
-        for k in range(n_clusters):
-            for other in range(n_cols):
-                if costs[part, k, other] < move_cost[k, other]:
-                    move_cost[k, other] = costs[part, k, other]
-                    move_arg[k, other] = args[part, k, other]
 
 
 @njit(parallel=True, cache=True)
