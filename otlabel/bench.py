@@ -153,6 +153,7 @@ class _OtlabelRun:
         if head.virtual is not None:
             (virtual,) = options.backend.vectors(head.scores, head.virtual)
         kernel = self._kernel(head, log_a, options, warm)
+        self.kernel = kernel
         constraint = head.constraint.to(potential)
         return iterate(kernel, constraint, self.epsilon, potential, virtual=virtual)
 
@@ -164,6 +165,16 @@ class _OtlabelRun:
         if self.passes is None:  # steady state: from the solved potential
             self.passes = self._passes(warm=True)
         return float(next(self.passes).error)
+
+    def stored_kernel(self) -> tuple[float, int] | None:
+        """The bytes and entries a steady-state pass reads, when it reads a stored
+        kernel of its own (not the scores)."""
+        kernel = getattr(self, "kernel", None)
+        stored = getattr(kernel, "stored", None)
+        if stored is None or not hasattr(stored, "indptr"):
+            return None
+        read = stored.indptr.nbytes + stored.indices.nbytes + stored.values.nbytes
+        return float(read), int(stored.values.size)
 
     def labels(self) -> np.ndarray:
         if self._labels is not None:
@@ -595,6 +606,9 @@ class RowResult:
     cluster_min: int | None = None
     cluster_max: int | None = None
     method: str | None = None
+    pass_bytes: float | None = None  # bytes a steady-state pass reads (a sparse kernel's own)
+    kept_entries: int | None = None  # entries a sparse pass visits
+    vs_dense_read: float | None = None  # pass time / one dense read of the scores (paired)
     notes: list[str] = field(default_factory=list)
 
 
@@ -608,6 +622,7 @@ def run_row(
     repeats: int,
     kind: str,
     fixed_iterations: int | None = None,
+    epsilon: float = EPSILON,
 ) -> RowResult:
     """Measure one solver on one problem (in the current process).
 
@@ -625,7 +640,7 @@ def run_row(
     try:
         with PeakAnonymousMemory() as memory:
             started = time.perf_counter()
-            run = solver.make(scores if path is None else path, EPSILON)
+            run = solver.make(scores if path is None else path, epsilon)
             if isinstance(run, _StreamRun):
                 n_iter, error = run.solve(tol, budget)
                 result.notes.append("time to tolerance includes balanced rounding on the stream")
@@ -680,10 +695,12 @@ def _time_steps(run: Any, scores: np.ndarray, result: RowResult, repeats: int) -
     large = scores.nbytes >= MIN_FRACTION_BYTES
     in_memory = not isinstance(scores, np.memmap)
     probe = scores if scores.nbytes >= PROBE_BYTES and in_memory else None
-    times, ratios, probes = [], [], []
+    times, ratios, probes, versus_read = [], [], [], []
     for _ in range(repeats):
         seconds = _one_step_seconds(run)
         times.append(seconds)
+        if probe is not None or in_memory:  # one dense read of the scores themselves
+            versus_read.append(seconds * read_bandwidth(scores) * 1e9 / scores.nbytes)
         if large:
             buffer = probe if probe is not None else _probe_buffer()
             bandwidth = read_bandwidth(buffer)
@@ -694,6 +711,13 @@ def _time_steps(run: Any, scores: np.ndarray, result: RowResult, repeats: int) -
             break
     result.ms_per_iter = 1e3 * statistics.median(times)
     result.gb_per_s = scores.nbytes / statistics.median(times) / 1e9
+    if versus_read:
+        result.vs_dense_read = statistics.median(versus_read)
+    stored = getattr(run, "stored_kernel", lambda: None)()
+    if stored is not None:  # what the pass reads: the stored kernel's own bytes
+        result.pass_bytes, result.kept_entries = stored
+        result.gb_per_s = result.pass_bytes / statistics.median(times) / 1e9
+        ratios = [scores.nbytes * r / result.pass_bytes for r in ratios]  # of its own bytes
     if large:
         result.bandwidth_fraction = statistics.median(ratios)
         result.probe_gb_per_s = statistics.median(probes)
@@ -737,6 +761,7 @@ class BenchConfig:
     repeats: int = 5
     kind: str = "head"
     out: Path = Path("bench-results")
+    epsilon: float = EPSILON
 
 
 def rows(config: BenchConfig) -> Iterator[tuple[str, int, int]]:
@@ -777,6 +802,7 @@ def _run_in_child(
             "budget": config.budget,
             "repeats": config.repeats,
             "kind": config.kind,
+            "epsilon": config.epsilon,
             "fixed_iterations": fixed_iterations,
         }
     )
@@ -825,7 +851,7 @@ def machine_header(config: BenchConfig) -> dict[str, Any]:
         "memory_gb": round(_total_memory() / 1e9, 1),
         "otlabel": __version__,
         "numpy": np.__version__,
-        "epsilon": EPSILON,
+        "epsilon": config.epsilon,
         "tol": config.tol,
         "kind": config.kind,
         "command": _command_line(),
@@ -865,9 +891,10 @@ def markdown_table(results: list[RowResult], header: dict[str, Any]) -> str:
         f"Scores: '{header['kind']}' (float32), epsilon {header['epsilon']}, "
         f"tol {header['tol']:g} (L1 marginal error). Command: `{header['command']}`.",
         "",
-        "| N x K | solver | ms/iter | iters | s to tol | GB/s | of bandwidth | "
-        "peak RssAnon GB | error | cluster sizes | vs fastest peer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N x K | solver | ms/iter | iters | s to tol | pass reads | GB/s | of bandwidth | "
+        "pass / dense read | ns per entry | peak RssAnon GB | error | cluster sizes | "
+        "vs fastest peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = sorted({f"{r.solver}: {note}" for r in results for note in r.notes})
     for result in results:
@@ -891,15 +918,20 @@ def _fastest_peer(results: list[RowResult], row: RowResult) -> float | None:
 def _markdown_row(r: RowResult, fastest_peer: float | None) -> str:
     size = f"{r.n:,} x {r.k:,}".replace(",", " ")
     if r.status != "ok" or r.ms_per_iter is None:
-        return f"| {size} | {r.solver} | {r.status} |  |  |  |  |  |  |  |  |"
+        return f"| {size} | {r.solver} | {r.status} |" + "  |" * 11
     to_tol = f"{r.seconds_to_tol:.3g}" + ("" if r.reached_tol else " (not reached)")
     fraction = "" if r.bandwidth_fraction is None else f"{100 * r.bandwidth_fraction:.0f}%"
     ratio = "" if fastest_peer is None else f"{fastest_peer / r.ms_per_iter:.2f}x"
     name = r.solver + (f" ({r.method})" if r.method else "")
+    reads = "the scores" if r.pass_bytes is None else f"{r.pass_bytes / 1e6:.0f} MB"
+    versus = "" if r.vs_dense_read is None else f"{r.vs_dense_read:.2f}"
+    entries = r.kept_entries or r.n * r.k
+    per_entry = f"{1e6 * r.ms_per_iter / entries:.2f}"
     return (
-        f"| {size} | {name} | {r.ms_per_iter:.3g} | {r.n_iter} | {to_tol} | "
-        f"{r.gb_per_s:.3g} | {fraction} | {r.peak_rss_anon_gb:.2f} | {r.error:.1e} | "
-        f"{r.cluster_min}..{r.cluster_max} | {ratio} |"
+        f"| {size} | {name} | {r.ms_per_iter:.3g} | {r.n_iter} | {to_tol} | {reads} | "
+        f"{r.gb_per_s:.3g} | {fraction} | {versus} | {per_entry} | "
+        f"{r.peak_rss_anon_gb:.2f} | {r.error:.1e} | {r.cluster_min}..{r.cluster_max} | "
+        f"{ratio} |"
     )
 
 
@@ -969,6 +1001,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "timed with its exact labels",
     )
     parser.add_argument("--tol", type=float, default=DEFAULT_TOL)
+    parser.add_argument(
+        "--epsilon",
+        type=_positive,
+        default=EPSILON,
+        help=f"entropic regularisation of every row (default {EPSILON}, SeLa's lambda = 25)",
+    )
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per row to tolerance")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per row")
     parser.add_argument("--kind", default="head", help="score generator of make_scores")
@@ -989,6 +1027,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             repeats=spec["repeats"],
             kind=spec["kind"],
             fixed_iterations=spec["fixed_iterations"],
+            epsilon=spec["epsilon"],
         )
         print(json.dumps(asdict(row)))
         return 0
@@ -1000,11 +1039,20 @@ def run_from_args(args: argparse.Namespace) -> int:
         solvers += [name for name in SOLVERS if SOLVERS[name].streams and name not in solvers]
     if args.constraints:
         solvers += [name for name in SOLVERS if SOLVERS[name].constraint and name not in solvers]
-    config = BenchConfig(sizes, solvers, args.tol, args.budget, args.repeats, args.kind, args.out)
+    config = BenchConfig(
+        sizes, solvers, args.tol, args.budget, args.repeats, args.kind, args.out, args.epsilon
+    )
     results = run(config)
     print(markdown_table(results, machine_header(config)))
     print(f"written: {config.out / 'bench.md'}, bench.json, bench.png")
     return 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
