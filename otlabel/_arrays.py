@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.numpy as numpy_namespace
 import numpy as np
 from array_api_compat import array_namespace, is_cupy_array, is_numpy_array, is_torch_array
 from array_api_compat import device as device_of
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace of ``arrays`` (``array_api_compat.array_namespace``,
+    answered at once for plain NumPy arrays: the loop asks on every pass)."""
+    if all(type(array) is np.ndarray for array in arrays):
+        return numpy_namespace
+    return array_namespace(*arrays)
 
 
 def library_of(value: Any) -> str | None:
@@ -42,7 +51,7 @@ def like(value: Any, reference: Any) -> Any:
     """``value`` (NumPy or None) in the library and on the device of ``reference``."""
     if value is None or library_of(reference) in ("numpy", None):
         return value
-    return from_host(value, array_namespace(reference), device_of(reference))
+    return from_host(value, namespace(reference), device_of(reference))
 
 
 def from_host(value: np.ndarray, xp: Any, device: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import library_of
+from ._arrays import library_of, namespace
 
 METHODS = ("auto", "scaling", "log")
 ROUNDINGS = ("balanced", "argmax", None)
@@ -326,11 +326,10 @@ def as_host(value: Any) -> np.ndarray:
 
 def check_finite_rows(row_max: Any, row_min: Any, name: str) -> None:
     """Raise naming the first row with a NaN or infinite score (extremes of any library)."""
-    from array_api_compat import array_namespace
 
     from ._arrays import to_numpy
 
-    xp = array_namespace(row_max)
+    xp = namespace(row_max)
     bad = ~(xp.isfinite(row_max) & xp.isfinite(row_min))
     if bool(xp.any(bad)):
         row = int(np.flatnonzero(to_numpy(bad))[0])

@@ -42,9 +42,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
-from ._arrays import device_of, from_host, to_numpy
+from ._arrays import device_of, from_host, namespace, to_numpy
 
 Array = Any
 
@@ -81,7 +80,7 @@ class ColumnConstraint:
 
     def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``sum_k |m_k - m+_k|``, ``m+ = m exp((g+ - g)/eps)`` the mass the update would set."""
-        xp = array_namespace(log_mass)
+        xp = namespace(log_mass)
         step = (self.exact_update(g, log_mass, epsilon) - g) / epsilon
         return xp.sum(xp.exp(log_mass) * xp.abs(xp.expm1(step)))
 
@@ -110,11 +109,11 @@ class FixedSizes(ColumnConstraint):
         return replace(self, target=_moved(self.target, like))
 
     def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
-        xp = array_namespace(log_mass)
+        xp = namespace(log_mass)
         return g + epsilon * (xp.log(self.target) - log_mass)
 
     def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
-        xp = array_namespace(log_mass)
+        xp = namespace(log_mass)
         return xp.sum(xp.abs(xp.exp(log_mass) - self.target))
 
     def normalise(self, g: Array) -> Array:
@@ -123,7 +122,7 @@ class FixedSizes(ColumnConstraint):
 
     def offset(self, g: Array) -> Any:
         """``sum_k b_k g_k`` (``b`` normalised), the constant :meth:`normalise` takes off."""
-        xp = array_namespace(g)
+        xp = namespace(g)
         return xp.sum(self.target * g) / xp.sum(self.target)
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +170,7 @@ class BoundedSizes(ColumnConstraint):
 
     def _log_clip_ratio(self, log_w: Array) -> Array:
         """``log(clip(W, lo, hi) / W)``, exactly 0 inside the box (also for ``W = 0``, lo = 0)."""
-        xp = array_namespace(log_w)
+        xp = namespace(log_w)
         with np.errstate(divide="ignore"):
             log_lo = xp.log(self.lower)  # -inf where lo = 0
         log_hi = xp.log(self.upper)
@@ -208,7 +207,7 @@ class RelaxedSizes(ColumnConstraint):
     def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``tau/(tau+eps) eps log(b/W)``; with known mass, Newton on
         ``log(W e^(g/eps) + c) = log b - g/tau``."""
-        xp = array_namespace(log_mass)
+        xp = namespace(log_mass)
         log_w = log_mass - g / epsilon
         share = 1.0 / (1.0 + epsilon / self.penalty)  # tau / (tau + eps), 1 for tau = inf
         free = share * epsilon * (xp.log(self.target) - log_w)
@@ -219,7 +218,7 @@ class RelaxedSizes(ColumnConstraint):
     def _with_known(self, start: Array, log_w: Array, epsilon: float) -> Array:
         """Newton from ``start`` (the root without known mass: an upper bound of the
         root of a convex increasing function, so the steps descend onto it)."""
-        xp = array_namespace(log_w)
+        xp = namespace(log_w)
         log_b, known, tau = xp.log(self.target), self.known, self.penalty
         y = start
         for _ in range(NEWTON_STEPS):
@@ -284,7 +283,7 @@ def _known(counts: np.ndarray | None, size: int) -> np.ndarray:
 
 
 def _moved(values: Array, like: Array) -> Array:
-    return from_host(to_numpy(values), array_namespace(like), device_of(like))
+    return from_host(to_numpy(values), namespace(like), device_of(like))
 
 
 def _integer_bounds(

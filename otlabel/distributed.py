@@ -20,9 +20,8 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
-from ._arrays import device_of, from_host, to_numpy
+from ._arrays import device_of, from_host, namespace, to_numpy
 from .api import solve_and_label
 from .constraints import FixedSizes
 from .problem import (
@@ -307,7 +306,7 @@ class TorchCollective:
 
     def reduce(self, columns: ColumnPartial, row_error: Any, f: Any) -> tuple[ColumnPartial, Any]:
         """All ranks' partials, combined in rank order: the same on every rank."""
-        xp = array_namespace(columns.log_max)
+        xp = namespace(columns.log_max)
         finite = bool(xp.all(xp.isfinite(f)))
         total, extras = self.combine(columns, [float(row_error), finite])
         error = float(extras[:, 0].sum()) if extras[:, 1].all() else float("nan")
@@ -328,7 +327,7 @@ class TorchCollective:
             shard = ColumnPartial(part[:n_clusters], part[n_clusters : 2 * n_clusters])
             total = shard if total is None else total.combine(shard)
         assert total is not None
-        xp, where = array_namespace(columns.log_max), device_of(columns.log_max)
+        xp, where = namespace(columns.log_max), device_of(columns.log_max)
         log_max, scaled_sum = (from_host(v, xp, where) for v in (total.log_max, total.scaled_sum))
         return ColumnPartial(log_max, scaled_sum), gathered[:, 2 * n_clusters :]
 

@@ -17,10 +17,9 @@ import numbers
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import _validation as check
-from ._arrays import library_of
+from ._arrays import library_of, namespace
 from .problem import Options, build_problem
 from .solver import ColumnPartial, iterate, plan_of
 
@@ -121,7 +120,7 @@ def _codes(
     constraint = head.constraint.to(log_a)
     # SwAV's first step scales the columns of exp(S / eps): that is the start g.
     log_mass = _column_log_mass(rows, epsilon, collective)
-    xp = array_namespace(log_a)
+    xp = namespace(log_a)
     start = epsilon * (xp.log(constraint.target) - log_mass)
     if constraint.kind == "relaxed":  # the relaxed column step from exp(S / eps)
         start = start / (1.0 + epsilon / constraint.penalty)
@@ -137,7 +136,7 @@ def _codes(
 
 def _column_log_mass(rows: Any, epsilon: float, collective: Any) -> Any:
     """``log sum_i exp(S_ik / eps)`` (K,), over every rank's rows."""
-    xp = array_namespace(rows)
+    xp = namespace(rows)
     x = xp.astype(rows, xp.float64) / epsilon  # (n, K)
     col_max = xp.max(x, axis=0)  # (K,)
     scaled = xp.sum(xp.exp(x - col_max), axis=0)
@@ -153,7 +152,7 @@ def _scores(value: Any, name: str) -> Any:
             f"{name}: expected an array (B, K) (NumPy, Torch or CuPy), got {type(value).__name__}"
         )
     matrix = check.matrix(value, name)
-    xp = array_namespace(matrix)
+    xp = namespace(matrix)
     if not bool(xp.all(xp.isfinite(matrix))):
         raise ValueError(f"{name}: contains NaN or infinite values; scores must be finite")
     return matrix
@@ -169,7 +168,7 @@ def _with_queue(batch: Any, queue: Any) -> Any:
             f"queue: expected a ({batch.shape[1]},)-column array of the scores' library, got "
             f"{type(queue).__name__} of shape {tuple(rows.shape)}"
         )
-    xp = array_namespace(batch)
+    xp = namespace(batch)
     return xp.concat([xp.astype(rows, batch.dtype), batch], axis=0)
 
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import _validation as check
-from ._arrays import device_of, from_host, is_half, to_numpy
+from ._arrays import device_of, from_host, is_half, namespace, to_numpy
 from ._system import available_memory
 from .constraints import BoundedSizes, ColumnConstraint, FixedSizes, RelaxedSizes
 from .initializers import STARTS
@@ -349,7 +348,7 @@ def _known_score_sum(scores: Any, known: KnownLabels) -> float:
     """``sum_{i known} S_{i, y_i}`` (the known rows' part of the labels' cost)."""
     rows = np.flatnonzero(known.labels >= 0)
     picked = _rows(scores, rows)  # (n_known, K)
-    xp = array_namespace(picked) if not isinstance(picked, ChunkedScores) else picked.namespace()
+    xp = namespace(picked) if not isinstance(picked, ChunkedScores) else picked.namespace()
     if isinstance(picked, ChunkedScores):
         picked = picked[0 : rows.size]
     where = device_of(picked)
@@ -367,7 +366,7 @@ def _rows(scores: Any, rows: np.ndarray) -> Any:
     copy_bytes = rows.size * scores.shape[1] * scores.dtype.itemsize
     if isinstance(scores, np.ndarray) and copy_bytes > 0.5 * available_memory():
         return ChunkedScores(lambda i0, i1: scores[rows[i0:i1]], n_samples=rows.size)
-    xp = array_namespace(scores)
+    xp = namespace(scores)
     return scores[from_host(rows, xp, device_of(scores)), ...]
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
-from ._arrays import like, to_numpy
+from ._arrays import like, namespace, to_numpy
 
 Array = Any
 
@@ -159,7 +159,7 @@ def with_known_rows(outcome: HeadOutcome, known: Any, free_scores: Any) -> HeadO
 
 def _plan_with_known(free_plan: Array, known: Any) -> Array:
     """The (N, K) plan: the free rows' entries, and ``a_i`` on each known row's label."""
-    xp = array_namespace(free_plan)
+    xp = namespace(free_plan)
     where = device(free_plan)
     n_total, n_clusters = known.labels.size, free_plan.shape[1]
     one_hot = np.zeros((n_total, n_clusters))
@@ -229,7 +229,7 @@ def _stack(values: list[Any]) -> Any:
         return None
     if len({tuple(value.shape) for value in values}) > 1:
         return values
-    return array_namespace(values[0]).stack(values)
+    return namespace(values[0]).stack(values)
 
 
 def _column(values: list[Any]) -> Any:

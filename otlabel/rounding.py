@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
-from ._arrays import device_of, from_host, to_numpy
+from ._arrays import device_of, from_host, namespace, to_numpy
 
 
 @dataclass
@@ -132,12 +132,12 @@ def predicted(
         block = scores[start : start + rows_per_block]
         if isinstance(block, WithColumn):
             block = np.asarray(block)  # (n, K + 1): the codes' softmax includes the column
-        xp, where = array_namespace(block), device_of(block)
+        xp, where = namespace(block), device_of(block)
         x = (xp.astype(block, xp.float64) + from_host(potential, xp, where)) / epsilon
         x = x - xp.max(x, axis=1, keepdims=True)
         e = xp.exp(x)
         blocks.append((e / xp.sum(e, axis=1, keepdims=True))[:, :n_clusters])
-    codes = array_namespace(blocks[0]).concat(blocks, axis=0)
+    codes = namespace(blocks[0]).concat(blocks, axis=0)
     return codes
 
 
@@ -167,7 +167,7 @@ class WithColumn:
         column = np.asarray(to_numpy(self.column)[_host_rows(rows)], dtype=np.float64)
         if isinstance(block, np.ndarray):
             return WithColumn(block, column)
-        xp, where = array_namespace(block), device_of(block)
+        xp, where = namespace(block), device_of(block)
         values = xp.astype(from_host(column, xp, where), xp.float64)[:, None]
         return xp.concat([xp.astype(block, xp.float64), values], axis=1)
 
@@ -192,7 +192,7 @@ def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> fl
             real = np.asarray(block.scores[rows, np.minimum(own, n_clusters - 1)], np.float64)
             total += float(np.sum(np.where(own == n_clusters, block.column, real)))
             continue
-        xp, where = array_namespace(block), device_of(block)
+        xp, where = namespace(block), device_of(block)
         rows = from_host(np.arange(own.size), xp, where)
         picked = block[rows, from_host(own, xp, where)]  # (n,)
         total += float(xp.sum(xp.astype(picked, xp.float64)))
@@ -309,7 +309,7 @@ class HostPasses(NumpyPasses):
 
     @staticmethod
     def gather(scores: Any, index: np.ndarray) -> np.ndarray:
-        xp = array_namespace(scores)
+        xp = namespace(scores)
         rows = scores[xp.asarray(index, device=device(scores))]
         return to_numpy(rows).astype(np.float64)
 
@@ -573,7 +573,7 @@ class _Transfers:
         rows = self.passes.gather(self.scores, members) if members.size else None
         best, pick = np.inf, -1
         if rows is not None:
-            xp = array_namespace(rows)
+            xp = namespace(rows)
             loss = rows[:, giver] - rows[:, taker]  # (m,)
             pick = int(xp.argmin(loss))  # the first on ties, in NumPy and Torch alike
             best = float(loss[pick])

@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import initializers
+from ._arrays import namespace
 
 if TYPE_CHECKING:
     from .problem import Head, Options
@@ -386,7 +386,7 @@ class ColumnPartial:
 
     def combine(self, other: ColumnPartial) -> ColumnPartial:
         """Add two partials; a fixed order of combination gives fixed results."""
-        xp = array_namespace(self.log_max, other.log_max)
+        xp = namespace(self.log_max, other.log_max)
         log_max = xp.maximum(self.log_max, other.log_max)
         scaled_sum = self.scaled_sum * xp.exp(self.log_max - log_max)
         scaled_sum = scaled_sum + other.scaled_sum * xp.exp(other.log_max - log_max)
@@ -394,13 +394,13 @@ class ColumnPartial:
 
     def total(self) -> ColumnPartial:
         """Partials stacked over sub-blocks (B, K), summed in order into one (K,)."""
-        xp = array_namespace(self.log_max)
+        xp = namespace(self.log_max)
         top = xp.max(self.log_max, axis=0)  # (K,)
         top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))  # a column empty everywhere
         return ColumnPartial(top, xp.sum(self.scaled_sum * xp.exp(self.log_max - top), axis=0))
 
     def log_mass(self) -> Array:
-        xp = array_namespace(self.log_max)
+        xp = namespace(self.log_max)
         return self.log_max + xp.log(self.scaled_sum)
 
 
@@ -425,7 +425,7 @@ def column_partial(
     finite and conservative instead of the ``+inf`` of a sum that underflowed.
     ``log_rows`` and ``log_max_scale`` broadcast against the leading axes.
     """
-    xp = array_namespace(col_sum)
+    xp = namespace(col_sum)
     limit = exp_floor + log_rows + STARVED_MARGIN + log_max_scale
     reliable = col_log_peak > limit
     return ColumnPartial(
@@ -578,7 +578,7 @@ def _with_virtual_column(
     columns: ColumnPartial, virtual: Array, f: Array, g0: Any, epsilon: float
 ) -> ColumnPartial:
     """The real columns' partial with the virtual column's appended: ``(K + 1,)``."""
-    xp = array_namespace(f)
+    xp = namespace(f)
     log_entries = (virtual + f + g0) / epsilon  # (N,) log of the virtual column's plan
     top = xp.max(log_entries)
     scaled = xp.sum(xp.exp(log_entries - top))
@@ -604,12 +604,12 @@ def _sweep(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, Colu
         columns = result.columns if columns is None else columns.combine(result.columns)
         row_error = row_error + result.row_error
     assert columns is not None, "a problem has at least one row"
-    xp = array_namespace(f_blocks[0])
+    xp = namespace(f_blocks[0])
     return xp.concat(f_blocks), columns, row_error
 
 
 def _all_finite(x: Array) -> bool:
-    xp = array_namespace(x)
+    xp = namespace(x)
     return bool(xp.all(xp.isfinite(x)))
 
 
@@ -638,7 +638,7 @@ def row_blocks(matrix: Array, rows_per_block: int) -> Iterator[tuple[slice, Arra
 
 def plan_of(scores: Array, row_potential: Array, potential: Array, epsilon: float) -> Array:
     """The plan ``exp((S_ik + f_i + g_k) / eps)`` (N, K), in the scores' dtype."""
-    xp = array_namespace(scores, row_potential, potential)
+    xp = namespace(scores, row_potential, potential)
     plan = xp.empty_like(scores)
     for rows, block in row_blocks(scores, block_rows(scores.shape[1])):
         exponent = xp.astype(block, potential.dtype) + row_potential[rows][:, None] + potential

@@ -22,9 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
-from ._arrays import library_of, to_numpy
+from ._arrays import library_of, namespace, to_numpy
 
 __all__ = ["ChunkedScores"]
 
@@ -138,7 +137,7 @@ class ChunkedScores:
 
     def namespace(self) -> Any:
         """The array-API namespace of the stream's blocks."""
-        return array_namespace(self.template())
+        return namespace(self.template())
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -315,7 +314,7 @@ class _ChunkReader(_Reader):
         ]
         if len(pieces) == 1:
             return pieces[0]
-        return array_namespace(pieces[0]).concat(pieces, axis=0)
+        return namespace(pieces[0]).concat(pieces, axis=0)
 
     def row(self, index: int) -> np.ndarray:
         c = int(np.searchsorted(self.offsets, index, side="right")) - 1

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
-from .._arrays import device_of, from_host, is_half
+from .._arrays import device_of, from_host, is_half, namespace
 from .._validation import check_finite_rows
 from ..rounding import HostPasses, NumpyPasses
 from ..solver import (
@@ -70,7 +69,7 @@ class ReferenceBackend:
         if isinstance(scores, ChunkedScores):
             xp, where = scores.namespace(), scores.device
         else:
-            xp, where = array_namespace(scores), device_of(scores)
+            xp, where = namespace(scores), device_of(scores)
         return tuple(from_host(vector, xp, where) for vector in host)
 
     def work_dtype(self, scores: Any) -> Any:
@@ -108,7 +107,7 @@ class ReferenceBackend:
 
     def row_logsumexp(self, scores: Any) -> Array:
         """``LSE_k S_ik`` (N,) in float64, one read: the unassigned score of partial mass."""
-        xp = scores.namespace() if isinstance(scores, ChunkedScores) else array_namespace(scores)
+        xp = scores.namespace() if isinstance(scores, ChunkedScores) else namespace(scores)
         rows = block_rows(scores.shape[1], 8, self.block_bytes_of(scores))
         parts = []
         for _, block in row_blocks(scores, rows):
@@ -179,7 +178,7 @@ class CupyBackend(ReferenceBackend):
     block_bytes = 512 << 20
 
     def work_dtype(self, scores: Any) -> Any:
-        xp = array_namespace(scores)
+        xp = namespace(scores)
         return xp.float64 if scores.dtype == xp.float64 else xp.float32
 
     def rounding_passes(self, scores: Any) -> tuple[Any, int]:
@@ -214,12 +213,12 @@ def update_rows(
     ``sum_i a_i |exp((f_i - fhat_i)/eps) - 1|`` (0 when not relaxed).
     """
     if virtual is not None:
-        xp = array_namespace(log_row_sum)
+        xp = namespace(log_row_sum)
         log_row_sum = xp.logaddexp(log_row_sum, virtual + frame)
     exact = log_a - log_row_sum + frame  # fhat / eps
     if previous is None:
         return epsilon * exact, exact - frame, 0.0
-    xp = array_namespace(exact)
+    xp = namespace(exact)
     relaxed = (1.0 - omega) * (previous / epsilon) + omega * exact
     row_error = xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(relaxed - exact)))  # 0-d: no host sync
     return epsilon * relaxed, relaxed - frame, row_error
@@ -247,7 +246,7 @@ class LogKernel(Kernel):
         precise: bool = False,
         block_bytes: int = BLOCK_BYTES,
     ) -> None:
-        self.xp = xp = array_namespace(log_a)  # scores may be a stream of blocks
+        self.xp = xp = namespace(log_a)  # scores may be a stream of blocks
         self.scores = scores  # (N, K)
         self.log_a = log_a  # (N,) float64, as every potential
         self.epsilon = epsilon
@@ -325,7 +324,7 @@ class ScalingKernel(Kernel):
         overwrite: bool = False,
         block_bytes: int = BLOCK_BYTES,
     ) -> None:
-        self.xp = xp = array_namespace(scores, log_a)
+        self.xp = xp = namespace(scores, log_a)
         self.epsilon = epsilon
         self.row_max = row_max  # (N,) m, float64
         self.log_a = log_a  # (N,)
@@ -391,7 +390,7 @@ def row_extremes(
     NaN or infinite scores show up as non-finite extremes, so this pass also
     validates the input.
     """
-    xp = array_namespace(scores)
+    xp = namespace(scores)
     maxima, minima = [], []
     for _, block in row_blocks(scores, block_rows(scores.shape[1], 8, block_bytes)):
         block = xp.astype(block, work_dtype)
@@ -403,7 +402,7 @@ def row_extremes(
 def scaling_is_safe(row_max: Array, row_min: Array, epsilon: float, storage_dtype: Any) -> bool:
     """Whether every row's spread ``(max_k S_ik - min_k S_ik) / eps`` is within
     :data:`SCALING_SAFE_SPREAD` for the kernel's storage precision."""
-    xp = array_namespace(row_max)
+    xp = namespace(row_max)
     if storage_dtype not in (xp.float32, xp.float64):
         return False  # half precision cannot hold exp(-spread/eps) for any useful spread
     limit = SCALING_SAFE_SPREAD["float32" if storage_dtype == xp.float32 else "float64"]
