@@ -380,6 +380,7 @@ def test_train_config_rejects_bad_values():
 
 
 def test_cli_train_runs_the_experiment(tmp_path, capsys):
+    """Any seed list works: the plots take the first seed's runs, not seed 0's."""
     out = tmp_path / "results"
     status = main(
         [
@@ -389,7 +390,7 @@ def test_cli_train_runs_the_experiment(tmp_path, capsys):
             "--epochs",
             "1",
             "--seeds",
-            "0",
+            "3",
             "--imbalance",
             "heavy",
             "--no-progress",
@@ -406,7 +407,10 @@ def test_cli_train_runs_the_experiment(tmp_path, capsys):
     }
     assert rows["k-means, raw pixels"]["nmi"][0] > 0.5  # digits: k-means on pixels works
     assert (out / "results.md").read_text().count("| SeLa (otlabel) |") == 1
+    assert summary["seeds"] == [3]
+    assert (out / "runs" / "heavy-sela-seed3" / "final.json").exists()
     assert (out / "sela-curves.png").stat().st_size > 0
+    assert (out / "sela-cluster-sizes.png").stat().st_size > 0
     assert "results.md" in capsys.readouterr().out
 
 

@@ -535,7 +535,7 @@ def run_experiment(
     }
     (folder / "results.json").write_text(json.dumps(summary, indent=1))
     (folder / "results.md").write_text(results_markdown(summary))
-    _plots(folder, histories, table)
+    _plots(folder, histories, table, first_seed=seeds[0])
     return summary
 
 
@@ -588,7 +588,10 @@ def results_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plots(folder: Path, histories: dict[str, Any], table: dict[str, Any]) -> None:
+def _plots(
+    folder: Path, histories: dict[str, Any], table: dict[str, Any], *, first_seed: int
+) -> None:
+    """Learning curves (mean over seeds) and the cluster sizes of ``first_seed``'s runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -611,11 +614,13 @@ def _plots(folder: Path, histories: dict[str, Any], table: dict[str, Any]) -> No
     for axis, imbalance in zip(axes[0], table, strict=True):
         for name in ("DeepCluster-style", "SeLa (otlabel)"):
             run = json.loads(
-                (folder / "runs" / f"{imbalance}-{_method(name)}-seed0" / "final.json").read_text()
+                (
+                    folder / "runs" / f"{imbalance}-{_method(name)}-seed{first_seed}" / "final.json"
+                ).read_text()
             )
             axis.plot(sorted(run["sizes"], reverse=True), marker="o", label=name)
         title = "balanced" if imbalance == "none" else f"{imbalance} imbalance"
-        axis.set(title=title, xlabel="cluster (by size)", ylabel="samples")
+        axis.set(title=f"{title}, seed {first_seed}", xlabel="cluster (by size)", ylabel="samples")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "sela-cluster-sizes.png", dpi=110)
