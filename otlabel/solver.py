@@ -134,7 +134,7 @@ class _Phases:
 
     def main(self, kernel: Kernel, potential: Array) -> tuple[Iterate | None, Kernel]:
         """The first kernel to its target; the log domain, warm, if it goes non-finite."""
-        options = self.options
+        options, fallen_back = self.options, False
         while True:
             reserve = 0 if kernel.exact else 1  # one pass left for the exact check
             passes = self.left() - reserve
@@ -154,6 +154,9 @@ class _Phases:
                         f"method='scaling': {unstable}; the scores spread too far over "
                         "epsilon for this domain, use method='log' or 'auto'"
                     ) from None
+                if fallen_back:  # the log domain itself: no domain to fall back to
+                    raise
+                fallen_back = True
                 kernel.restore()
                 potential = unstable.potential
                 kernel = options.backend.log_kernel(self.head.scores, self.log_a, options)
@@ -290,7 +293,7 @@ def iterate(
         weight = schedule.weight
         g_real, virtual_rows = _split(g, virtual, epsilon)
         update = RowUpdate(previous, weight, virtual_rows)
-        f, columns, row_error = _sweep(kernel, kernel.column_state(g_real), update)
+        f, columns, row_error = sweep_all(kernel, kernel.column_state(g_real), update)
         if virtual is not None:
             columns = _with_virtual_column(columns, virtual, f, g[-1], epsilon)
         if reducer is not None:
@@ -300,13 +303,13 @@ def iterate(
         if not (math.isfinite(error) and _all_finite(f)):
             raise _unstable(kernel, g, n_iter)
         g_next = constraint.update(g, log_mass, epsilon, weight)
+        if not _all_finite(g_next):  # a column's mass underflowed to zero
+            raise _unstable(kernel, g, n_iter)
         n_iter += 1
         current = Iterate(n_iter, f, g, error, kernel.phase, g_next)
         yield current
         schedule.observe(error)
         kernel.observe(current)
-        if not _all_finite(g_next):  # a column's mass underflowed to zero
-            raise _unstable(kernel, g, n_iter)
         g, previous = g_next, f
 
 
@@ -593,7 +596,7 @@ def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteratio
     return UnstableIteration(message, potential, n_done)
 
 
-def _sweep(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, ColumnPartial, Any]:
+def sweep_all(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, ColumnPartial, Any]:
     """One pass over all row blocks: the new f and the column masses of (f, g)."""
     f_blocks = []
     columns: ColumnPartial | None = None

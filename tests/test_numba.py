@@ -289,3 +289,54 @@ def test_float32_reaches_tol_1e9_with_its_true_error(kind):
     true_error = np.abs(plan.sum(axis=1) - 1 / n).sum() + np.abs(plan.sum(axis=0) - 1 / k).sum()
     assert true_error <= 1e-9
     assert res.error == pytest.approx(true_error, rel=0.1)
+
+
+def _true_error(scores, res):
+    plan = np.exp((scores.astype(np.float64) + res.row_potential[:, None] + res.potential) / 0.04)
+    n, k = scores.shape
+    return np.abs(plan.sum(axis=1) - 1 / n).sum() + np.abs(plan.sum(axis=0) - 1 / k).sum()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("start", ["zeros", "other problem", "random"])
+def test_warm_start_far_from_the_solution_converges_with_its_true_error(seed, start):
+    """A warm start puts the stored kernel at a potential far from the answer: some
+    clusters keep no entry at all (their mass would be 0 and their update +inf),
+    and the flushed entries become significant as the potential moves.  The solve
+    still reaches tol, within max_iter, with the error of its returned plan (this
+    warm start from another problem's potential once looped for ever)."""
+    scores = otlabel.make_scores(2000, 50, kind="sela", seed=seed)
+    init = {
+        "zeros": np.zeros(50),
+        "other problem": otlabel.assign(
+            otlabel.make_scores(2000, 50, kind="sela", seed=seed + 10), 0.04
+        ).potential,
+        "random": np.random.default_rng(seed).normal(0.0, 3.0, 50),
+    }[start]
+    res = otlabel.assign(scores, 0.04, init=init, max_iter=3000)
+    assert res.converged and res.start == "given" and np.all(np.isfinite(res.potential))
+    assert res.error == pytest.approx(_true_error(scores, res), rel=1e-6)
+    cold = otlabel.assign(scores.astype(np.float64), 0.04, tol=1e-9, backend="numpy")
+    np.testing.assert_array_equal(res.labels, cold.labels)
+
+
+def test_sparse_finisher_without_entries_in_a_column_goes_on_over_every_entry(monkeypatch):
+    """A sparse kernel built where one cluster keeps no entry: the exact finish on
+    it cannot update that cluster, so it reads every entry of the scores instead."""
+    from otlabel.solver import RowUpdate, sweep_all
+
+    monkeypatch.setattr(numba_module, "SPARSE_DENSITY", 1.0)  # sparse at any density
+    scores = otlabel.make_scores(500, 8, kind="head", seed=3)
+    log_a = np.full(500, -np.log(500))
+    potential = np.zeros(8)
+    potential[5] = -(np.ptp(scores) + 100 * 0.04)  # 100 eps below any row's best: flushed
+    kernel = numba_module.NumbaKernel(scores, log_a, 0.04, None, overwrite=False)
+    finisher = kernel.finisher(potential)
+    assert finisher is not None and not np.any(finisher.stored.indices == 5)
+    dense = numba_module.NumbaLogKernel(scores, log_a, 0.04, None, precise=True)
+    state = potential / 0.04
+    swept = finisher.sweep(finisher.stored, slice(0, 500), state, RowUpdate(None, 1.0, None))
+    f, columns, _ = sweep_all(dense, state, RowUpdate(None, 1.0, None))
+    np.testing.assert_allclose(swept.row_potential, f, rtol=1e-12)
+    np.testing.assert_allclose(swept.columns.log_mass(), columns.log_mass(), rtol=1e-12)
+    assert np.isfinite(columns.log_mass()[5]) and finisher.dense is not None

@@ -26,7 +26,7 @@ with ``contract`` (fused multiply-add) and ``nnan`` for the column maxima
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +42,10 @@ from ..solver import (
     ColumnPartial,
     Kernel,
     RowUpdate,
+    UnstableIteration,
     column_partial,
     row_blocks,
+    sweep_all,
 )
 from ..streaming import ChunkedScores
 from ._fastmath import exp_neg
@@ -422,10 +424,21 @@ SPARSE_DENSITY = 0.1
 #: (``[e^-ABSORB, e^ABSORB]``) and the scaled row factors (``[e^-ABSORB, K]``, see
 #: :func:`_stored_row`) then stay normal float32 numbers: no subnormal arithmetic,
 #: whose slow path costs several times a normal multiply.  A flushed entry is below
-#: ``e^-(FLUSH_EXPONENT + ABSORB) = e^-40`` of its row's mass, so a row loses less
-#: than ``K e^-40`` (about 1e-14 at K = 3000) of its mass: far below any tolerance.
+#: ``e^-(FLUSH_EXPONENT + REBUILD_DRIFT) = e^-40`` of its row's mass, so a row loses
+#: less than ``K e^-40`` (about 1e-14 at K = 3000) of its mass: far below any tolerance.
 FLUSH_EXPONENT = -60.0
 _FLUSH = math.exp(FLUSH_EXPONENT)
+#: A stored kernel is rebuilt from the scores once the potential has moved, since it
+#: was built, by more than this spread (in units of eps, ``max_k - min_k`` of the
+#: change): a flushed entry then stays below ``e^-40`` of its row's largest.
+REBUILD_DRIFT = 20.0
+
+
+def _drifted(built_at: np.ndarray, g_scaled: np.ndarray) -> bool:
+    """Whether ``g / eps`` moved too far from where a stored kernel was built for the
+    entries it flushed to stay negligible (:data:`REBUILD_DRIFT`)."""
+    change = g_scaled - built_at  # (K,)
+    return bool(np.max(change) - np.min(change) > REBUILD_DRIFT)
 
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
@@ -650,6 +663,7 @@ class SparseKernel:
     values: np.ndarray  # (nnz,) float32 G_ik
     scores: np.ndarray  # (nnz,) S_ik of each entry, in the scores' dtype
     shape: tuple[int, int]
+    built_at: np.ndarray  # (K,) g / eps where the entries were chosen
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
@@ -711,9 +725,11 @@ class NumbaKernel(Kernel):
     each row's maximum, so that every row of ``G`` peaks at 1) needs two
     multiply-adds per element.  It is built once the iterate's error is at most
     :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-60`` of
-    their row's plan, and stay negligible while the duals settle (a row or the
-    columns are absorbed into ``G`` whenever their scaling leaves
-    ``[e^-20, e^20]``, so the flushed mass stays below ``K e^-40``).  When at most
+    their row's plan, and stay negligible while the duals settle: ``G`` is built
+    again from the scores once ``g`` has moved, since it was built, by more than
+    :data:`REBUILD_DRIFT` (in units of eps), so the flushed mass stays below
+    ``K e^-40`` of a row's (a row or the columns are absorbed into ``G`` whenever
+    their scaling leaves ``[e^-20, e^20]``).  When at most
     :data:`SPARSE_DENSITY` of its entries survive the flush (at SeLa's epsilon
     most do not), ``G`` is kept sparse, its kept entries row by row with their
     scores, and the scores are not touched: a pass then reads those entries
@@ -721,8 +737,12 @@ class NumbaKernel(Kernel):
     ``overwrite_scores=True`` or in new memory if there is room (else the log
     domain it stays).  With ``store_at_start`` (a start potential close enough
     that no cluster is starved, e.g. a subsample's) it is built at once; a
-    cluster starved anyway makes the iterate non-finite, and the solve falls
-    back to the log domain.
+    cluster starved anyway (no entry kept, so no mass) makes the iterate
+    non-finite, and the solve falls back, warm, to the log domain.  A dense
+    ``G`` built in place of the scores cannot be built again, so it is only
+    built once the iterate is close (never at a start that may be far), and a
+    drift beyond :data:`REBUILD_DRIFT` falls back the same way, on the restored
+    scores.
 
     Float32 throughout, so inexact: the solve finishes with exact passes,
     :meth:`finisher` (float64 on the sparse kernel's entries) or the backend's
@@ -749,6 +769,7 @@ class NumbaKernel(Kernel):
         self.n_threads, self.overwrite = n_threads, overwrite
         self.stored: np.ndarray | SparseKernel | None = None  # G, dense or sparse
         self.f_ref = self.g_ref = np.zeros(0)  # references, in units of epsilon
+        self.g_built = np.zeros(0)  # g / eps where G was built (its flushed set)
         self.can_store = True
         self.q_scale = float(scores.shape[0] * scores.shape[1])  # see _stored_row
         self.a = np.exp(log_a)
@@ -763,7 +784,10 @@ class NumbaKernel(Kernel):
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         if self.stored is None and self.store_at_start and self.can_store:
-            self._store(potential)
+            self.store_at_start = False  # tried once; else once the iterate is close
+            self._store(potential, sparse_only=self.overwrite)  # scores kept: far is safe
+        if self.stored is not None and _drifted(self.g_built, potential / self.epsilon):
+            self._rebuild(potential)
         if self.stored is None:
             return self.log_kernel.column_state(potential)
         log_v = potential / self.epsilon - self.g_ref  # (K,)
@@ -772,6 +796,22 @@ class NumbaKernel(Kernel):
             self.g_ref = potential / self.epsilon
             log_v = np.zeros_like(log_v)
         return np.exp(log_v).astype(np.float32)  # v
+
+    def _rebuild(self, potential: np.ndarray) -> None:
+        """``G`` again from the scores at ``potential`` (far from where it was built).
+
+        A dense ``G`` built in place of the scores cannot be rebuilt: the scores of
+        its flushed entries are gone.  The solve then goes on in the log domain, on
+        the scores restored (:meth:`restore` says how far)."""
+        if isinstance(self.stored, np.ndarray) and self.overwrite:
+            raise UnstableIteration(
+                "the stored kernel, built in place of the scores, is too far from the "
+                "potential for its flushed entries to be negligible",
+                potential,
+                0,
+            )
+        self.stored = None  # freed before the new one is built
+        self._store(potential)
 
     def _scale_columns(self, factor: np.ndarray) -> None:
         with threads(self.n_threads):
@@ -833,7 +873,15 @@ class NumbaKernel(Kernel):
             self._store(potential[: self.scores.shape[1]], sparse_only=True)  # real clusters
         if not isinstance(self.stored, SparseKernel):
             return None
-        return SparseLogKernel(self.stored, self.log_a, self.epsilon, self.n_threads)
+        return SparseLogKernel(
+            self.stored, self.scores, self.log_a, self.epsilon, self.n_threads, self._sparse_again
+        )
+
+    def _sparse_again(self, potential: np.ndarray) -> SparseKernel | None:
+        """The sparse kernel rebuilt at ``potential`` (None if it is not sparse there)."""
+        self.stored = None
+        self._store(potential, sparse_only=True)
+        return self.stored if isinstance(self.stored, SparseKernel) else None
 
     def restore(self) -> None:
         """The scores again, rebuilt in place of a dense kernel that replaced them (once).
@@ -879,7 +927,7 @@ class NumbaKernel(Kernel):
         else:
             self.can_store = False  # no room: the log domain it stays
             return
-        self.g_ref, self.f_ref = g_ref, f_ref
+        self.g_ref, self.f_ref, self.g_built = g_ref, f_ref, g_ref
 
     def _store_stream(self, g: np.ndarray) -> None:
         """The sparse kernel of a stream, from one read of it: each block is counted and
@@ -911,8 +959,8 @@ class NumbaKernel(Kernel):
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         indices, values, kept = (np.concatenate([part[i] for part in parts]) for i in range(3))
-        self.stored = SparseKernel(indptr, indices, values, kept, (n_rows, n_cols))
-        self.g_ref, self.f_ref = g_ref, f_ref
+        self.stored = SparseKernel(indptr, indices, values, kept, (n_rows, n_cols), g_ref)
+        self.g_ref, self.f_ref, self.g_built = g_ref, f_ref, g_ref
 
     def _sparse(self, counts: np.ndarray, g_ref: np.ndarray, f_ref: np.ndarray) -> SparseKernel:
         indptr = np.zeros(counts.size + 1, dtype=np.int64)
@@ -926,7 +974,7 @@ class NumbaKernel(Kernel):
                 self.scores, g_ref, 1.0 / self.epsilon, f_ref, indptr, indices, values, kept_scores
             )
         shape = (int(self.scores.shape[0]), int(self.scores.shape[1]))
-        return SparseKernel(indptr, indices, values, kept_scores, shape)
+        return SparseKernel(indptr, indices, values, kept_scores, shape, g_ref)
 
 
 # --------------------------------------------------------------------------
@@ -1003,28 +1051,51 @@ class SparseLogKernel(Kernel):
     Float64 arithmetic on the very scores of the kept entries, so its error is
     the plan's error recomputed from the scores, except for the entries the
     stored kernel dropped: each was below ``e^-60`` of its row's largest at the
-    potential the kernel was built at, ``K e^-40`` of the row's mass at most
-    after absorptions (about 1e-14 at K = 3000: far below any tolerance asked).
-    Costs one ``exp`` per kept entry: a few percent of a dense log pass.
+    potential the kernel was built at, and stays below ``e^-40`` of it: the
+    entries are chosen again once the potential drifts further
+    (:data:`REBUILD_DRIFT`; ``K e^-40`` is about 1e-14 of a row's mass at
+    K = 3000, far below any tolerance asked).  A column none of whose entries
+    was kept has no mass to update from: the passes then go on, exact, over
+    every entry of the scores.  Costs one ``exp`` per kept entry: a few percent
+    of a dense log pass.
     """
 
     method = "log"
 
     def __init__(
-        self, stored: SparseKernel, log_a: np.ndarray, epsilon: float, n_threads: int | None
+        self,
+        stored: SparseKernel,
+        scores: Any,
+        log_a: np.ndarray,
+        epsilon: float,
+        n_threads: int | None,
+        rebuild: Callable[[np.ndarray], SparseKernel | None],
     ) -> None:
         self.stored, self.log_a, self.epsilon, self.n_threads = stored, log_a, epsilon, n_threads
+        self.scores = scores  # (N, K), intact: a sparse kernel never replaces them
+        self.rebuild = rebuild  # the entries chosen again at a potential (None: not sparse)
+        self.dense: Kernel | None = None  # the precise log kernel, once entries won't do
         self.a = np.exp(log_a)
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
+        if self.dense is None and _drifted(self.stored.built_at, potential / self.epsilon):
+            rebuilt = self.rebuild(potential)
+            if rebuilt is None:  # too dense now, or no room: every entry
+                self._go_dense()
+            else:
+                self.stored = rebuilt
+        if self.dense is not None:
+            return self.dense.column_state(potential)
         return potential / self.epsilon  # (K,) g / eps, float64
 
     def blocks(self) -> Iterator[tuple[slice, Any]]:
+        if self.dense is not None:
+            return self.dense.blocks()
         return iter([(slice(0, self.stored.shape[0]), self.stored)])
 
-    def sweep(
-        self, block: SparseKernel, rows: slice, state: np.ndarray, update: RowUpdate
-    ) -> BlockSweep:
+    def sweep(self, block: Any, rows: slice, state: np.ndarray, update: RowUpdate) -> BlockSweep:
+        if self.dense is not None:
+            return self.dense.sweep(block, rows, state, update)
         n_rows, n_cols = block.shape
         n_tasks = -(-n_rows // TASK_ROWS)
         previous = update.rows(rows)
@@ -1050,8 +1121,19 @@ class SparseLogKernel(Kernel):
                 col_peak,
                 task_stats,
             )
+        if not np.all(np.max(col_peak, axis=0) > 0):  # a column without a kept entry
+            dense = self._go_dense()
+            f, columns, row_error = sweep_all(dense, state, update)  # state: g / eps, float64
+            return BlockSweep(f, columns, row_error)
         columns = sub_block_partial(col_sum, col_peak, task_stats, EXP_FLOOR["float64"])
         return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
+
+    def _go_dense(self) -> Kernel:
+        """Every entry of the scores from now on, in float64: the exact log kernel."""
+        self.dense = NumbaLogKernel(
+            self.scores, self.log_a, self.epsilon, self.n_threads, precise=True
+        )
+        return self.dense
 
 
 @contextmanager
