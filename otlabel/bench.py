@@ -752,7 +752,7 @@ def _time_steps(run: Any, scores: np.ndarray, result: RowResult, repeats: int) -
     if stored is not None:  # what the pass reads: the stored kernel's own bytes
         result.pass_bytes, result.kept_entries = stored
         result.gb_per_s = result.pass_bytes / statistics.median(times) / 1e9
-        ratios = [scores.nbytes * r / result.pass_bytes for r in ratios]  # of its own bytes
+        large = False  # its few MB may sit in cache: no bandwidth fraction, see vs_dense_read
     if large:
         result.bandwidth_fraction = statistics.median(ratios)
         result.probe_gb_per_s = statistics.median(probes)
