@@ -217,6 +217,36 @@ def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
     np.testing.assert_allclose(kernel.stored.values, dense[rows, kernel.stored.indices], rtol=1e-4)
 
 
+def test_sparse_kernel_is_built_in_blocks_identically(monkeypatch):
+    """The kernel is counted and filled block by block in one read: blocks of one
+    sub-block of rows give the very same arrays as one block of everything; and past
+    SPARSE_DENSITY the read stops and the kernel is dense."""
+    from otlabel.kernels import numba_
+    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+
+    scores = otlabel.make_scores(3000, 40, kind="head", seed=2)
+    potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
+    log_a = np.full(3000, -np.log(3000))
+    built = {}
+    for name, block_bytes in (("one block", 1 << 40), ("many blocks", 1)):
+        monkeypatch.setattr(numba_, "BUILD_BYTES", block_bytes)
+        kernel = NumbaKernel(scores, log_a, 0.04, None, overwrite=False, store_at_start=True)
+        kernel.column_state(potential)
+        built[name] = kernel
+    one, many = built["one block"].stored, built["many blocks"].stored
+    assert isinstance(one, SparseKernel) and isinstance(many, SparseKernel)
+    assert 0 < many.values.size < 0.1 * scores.size and many.indptr[-1] == many.values.size
+    for field in ("indptr", "indices", "values", "scores"):
+        np.testing.assert_array_equal(getattr(many, field), getattr(one, field))
+    np.testing.assert_array_equal(built["many blocks"].f_ref, built["one block"].f_ref)
+    density = one.values.size / scores.size
+    monkeypatch.setattr(numba_, "SPARSE_DENSITY", density / 2)  # too dense now
+    kernel = NumbaKernel(scores, log_a, 0.04, None, overwrite=False, store_at_start=True)
+    kernel.column_state(potential)
+    assert isinstance(kernel.stored, np.ndarray) and kernel.stored.shape == scores.shape
+    np.testing.assert_array_equal(kernel.f_ref, built["one block"].f_ref)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_numba_rounding_passes_equal_numpy(seed):
     """Same labels, move costs and certificate from either pass implementation."""

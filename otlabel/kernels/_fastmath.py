@@ -1,4 +1,8 @@
-"""A vectorisable ``exp`` for Numba kernels (x86 has no SIMD ``exp`` without SVML).
+"""Vectorisable ``exp`` and row maximum for Numba kernels.
+
+x86 has no SIMD ``exp`` without SVML, and a single running maximum is a chain
+of dependent operations that LLVM does not split (:func:`shifted_max` keeps
+eight).
 
 ``exp_neg(x)`` is ``e^x`` for ``x <= 0``, clamped below at the last normal
 exponent (so no subnormal results, whose slow path costs more than the rest of
@@ -95,3 +99,35 @@ def _exp_neg_for(x):
     if x == types.float32:
         return lambda x: _exp_neg32(x)
     return lambda x: _exp_neg64(x)
+
+
+@njit(fastmath={"contract", "reassoc", "nsz", "nnan"}, cache=True)
+def shifted_max(row, inv_eps, shift):
+    """``max_j row[j] inv_eps + shift[j]`` in the precision of ``shift``.
+
+    Eight running maxima: one is a chain of dependent ``max`` that the compiler
+    does not split, and ran at a third of the speed (6.7 against 20 GB/s for a
+    plain row maximum on this machine)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0] * inv_eps + shift[0]  # not -inf: float64
+    n_eights = row.size - row.size % 8
+    for j in range(0, n_eights, 8):
+        m0 = _larger(m0, row[j] * inv_eps + shift[j])
+        m1 = _larger(m1, row[j + 1] * inv_eps + shift[j + 1])
+        m2 = _larger(m2, row[j + 2] * inv_eps + shift[j + 2])
+        m3 = _larger(m3, row[j + 3] * inv_eps + shift[j + 3])
+        m4 = _larger(m4, row[j + 4] * inv_eps + shift[j + 4])
+        m5 = _larger(m5, row[j + 5] * inv_eps + shift[j + 5])
+        m6 = _larger(m6, row[j + 6] * inv_eps + shift[j + 6])
+        m7 = _larger(m7, row[j + 7] * inv_eps + shift[j + 7])
+    best = _larger(
+        _larger(_larger(m0, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7))
+    )
+    for j in range(n_eights, row.size):
+        best = _larger(best, row[j] * inv_eps + shift[j])
+    return best
+
+
+@njit(inline="always", cache=True)
+def _larger(a, b):
+    """``max(a, b)`` for numbers that are not NaN, as a select the compiler vectorises."""
+    return a if a > b else b

@@ -48,7 +48,7 @@ from ..solver import (
     sweep_all,
 )
 from ..streaming import ChunkedScores
-from ._fastmath import exp_neg
+from ._fastmath import exp_neg, shifted_max
 from .reference import EXP_FLOOR, ReferenceBackend
 from .rounding_numba import NumbaPasses
 
@@ -58,6 +58,8 @@ _ELEMENTS = {"contract", "nnan"}
 SUB_BLOCK_ROWS = 512
 #: Rows handed to one ``sweep`` call: the loop's blocks (chunks of the matrix).
 CHUNK_BYTES = 1 << 30
+#: Rows per block when a stored kernel is built: counted, then filled while in cache.
+BUILD_BYTES = 1 << 22
 
 
 class NumbaBackend(ReferenceBackend):
@@ -178,15 +180,6 @@ def _logaddexp(x, y):
 
 
 @njit(fastmath=_REDUCE, cache=True)
-def _shifted_max(row, inv_eps, shift):
-    """``max_j row[j] inv_eps + shift[j]`` in the precision of ``shift``."""
-    best = row[0] * inv_eps + shift[0]  # not -inf: that would make it float64
-    for j in range(1, row.size):
-        best = max(best, row[j] * inv_eps + shift[j])
-    return best
-
-
-@njit(fastmath=_REDUCE, cache=True)
 def _total(values):
     """``sum_j values[j]`` in float64."""
     total = 0.0
@@ -234,7 +227,7 @@ def _log_sweep(
         first, last = b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)
         for i in range(first, last):
             row = scores[i]
-            row_max = _shifted_max(row, inv_eps, g_scaled)
+            row_max = shifted_max(row, inv_eps, g_scaled)
             for j in range(n_cols):
                 values[j] = exp_neg(row[j] * inv_eps + g_scaled[j] - row_max)
             f, error, scale = _row_update(
@@ -623,7 +616,7 @@ def _build_dense(scores, g_ref, inv_eps, kernel, f_ref):
     tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for i in prange(n_rows):
         row, out = scores[i], kernel[i]
-        row_max = _shifted_max(row, scale, g32)
+        row_max = shifted_max(row, scale, g32)
         f_ref[i] = -row_max
         for j in range(n_cols):
             value = exp_neg(row[j] * scale + g32[j] - row_max)
@@ -675,7 +668,7 @@ def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
     for i in prange(n_rows):
         row = scores[i]
-        row_max = _shifted_max(row, scale, g32)
+        row_max = shifted_max(row, scale, g32)
         f_ref[i] = -row_max
         kept = 0
         for j in range(n_cols):
@@ -903,78 +896,74 @@ class NumbaKernel(Kernel):
 
     def _store(self, g: np.ndarray, *, sparse_only: bool = False) -> None:
         """Build ``G`` at the potential ``g``: sparse when few entries survive the
-        flush (at most :data:`SPARSE_DENSITY`), else dense (not with
-        ``sparse_only``), in place of the scores with ``overwrite`` or in new
+        flush (at most :data:`SPARSE_DENSITY`), else dense (not with ``sparse_only``,
+        nor from a stream), in place of the scores with ``overwrite`` or in new
         memory if there is room; else stay in the log domain."""
-        if isinstance(self.scores, ChunkedScores):
-            self._store_stream(g)
-            return
         g_ref, f_ref = g / self.epsilon, np.empty(self.scores.shape[0])
-        counts = np.empty(self.scores.shape[0], dtype=np.int64)
-        with threads(self.n_threads):
-            _count_kept(self.scores, g_ref, 1.0 / self.epsilon, f_ref, counts)
-        n_kept = int(counts.sum())
-        sparse_bytes = n_kept * (8 + _index_dtype(self.scores.shape[1]).itemsize)
-        if n_kept <= SPARSE_DENSITY * self.scores.size and sparse_bytes < 0.8 * available_memory():
-            self.stored = self._sparse(counts, g_ref, f_ref)
+        sparse = self._sparse(g_ref, f_ref)
+        if sparse is not None:
+            self.stored = sparse
         elif sparse_only:
             return
-        elif self.overwrite or self.scores.nbytes < 0.8 * available_memory():
+        elif isinstance(self.scores, np.ndarray) and (
+            self.overwrite or self.scores.nbytes < 0.8 * available_memory()
+        ):
             target = self.scores if self.overwrite else np.empty_like(self.scores)
             with threads(self.n_threads):
                 _build_dense(self.scores, g_ref, 1.0 / self.epsilon, target, f_ref)
             self.stored = target
         else:
-            self.can_store = False  # no room: the log domain it stays
+            self.can_store = False  # no room, or a stream: the log domain it stays
             return
         self.g_ref, self.f_ref, self.g_built = g_ref, f_ref, g_ref
 
-    def _store_stream(self, g: np.ndarray) -> None:
-        """The sparse kernel of a stream, from one read of it: each block is counted and
-        filled while it is in memory; a dense one if more than :data:`SPARSE_DENSITY`
-        of the entries are kept and the whole of it fits in memory; else the log domain
-        it stays (and says so: ``res.phases`` shows no stored passes)."""
-        stream, (n_rows, n_cols) = self.scores, self.scores.shape
-        g_ref, f_ref = g / self.epsilon, np.empty(n_rows)
-        counts = np.empty(n_rows, dtype=np.int64)
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        budget = SPARSE_DENSITY * n_rows * n_cols
-        for rows, block in row_blocks(stream, max(SUB_BLOCK_ROWS, CHUNK_BYTES // (8 * n_cols))):
-            block = np.ascontiguousarray(block)
+    def _sparse(self, g_ref: np.ndarray, f_ref: np.ndarray) -> SparseKernel | None:
+        """The sparse kernel at ``g_ref`` (units of eps) from one read of the scores
+        (array or stream): each block of rows is counted, then filled while it is
+        still in cache.  The entries go into arrays sized for the most that a
+        sparse kernel may hold; the pages past the last entry are never touched, so
+        they cost no memory.  None once more than :data:`SPARSE_DENSITY` of the
+        entries are kept, or more than would fit in memory (the read stops there)."""
+        n_rows, n_cols = self.scores.shape
+        index_dtype, score_dtype = _index_dtype(n_cols), np.dtype(self.scores.dtype)
+        entry_bytes = index_dtype.itemsize + 4 + score_dtype.itemsize
+        capacity = int(
+            min(SPARSE_DENSITY * n_rows * n_cols, 0.8 * available_memory() // entry_bytes)
+        )
+        indices = np.empty(capacity, dtype=index_dtype)
+        values = np.empty(capacity, dtype=np.float32)
+        kept_scores = np.empty(capacity, dtype=score_dtype)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        inv_eps, n_kept = 1.0 / self.epsilon, 0
+        for rows, block in row_blocks(
+            self.scores, max(SUB_BLOCK_ROWS, BUILD_BYTES // (4 * n_cols))
+        ):
+            block = np.ascontiguousarray(block)  # a stream's block, or a view: no copy
+            pointers = indptr[rows.start : rows.stop + 1]  # (rows + 1,), from 0
             with threads(self.n_threads):
-                _count_kept(block, g_ref, 1.0 / self.epsilon, f_ref[rows], counts[rows])
-            pointers = np.zeros(block.shape[0] + 1, dtype=np.int64)
-            np.cumsum(counts[rows], out=pointers[1:])
-            indices = np.empty(int(pointers[-1]), dtype=_index_dtype(n_cols))
-            values = np.empty(int(pointers[-1]), dtype=np.float32)
-            kept = np.empty(int(pointers[-1]), dtype=block.dtype)
+                _count_kept(block, g_ref, inv_eps, f_ref[rows], pointers[1:])
+            pointers[0] = 0  # block positions first
+            np.cumsum(pointers[1:], out=pointers[1:])
+            block_kept = int(pointers[-1])
+            if n_kept + block_kept > capacity:
+                return None  # too dense for a sparse kernel
+            entries = slice(n_kept, n_kept + block_kept)
             with threads(self.n_threads):
                 _fill_sparse(
-                    block, g_ref, 1.0 / self.epsilon, f_ref[rows], pointers, indices, values, kept
+                    block,
+                    g_ref,
+                    inv_eps,
+                    f_ref[rows],
+                    pointers,
+                    indices[entries],
+                    values[entries],
+                    kept_scores[entries],
                 )
-            parts.append((indices, values, kept))
-            if sum(part[1].size for part in parts) > budget:  # too dense for a sparse kernel
-                self.can_store = False
-                return
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        indices, values, kept = (np.concatenate([part[i] for part in parts]) for i in range(3))
-        self.stored = SparseKernel(indptr, indices, values, kept, (n_rows, n_cols), g_ref)
-        self.g_ref, self.f_ref, self.g_built = g_ref, f_ref, g_ref
-
-    def _sparse(self, counts: np.ndarray, g_ref: np.ndarray, f_ref: np.ndarray) -> SparseKernel:
-        indptr = np.zeros(counts.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        n_kept = int(indptr[-1])
-        indices = np.empty(n_kept, dtype=_index_dtype(self.scores.shape[1]))
-        values = np.empty(n_kept, dtype=np.float32)
-        kept_scores = np.empty(n_kept, dtype=self.scores.dtype)
-        with threads(self.n_threads):
-            _fill_sparse(
-                self.scores, g_ref, 1.0 / self.epsilon, f_ref, indptr, indices, values, kept_scores
-            )
-        shape = (int(self.scores.shape[0]), int(self.scores.shape[1]))
-        return SparseKernel(indptr, indices, values, kept_scores, shape, g_ref)
+            pointers += n_kept  # global positions
+            n_kept += block_kept
+        shape = (int(n_rows), int(n_cols))
+        kept = slice(0, n_kept)
+        return SparseKernel(indptr, indices[kept], values[kept], kept_scores[kept], shape, g_ref)
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..rounding import NumpyPasses
+from ._fastmath import shifted_max
 
 __all__ = ["NumbaPasses", "balance", "improve"]
 
@@ -138,13 +139,10 @@ def _argmax_rows(block, virtual, potential, labels):
         labels[i] = arg
 
 
-@njit(fastmath={"nnan", "ninf", "nsz", "reassoc"}, cache=True)
+@njit(cache=True)
 def _shifted_row_max(row, potential):
     """``max_k (S_ik + g_k)`` in float64 (finite input: the validation saw to it)."""
-    best = np.float64(row[0]) + potential[0]
-    for k in range(row.size):
-        best = max(best, np.float64(row[k]) + potential[k])
-    return best
+    return shifted_max(row, 1.0, potential)
 
 
 @njit(parallel=True, cache=True)
