@@ -392,6 +392,7 @@ def solve_and_label(
         unassigned=solved.unassigned_potential,
         group=collective,
         n_samples=n_free,
+        argmax=None if solved.argmax is None else to_numpy(solved.argmax),
     )
     plan = None
     if options.return_plan:

@@ -71,6 +71,7 @@ def hard_labels(
     unassigned: float | None = None,
     group: Collective | None = None,
     n_samples: int | None = None,
+    argmax: np.ndarray | None = None,
 ) -> HardLabels:
     """``rounding``'s labels of ``scores`` (N, K) from the cluster potential ``g``.
 
@@ -81,26 +82,35 @@ def hard_labels(
     (K + 1)-th column, never stored; its samples get label -1.  ``backend`` says
     who reads the matrix; ``group`` and ``n_samples``: for one shard of a
     sharded problem, the counts' bounds and the certificate are global.
+    ``argmax`` (N,): ``argmax_k (S_ik + g_k)`` if the solve already knows it
+    exactly (from its sparse kernel's entries), which saves a read of the scores.
     """
     if rounding is None:
         return HardLabels(None, None, None)
     if virtual is not None:
         scores = WithColumn(scores, virtual)
         potential = np.append(potential, 0.0 if unassigned is None else unassigned)
+        argmax = None  # over K columns, not K + 1
     passes, rows_per_block = backend.rounding_passes(scores)
     total = scores.shape[0] if n_samples is None else n_samples
     gap = None
     if rounding == "argmax":
-        labels = argmax_labels(scores, potential, rows_per_block, passes)
+        labels = argmax_labels(scores, potential, rows_per_block, passes, argmax)
     elif constraint.counts_bounded:
         bounds = constraint.count_bounds(total)
         exact = balanced_labels(
-            scores, potential, bounds, rows_per_block=rows_per_block, passes=passes, group=group
+            scores,
+            potential,
+            bounds,
+            rows_per_block=rows_per_block,
+            passes=passes,
+            group=group,
+            argmax=argmax,
         )
         labels, gap = exact.labels, exact.gap
     else:
         concave = concave_labels(
-            scores, potential, constraint, total, rows_per_block, passes, group
+            scores, potential, constraint, total, rows_per_block, passes, group, argmax
         )
         labels, gap = concave.labels, concave.gap
     cost = mean_label_score(scores, labels, rows_per_block)
@@ -315,9 +325,16 @@ class HostPasses(NumpyPasses):
 
 
 def argmax_labels(
-    scores: np.ndarray, potential: np.ndarray, rows_per_block: int, passes: Passes | None = None
+    scores: np.ndarray,
+    potential: np.ndarray,
+    rows_per_block: int,
+    passes: Passes | None = None,
+    known: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``argmax_k (S_ik + g_k)`` for every row, block by block: (N,) int64."""
+    """``argmax_k (S_ik + g_k)`` for every row, block by block: (N,) int64
+    (``known``: these labels, already known exactly; a copy, since they are moved)."""
+    if known is not None:
+        return np.array(known, dtype=np.int64)
     passes = passes or NumpyPasses()
     potential = np.asarray(potential, dtype=np.float64)
     labels = np.empty(scores.shape[0], dtype=np.int64)
@@ -335,6 +352,7 @@ def balanced_labels(
     rows_per_block: int,
     passes: Passes | None = None,
     group: Collective | None = None,
+    argmax: np.ndarray | None = None,
 ) -> BalancedLabels:
     """Exact labels under count bounds, optimal with a dual certificate; see the
     module docstring.
@@ -356,12 +374,14 @@ def balanced_labels(
         For one shard of a problem sharded over processes: how the shards agree
         (``scores`` holds this shard's rows, the labels returned are its own, the
         bounds and the certificate are global).  None: the whole problem.
+    argmax : (N,) int array or None
+        ``argmax_k (S_ik + g_k)`` at ``potential``, if already known exactly.
     """
     passes = passes or NumpyPasses()
     group = group or Alone()
     lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
-    labels = argmax_labels(scores, -prices, rows_per_block, passes)
+    labels = argmax_labels(scores, -prices, rows_per_block, passes, argmax)
     transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
     fast_balance = getattr(passes, "balance", None)
     whole = isinstance(group, Alone)
@@ -643,6 +663,7 @@ def concave_labels(
     rows_per_block: int,
     passes: Passes | None = None,
     group: Collective | None = None,
+    argmax: np.ndarray | None = None,
 ) -> ConcaveLabels:
     """Exact labels under a separable concave reward on the counts (relaxed sizes).
 
@@ -663,12 +684,18 @@ def concave_labels(
     """
     passes = passes or NumpyPasses()
     group = group or Alone()
-    labels = argmax_labels(scores, potential, rows_per_block, passes)
+    labels = argmax_labels(scores, potential, rows_per_block, passes, argmax)
     prices = -np.asarray(potential, dtype=np.float64)
     bounds = _start_bounds(constraint, group.sum(np.bincount(labels, minlength=prices.size)))
     if bounds is not None:  # fixed-count columns (partial mass's) outside their bounds
         start = balanced_labels(
-            scores, potential, bounds, rows_per_block=rows_per_block, passes=passes, group=group
+            scores,
+            potential,
+            bounds,
+            rows_per_block=rows_per_block,
+            passes=passes,
+            group=group,
+            argmax=argmax,
         )
         labels, prices = start.labels, start.prices
     exchanges = _Exchanges(scores, labels, prices, rows_per_block, passes, group)

@@ -101,9 +101,12 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
                 last = main
             else:
                 last, kernel = run.finish(kernel, main)
+        output = run.output(last, method, start.kind)
+        if virtual is None:  # the labels' first step, from the last kernel if it can
+            output.argmax = kernel.argmax(output.potential)
     finally:
         kernel.restore()
-    return run.output(last, method, start.kind)
+    return output
 
 
 def _quiet(like: Array) -> Any:
@@ -345,6 +348,11 @@ class Kernel:
         """Per-iteration state derived once from the cluster potential ``g``."""
         raise NotImplementedError
 
+    def argmax(self, potential: Array) -> Array | None:
+        """``argmax_k (S_ik + g_k)`` (N,) if this kernel knows it exactly without a
+        read of the scores (the first index on ties, as NumPy); else None."""
+        return None
+
     def blocks(self) -> Iterator[tuple[slice, Array]]:
         """The row blocks of the (prepared) matrix, in a fixed order."""
         raise NotImplementedError
@@ -494,6 +502,7 @@ class SolveOutput:
     phases: dict[str, int]
     start: str
     unassigned_potential: float | None = None  # g0 of partial mass's virtual column
+    argmax: Array | None = None  # (N,) argmax_k (S_ik + g_k), if the last kernel knew it
 
 
 @dataclass

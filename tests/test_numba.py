@@ -370,3 +370,51 @@ def test_sparse_finisher_without_entries_in_a_column_goes_on_over_every_entry(mo
     np.testing.assert_allclose(swept.row_potential, f, rtol=1e-12)
     np.testing.assert_allclose(swept.columns.log_mass(), columns.log_mass(), rtol=1e-12)
     assert np.isfinite(columns.log_mass()[5]) and finisher.dense is not None
+
+
+@pytest.mark.parametrize("rounding", ["argmax", "balanced"])
+def test_labels_start_from_the_sparse_kernels_argmax_without_a_read(monkeypatch, rounding):
+    """The argmax labels come from the sparse kernel's kept entries (no read of the
+    scores) and equal a float64 read of every entry; far from where the entries
+    were chosen it reads."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+
+    monkeypatch.setattr(numba_module, "SPARSE_DENSITY", 1.0)
+    scores = otlabel.make_scores(3000, 40, kind="head", seed=5)
+    reads = []
+    dense_argmax = NumbaPasses.argmax
+    monkeypatch.setattr(NumbaPasses, "argmax", lambda *args: reads.append(1) or dense_argmax(*args))
+    res = otlabel.assign(scores, 0.04, rounding=rounding, tol=1e-6)
+    assert res.phases["stored"] > 0 and reads == []  # no read of the scores for it
+    if rounding == "argmax":
+        expected = np.argmax(scores.astype(np.float64) + res.potential, axis=1)
+        np.testing.assert_array_equal(res.labels, expected)
+    else:
+        exact = otlabel.assign(scores.astype(np.float64), 0.04, tol=1e-9, backend="numpy")
+        np.testing.assert_array_equal(np.sort(res.counts), np.sort(exact.counts))
+        assert res.gap <= 1e-9
+
+    log_a = np.full(3000, -np.log(3000))
+    kernel = numba_module.NumbaKernel(scores, log_a, 0.04, None, overwrite=False)
+    finisher = kernel.finisher(res.potential)
+    np.testing.assert_array_equal(
+        finisher.argmax(res.potential), np.argmax(scores.astype(np.float64) + res.potential, 1)
+    )
+    far = res.potential.copy()
+    far[0] += 60 * 0.04  # the kept set no longer certifies the argmax
+    assert finisher.argmax(far) is None
+
+
+def test_sparse_argmax_takes_the_first_of_tied_entries():
+    """As np.argmax: on a tie the lowest column wins, whatever the entries kept."""
+    dense = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 5.0, 5.0]])
+    potential = np.array([0.0, 0.0, 0.0, 0.0])
+    kept = dense > 0.5  # row 2 keeps columns 2 and 3 only
+    indptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
+    rows, cols = np.nonzero(kept)
+    labels = np.empty(3, dtype=np.int64)
+    numba_module._sparse_argmax(
+        indptr, cols.astype(np.int16), dense[rows, cols].astype(np.float32), potential, labels
+    )
+    np.testing.assert_array_equal(labels, np.argmax(dense + potential, axis=1))
+    np.testing.assert_array_equal(labels, [1, 0, 2])

@@ -1034,6 +1034,19 @@ def _sparse_log_sweep(
         task_stats[t, 2] = last_row - first_row
 
 
+@njit(parallel=True, cache=True)
+def _sparse_argmax(indptr, indices, kept_scores, potential, labels):
+    """``argmax_k (S_ik + g_k)`` over each row's kept entries (in column order: the
+    first index on ties), in float64 as the dense passes of the rounding."""
+    for i in prange(labels.size):
+        best, arg = -np.inf, -1
+        for e in range(indptr[i], indptr[i + 1]):
+            value = np.float64(kept_scores[e]) + potential[indices[e]]
+            if value > best:
+                best, arg = value, indices[e]
+        labels[i] = arg
+
+
 class SparseLogKernel(Kernel):
     """Exact log-domain passes on the sparse stored kernel's entries, from their scores.
 
@@ -1116,6 +1129,23 @@ class SparseLogKernel(Kernel):
             return BlockSweep(f, columns, row_error)
         columns = sub_block_partial(col_sum, col_peak, task_stats, EXP_FLOOR["float64"])
         return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
+
+    def argmax(self, potential: np.ndarray) -> np.ndarray | None:
+        """``argmax_k (S_ik + g_k)`` from the kept entries alone, exact while ``g`` is
+        within ``-FLUSH_EXPONENT - 1`` (in units of eps, spread of the change) of where
+        they were chosen: a dropped entry was ``60 eps`` below its row's best then,
+        so it cannot have caught up.  Float64 sums of the very scores, in column
+        order: the same labels, ties included, as a read of every entry."""
+        change = np.asarray(potential, dtype=np.float64) / self.epsilon - self.stored.built_at
+        if self.dense is not None or np.max(change) - np.min(change) >= -FLUSH_EXPONENT - 1:
+            return None
+        block = self.stored
+        labels = np.empty(block.shape[0], dtype=np.int64)
+        with threads(self.n_threads):
+            _sparse_argmax(
+                block.indptr, block.indices, block.scores, np.asarray(potential, np.float64), labels
+            )
+        return labels
 
     def _go_dense(self) -> Kernel:
         """Every entry of the scores from now on, in float64: the exact log kernel."""
