@@ -418,3 +418,14 @@ def test_sparse_argmax_takes_the_first_of_tied_entries():
     )
     np.testing.assert_array_equal(labels, np.argmax(dense + potential, axis=1))
     np.testing.assert_array_equal(labels, [1, 0, 2])
+
+
+@pytest.mark.parametrize(
+    ("n_cols", "tol", "drift"), [(3000, 1e-4, 40.0), (30, 1e-9, 33.6), (3000, 1e-12, 22.06)]
+)
+def test_rebuild_drift_keeps_the_dropped_mass_below_a_tenth_of_tol(n_cols, tol, drift):
+    limit = numba_module.rebuild_drift(n_cols, tol)
+    assert limit == pytest.approx(drift, abs=0.05)
+    dropped = n_cols * np.exp(numba_module.FLUSH_EXPONENT + limit)  # a row's, of its mass
+    assert dropped <= tol / 10 * (1 + 1e-9) or limit == 20.0
+    assert numba_module.rebuild_drift(3000, 1e-30) == 20.0  # never below

@@ -117,6 +117,7 @@ class NumbaBackend(ReferenceBackend):
                 options.n_threads,
                 overwrite=overwrite,
                 store_at_start=warm,
+                tol=options.tol,
             )
         return super().first_kernel(head, log_a, options, warm=warm)
 
@@ -417,21 +418,31 @@ SPARSE_DENSITY = 0.1
 #: (``[e^-ABSORB, e^ABSORB]``) and the scaled row factors (``[e^-ABSORB, K]``, see
 #: :func:`_stored_row`) then stay normal float32 numbers: no subnormal arithmetic,
 #: whose slow path costs several times a normal multiply.  A flushed entry is below
-#: ``e^-(FLUSH_EXPONENT + REBUILD_DRIFT) = e^-40`` of its row's mass, so a row loses
-#: less than ``K e^-40`` (about 1e-14 at K = 3000) of its mass: far below any tolerance.
+#: ``e^-(-FLUSH_EXPONENT - drift)`` of its row's mass while the potential has drifted
+#: at most ``drift`` since (:func:`rebuild_drift`).
 FLUSH_EXPONENT = -60.0
 _FLUSH = math.exp(FLUSH_EXPONENT)
-#: A stored kernel is rebuilt from the scores once the potential has moved, since it
-#: was built, by more than this spread (in units of eps, ``max_k - min_k`` of the
-#: change): a flushed entry then stays below ``e^-40`` of its row's largest.
-REBUILD_DRIFT = 20.0
 
 
-def _drifted(built_at: np.ndarray, g_scaled: np.ndarray) -> bool:
-    """Whether ``g / eps`` moved too far from where a stored kernel was built for the
-    entries it flushed to stay negligible (:data:`REBUILD_DRIFT`)."""
+def rebuild_drift(n_cols: int, tol: float) -> float:
+    """How far ``g / eps`` may move (spread of the change, ``max_k - min_k``) from
+    where a stored kernel was built before it is built again from the scores.
+
+    A flushed entry was below ``e^FLUSH_EXPONENT`` of its row's largest; after a
+    drift ``D`` it is below ``e^(FLUSH_EXPONENT + D)``, and a row's K entries
+    below ``K e^(FLUSH_EXPONENT + D)`` of its mass.  ``D`` is chosen so that this
+    is ``tol / 10``: the mass the kept entries miss moves the error reported by
+    at most a tenth of ``tol`` (40 at K = 3000 and tol = 1e-4), and kept within
+    [20, 40] (the argmax from the kept entries needs less than 59)."""
+    drift = -FLUSH_EXPONENT - math.log(10.0 * n_cols / tol)
+    return min(max(drift, 20.0), 40.0)
+
+
+def _drifted(built_at: np.ndarray, g_scaled: np.ndarray, limit: float) -> bool:
+    """Whether ``g / eps`` moved more than ``limit`` (spread) from where a stored
+    kernel was built (:func:`rebuild_drift`)."""
     change = g_scaled - built_at  # (K,)
-    return bool(np.max(change) - np.min(change) > REBUILD_DRIFT)
+    return bool(np.max(change) - np.min(change) > limit)
 
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
@@ -720,8 +731,8 @@ class NumbaKernel(Kernel):
     :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-60`` of
     their row's plan, and stay negligible while the duals settle: ``G`` is built
     again from the scores once ``g`` has moved, since it was built, by more than
-    :data:`REBUILD_DRIFT` (in units of eps), so the flushed mass stays below
-    ``K e^-40`` of a row's (a row or the columns are absorbed into ``G`` whenever
+    ``drift`` (in units of eps, :func:`rebuild_drift`), so the flushed mass stays
+    below a tenth of ``tol`` (a row or the columns are absorbed into ``G`` whenever
     their scaling leaves ``[e^-20, e^20]``).  When at most
     :data:`SPARSE_DENSITY` of its entries survive the flush (at SeLa's epsilon
     most do not), ``G`` is kept sparse, its kept entries row by row with their
@@ -734,7 +745,7 @@ class NumbaKernel(Kernel):
     non-finite, and the solve falls back, warm, to the log domain.  A dense
     ``G`` built in place of the scores cannot be built again, so it is only
     built once the iterate is close (never at a start that may be far), and a
-    drift beyond :data:`REBUILD_DRIFT` falls back the same way, on the restored
+    drift beyond ``drift`` falls back the same way, on the restored
     scores.
 
     Float32 throughout, so inexact: the solve finishes with exact passes,
@@ -755,8 +766,10 @@ class NumbaKernel(Kernel):
         *,
         overwrite: bool,
         store_at_start: bool = False,
+        tol: float = 1e-4,
     ) -> None:
         self.log_kernel = NumbaLogKernel(scores, log_a, epsilon, n_threads)
+        self.drift = rebuild_drift(scores.shape[1], tol)  # see rebuild_drift
         self.store_at_start = store_at_start  # the start potential is already close
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
         self.n_threads, self.overwrite = n_threads, overwrite
@@ -779,7 +792,7 @@ class NumbaKernel(Kernel):
         if self.stored is None and self.store_at_start and self.can_store:
             self.store_at_start = False  # tried once; else once the iterate is close
             self._store(potential, sparse_only=self.overwrite)  # scores kept: far is safe
-        if self.stored is not None and _drifted(self.g_built, potential / self.epsilon):
+        if self.stored is not None and _drifted(self.g_built, potential / self.epsilon, self.drift):
             self._rebuild(potential)
         if self.stored is None:
             return self.log_kernel.column_state(potential)
@@ -867,7 +880,13 @@ class NumbaKernel(Kernel):
         if not isinstance(self.stored, SparseKernel):
             return None
         return SparseLogKernel(
-            self.stored, self.scores, self.log_a, self.epsilon, self.n_threads, self._sparse_again
+            self.stored,
+            self.scores,
+            self.log_a,
+            self.epsilon,
+            self.n_threads,
+            self._sparse_again,
+            self.drift,
         )
 
     def _sparse_again(self, potential: np.ndarray) -> SparseKernel | None:
@@ -1053,10 +1072,9 @@ class SparseLogKernel(Kernel):
     Float64 arithmetic on the very scores of the kept entries, so its error is
     the plan's error recomputed from the scores, except for the entries the
     stored kernel dropped: each was below ``e^-60`` of its row's largest at the
-    potential the kernel was built at, and stays below ``e^-40`` of it: the
-    entries are chosen again once the potential drifts further
-    (:data:`REBUILD_DRIFT`; ``K e^-40`` is about 1e-14 of a row's mass at
-    K = 3000, far below any tolerance asked).  A column none of whose entries
+    potential the kernel was built at, and the entries are chosen again once the
+    potential drifts so far that the dropped mass could reach a tenth of ``tol``
+    (``drift``, :func:`rebuild_drift`).  A column none of whose entries
     was kept has no mass to update from: the passes then go on, exact, over
     every entry of the scores.  Costs one ``exp`` per kept entry: a few percent
     of a dense log pass.
@@ -1072,15 +1090,19 @@ class SparseLogKernel(Kernel):
         epsilon: float,
         n_threads: int | None,
         rebuild: Callable[[np.ndarray], SparseKernel | None],
+        drift: float,
     ) -> None:
         self.stored, self.log_a, self.epsilon, self.n_threads = stored, log_a, epsilon, n_threads
+        self.drift = drift  # rebuild_drift
         self.scores = scores  # (N, K), intact: a sparse kernel never replaces them
         self.rebuild = rebuild  # the entries chosen again at a potential (None: not sparse)
         self.dense: Kernel | None = None  # the precise log kernel, once entries won't do
         self.a = np.exp(log_a)
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
-        if self.dense is None and _drifted(self.stored.built_at, potential / self.epsilon):
+        if self.dense is None and _drifted(
+            self.stored.built_at, potential / self.epsilon, self.drift
+        ):
             rebuilt = self.rebuild(potential)
             if rebuilt is None:  # too dense now, or no room: every entry
                 self._go_dense()
