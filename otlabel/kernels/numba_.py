@@ -687,6 +687,10 @@ def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
         counts[i] = kept
 
 
+#: Columns that :func:`_fill_sparse` tests at once (vectorised) before it looks at each.
+FILL_RUN = 32
+
+
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_scores):
     """The kept entries of ``G``: the same float32 values as :func:`_build_dense`
@@ -695,11 +699,22 @@ def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_sc
     g32 = g_ref.astype(np.float32)
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
     tiny, zero = np.float32(_FLUSH), np.float32(0.0)
+    n_runs = n_cols // FILL_RUN
     for i in prange(n_rows):
         row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
-        for j in range(n_cols):
-            exponent = row[j] * scale + g32[j] - row_max
-            if exponent > floor:
+        for run in range(n_runs + 1):  # runs of FILL_RUN columns; most keep nothing
+            first = run * FILL_RUN
+            last = min(first + FILL_RUN, n_cols)
+            if run < n_runs:
+                hit = False
+                for j in range(first, last):
+                    hit |= row[j] * scale + g32[j] - row_max > floor
+                if not hit:
+                    continue
+            for j in range(first, last):
+                exponent = row[j] * scale + g32[j] - row_max
+                if exponent <= floor:
+                    continue
                 value = exp_neg(exponent)
                 indices[position] = j
                 values[position] = value if value > tiny else zero
