@@ -35,7 +35,8 @@ placeholder "dummies" that score nothing anywhere: cluster k holds at most
 (where they are at their best); a path made of dummy moves only carries as
 many dummies as its ends allow at once, so wide bounds cost K paths, not N.
 
-The work is one pass over the matrix for ``argmax``, one for ``C``, one for the
+The work is one pass over the matrix for ``argmax`` (none when the solve's sparse
+kernel gives it exactly: ``argmax=``), one for ``C``, one for the
 certificate, and one Dijkstra on K nodes per unit of excess (stopped at the
 nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
 """
