@@ -689,15 +689,10 @@ def concave_labels(
     prices = -np.asarray(potential, dtype=np.float64)
     bounds = _start_bounds(constraint, group.sum(np.bincount(labels, minlength=prices.size)))
     if bounds is not None:  # fixed-count columns (partial mass's) outside their bounds
-        start = balanced_labels(
-            scores,
-            potential,
-            bounds,
-            rows_per_block=rows_per_block,
-            passes=passes,
-            group=group,
-            argmax=argmax,
-        )
+        start = balanced_labels(  # from the argmax labels above: no second read
+            scores, potential, bounds, rows_per_block=rows_per_block, passes=passes,
+            group=group, argmax=labels,
+        )  # fmt: skip
         labels, prices = start.labels, start.prices
     exchanges = _Exchanges(scores, labels, prices, rows_per_block, passes, group)
     fast_improve = getattr(passes, "improve", None)

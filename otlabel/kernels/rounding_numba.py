@@ -34,10 +34,9 @@ class NumbaPasses:
 
     @staticmethod
     def move_costs(block: Any, own: np.ndarray, move_cost: np.ndarray) -> None:
-        order = np.argsort(own, kind="stable")
-        clusters, first = np.unique(own[order], return_index=True)
-        bounds = np.append(first, own.size)
-        _cluster_min_loss(*matrix_and_column(block), order, bounds, clusters, move_cost)
+        """:meth:`move_costs_with_args`, the samples that attain the minima dropped."""
+        move_arg = np.empty(move_cost.shape, dtype=np.int64)
+        NumbaPasses.move_costs_with_args(block, own, move_cost, move_arg, 0)
 
     @staticmethod
     def move_costs_with_args(
@@ -146,23 +145,9 @@ def _shifted_row_max(row, potential):
 
 
 @njit(parallel=True, cache=True)
-def _cluster_min_loss(block, virtual, order, bounds, clusters, move_cost):
-    """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``; one cluster per task, no races."""
-    n_cols = block.shape[1] + (virtual.size > 0)
-    for s in prange(clusters.size):
-        k = clusters[s]
-        for j in range(bounds[s], bounds[s + 1]):
-            i = order[j]
-            own = _score(block, virtual, i, k)
-            for other in range(n_cols):
-                loss = own - _score(block, virtual, i, other)
-                if loss < move_cost[k, other]:
-                    move_cost[k, other] = loss
-
-
-@njit(parallel=True, cache=True)
 def _cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first):
-    """:func:`_cluster_min_loss` that also records the sample of each new minimum."""
+    """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``, one cluster per task (no
+    races), and in ``move_arg[k, l]`` the sample (row ``first + i``) of each new minimum."""
     n_cols = block.shape[1] + (virtual.size > 0)
     for s in prange(clusters.size):
         k = clusters[s]
