@@ -1,6 +1,6 @@
 """The reference SeLa example: self-labelling on scikit-learn's digits.
 
-A thin script over :mod:`otlabel.sela.train` (the same as ``otlabel train``):
+A thin script over :mod:`otlabel.sela.experiment` (the same as ``otlabel train``):
 trains a small convolutional network by SeLa and by DeepCluster-style k-means
 labelling over three seeds, on balanced and imbalanced digits, beside k-means
 baselines, and writes ``results.md``, ``results.json`` and plots.

@@ -309,6 +309,28 @@ def _parser() -> argparse.ArgumentParser:
         default="uniform",
         help="SeLa's cluster proportions on head 0: uniform, or the true class sizes",
     )
+    train.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=("clustering", "known", "holdout"),
+        default=["clustering"],
+        help="clustering: a table per --imbalance; known: a few labels known (balanced data); "
+        "holdout: train on 80%%, label the other 20%% with predict",
+    )
+    train.add_argument(
+        "--size-penalty",
+        type=float,
+        nargs="+",
+        metavar="TAU",
+        help="SeLa's relaxed-size rows on imbalanced data, one per tau (default: 0.3)",
+    )
+    train.add_argument(
+        "--known-fraction",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="fractions of known labels of the 'known' experiment (default: 0.01 0.05)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
     return parser
@@ -329,7 +351,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .sela.train import TrainConfig, run_experiment
+    from .sela.experiment import DEFAULT_SIZE_PENALTY, KNOWN_FRACTIONS, run_experiment
+    from .sela.train import TrainConfig
 
     base = TrainConfig(cluster_prior=args.prior)
     if args.epochs is not None:
@@ -338,6 +361,9 @@ def _train(args: argparse.Namespace) -> int:
         args.out,
         seeds=args.seeds,
         imbalances=args.imbalance,
+        experiments=args.experiments,
+        size_penalties=args.size_penalty or (DEFAULT_SIZE_PENALTY,),
+        known_fractions=args.known_fraction or KNOWN_FRACTIONS,
         base=base,
         dataset=args.dataset,
         root=args.data,

@@ -22,9 +22,14 @@ from otlabel.sela import (  # noqa: E402
     linear_probe_accuracy,
     metrics,
 )
-from otlabel.sela.data import augment, imbalanced_indices, load_cifar10  # noqa: E402
+from otlabel.sela.data import (  # noqa: E402
+    augment,
+    imbalanced_indices,
+    known_label_sample,
+    load_cifar10,
+)
 from otlabel.sela.evaluate import knn_predict  # noqa: E402
-from otlabel.sela.train import Data, TrainConfig, train  # noqa: E402
+from otlabel.sela.train import Data, TrainConfig, load_data, train  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # metrics
@@ -404,6 +409,7 @@ def test_cli_train_runs_the_experiment(tmp_path, capsys):
         "k-means, untrained network",
         "DeepCluster-style",
         "SeLa (otlabel)",
+        "SeLa, relaxed sizes tau=0.3",
     }
     assert rows["k-means, raw pixels"]["nmi"][0] > 0.5  # digits: k-means on pixels works
     assert (out / "results.md").read_text().count("| SeLa (otlabel) |") == 1
@@ -412,6 +418,32 @@ def test_cli_train_runs_the_experiment(tmp_path, capsys):
     assert (out / "sela-curves.png").stat().st_size > 0
     assert (out / "sela-cluster-sizes.png").stat().st_size > 0
     assert "results.md" in capsys.readouterr().out
+
+
+def test_cli_train_known_and_holdout_tables(tmp_path):
+    out = tmp_path / "results"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--seeds", "7", "--no-progress"]
+    argv += ["--experiments", "known", "holdout", "--known-fraction", "0.05"]
+    assert main(argv) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {"known", "holdout"}
+    known = summary["results"]["known"]
+    assert set(known) == {
+        "SeLa, no labels known",
+        "supervised, 5% labels alone",
+        "SeLa, 5% labels known",
+    }
+    assert "accuracy_unlabelled" in known["SeLa, 5% labels known"]
+    assert known["SeLa, 5% labels known"]["per_seed"]["nmi"][0] == pytest.approx(
+        known["SeLa, 5% labels known"]["nmi"][0]
+    )
+    holdout = summary["results"]["holdout"]["SeLa (otlabel)"]
+    assert 0.0 <= holdout["heldout_accuracy"][0] <= 1.0
+    assert summary["commit"]  # the source the tables came from
+    markdown = (out / "results.md").read_text()
+    assert "held-out accuracy" in markdown and "accuracy, unlabelled" in markdown
+    with pytest.raises(SystemExit):
+        main(["train", "--experiments", "everything"])
 
 
 def test_the_guide_example_runs():
@@ -474,3 +506,145 @@ def test_labeler_takes_every_constraint_and_predicts_new_data():
     labels = labeler[torch.arange(7)]
     loss = MultiHeadClassifier.loss(logits, labels)
     assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------
+# soft targets, known labels, held-out data, seeds that draw the data
+# ---------------------------------------------------------------------------
+
+
+def test_soft_codes_are_the_normalised_plan_rows_and_known_samples_are_one_hot():
+    inputs = torch.randn(120, 6, generator=torch.Generator().manual_seed(5))
+    model = _toy_model(n_clusters=(4, 6))
+    known = np.where(np.arange(120) % 12 == 0, np.arange(120) % 4, -1)
+    labeler = SelfLabeler(120, [4, 6], epsilon=0.2, soft_targets=True, known_labels=known)
+    before = labeler.codes(torch.arange(120))  # one-hot of the start labels
+    assert torch.equal(before[0].argmax(1), labeler.labels[0])
+    result = labeler.update(model, _loader(inputs))
+    codes = labeler.codes(torch.arange(120))
+    with torch.no_grad():
+        log_p = [torch.log_softmax(out, 1).numpy() for out in model(inputs)]
+    for head, k in enumerate([4, 6]):
+        assert codes[head].shape == (120, k)
+        torch.testing.assert_close(codes[head].sum(1), torch.ones(120))
+        expected = otlabel.predict(
+            log_p[head], np.asarray(result.potential[head]), soft=True, epsilon=0.2
+        )
+        unknown = known < 0
+        np.testing.assert_allclose(codes[head][unknown].numpy(), expected[unknown], atol=1e-6)
+        one_hot = torch.nn.functional.one_hot(torch.as_tensor(known[~unknown]), k).float()
+        assert torch.equal(codes[head][~unknown], one_hot)
+    restored = SelfLabeler(120, [4, 6], epsilon=0.2, soft_targets=True, known_labels=known)
+    restored.load_state_dict(labeler.state_dict())
+    assert torch.equal(restored.codes(torch.arange(9))[1], codes[1][:9])
+    with pytest.raises(ValueError, match="soft_targets=True"):
+        SelfLabeler(120, 4).codes(torch.arange(3))
+
+
+def test_soft_target_loss_is_the_cross_entropy_against_the_codes():
+    torch.manual_seed(0)
+    logits = [torch.randn(9, 4), torch.randn(9, 6)]
+    codes = [torch.softmax(torch.randn(9, 4), 1), torch.softmax(torch.randn(9, 6), 1)]
+    loss = MultiHeadClassifier.loss(logits, codes)
+    by_hand = [
+        -(q * torch.log_softmax(z, 1)).sum(1).mean() for z, q in zip(logits, codes, strict=True)
+    ]
+    torch.testing.assert_close(loss, torch.stack(by_hand).mean())
+    labels = torch.stack([torch.randint(0, 4, (9,)), torch.randint(0, 6, (9,))])
+    one_hot = [torch.nn.functional.one_hot(labels[h], k).float() for h, k in enumerate([4, 6])]
+    torch.testing.assert_close(
+        MultiHeadClassifier.loss(logits, one_hot), MultiHeadClassifier.loss(logits, labels)
+    )
+
+
+def test_known_label_sample_is_stratified_and_drawn_by_the_seed():
+    targets = np.repeat(np.arange(4), [100, 60, 30, 10])
+    known = known_label_sample(targets, 0.05, seed=1)
+    assert np.bincount(known[known >= 0]).tolist() == [5, 3, 2, 1]  # at least one per class
+    np.testing.assert_array_equal(known[known >= 0], targets[known >= 0])
+    assert not np.array_equal(known, known_label_sample(targets, 0.05, seed=2))
+    np.testing.assert_array_equal(known, known_label_sample(targets, 0.05, seed=1))
+    assert (known_label_sample(targets, 0.0) == -1).all()
+    with pytest.raises(ValueError, match="fraction"):
+        known_label_sample(targets, 1.0)
+
+
+def test_the_seed_draws_the_imbalanced_subset_and_the_split():
+    first, again, other = (load_data("digits", "light", seed=s) for s in (4, 4, 5))
+    assert np.array_equal(first.targets, again.targets)
+    assert np.array_equal(first.test_split, again.test_split)
+    assert np.bincount(first.targets).tolist() == np.bincount(other.targets).tolist()
+    assert not torch.equal(first.images, other.images)  # same counts, other samples
+    balanced = [load_data("digits", "none", seed=s) for s in (4, 5)]
+    assert torch.equal(balanced[0].images, balanced[1].images)
+    assert not np.array_equal(balanced[0].test_split, balanced[1].test_split)
+    for data in (first, other):
+        classes = np.bincount(data.targets[data.test_split])
+        assert np.all(np.abs(classes - 0.2 * np.bincount(data.targets)) <= 1)  # stratified
+
+
+@pytest.mark.parametrize("pairs", [_label_pairs()[k] for k in (0, 4, 9, 20, 33)])
+def test_cluster_to_class_is_the_hungarian_matching(pairs):
+    truth, found = (np.asarray(x) for x in pairs)
+    matching = metrics.cluster_to_class(truth, found)
+    mapped = np.array([matching.get(int(c), -1) for c in found])
+    assert np.mean(mapped == truth) == pytest.approx(metrics.hungarian_accuracy(truth, found))
+    assert len(set(matching.values())) == len(matching)  # one-to-one
+
+
+def _imbalanced_synthetic(counts=(40, 20, 10)):
+    rng = np.random.default_rng(1)
+    prototypes = rng.random((len(counts), 1, 8, 8)).astype(np.float32)
+    targets = np.repeat(np.arange(len(counts)), counts)
+    noise = 0.1 * rng.normal(size=(targets.size, 1, 8, 8)).astype(np.float32)
+    return Data.of(prototypes[targets] + noise, targets)
+
+
+def test_known_labels_are_kept_and_scored_without_matching():
+    data = _imbalanced_synthetic()
+    config = TrainConfig(**{**TINY.__dict__, "known_fraction": 0.1})
+    result = train(config, data)
+    known = known_label_sample(data.targets, 0.1, config.seed)
+    assert (known >= 0).sum() == 7
+    for head in result.labels:
+        np.testing.assert_array_equal(head[known >= 0], known[known >= 0])
+    assert set(result.final) >= {"accuracy_unlabelled", "nmi", "knn"}
+    assert 0.0 <= result.final["accuracy_unlabelled"] <= 1.0
+    supervised = train(replace_config(config, method="supervised"), data)
+    assert "accuracy_unlabelled" in supervised.final
+    with pytest.raises(ValueError, match="known_fraction"):
+        TrainConfig(method="supervised")
+
+
+def test_holdout_trains_on_80_percent_and_labels_the_rest_with_predict():
+    data = _synthetic_data()
+    result = train(TrainConfig(**{**TINY.__dict__, "holdout": True}), data)
+    assert result.labels.shape == (2, data.train_split.size)  # trained on the 80% alone
+    assert result.final["sizes"] == [24, 24, 24]  # its balanced clustering
+    assert 0.0 <= result.final["heldout_accuracy"] <= 1.0
+    # separable prototypes: the held-out images go where their class went in training
+    assert result.final["heldout_accuracy"] >= result.final["accuracy"] - 0.2
+
+
+def test_relaxed_sizes_and_soft_targets_train():
+    data = _imbalanced_synthetic()
+    config = TrainConfig(
+        **{**TINY.__dict__, "size_penalty": 0.5, "targets": "soft", "lr_schedule": "cosine"}
+    )
+    result = train(config, data)
+    assert sum(result.final["sizes"]) == 70 and result.final["sizes"] != [24, 23, 23]
+
+
+def test_new_train_config_values_are_checked():
+    for field, value in (
+        ("targets", "fuzzy"),
+        ("lr_schedule", "step"),
+        ("size_penalty", 0.0),
+        ("known_fraction", 1.0),
+    ):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: value})
+
+
+def replace_config(config, **changes):
+    return TrainConfig(**{**config.__dict__, **changes})

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IMBALANCE", "augment", "imbalanced_indices", "load_cifar10", "load_digits"]
+__all__ = [
+    "IMBALANCE",
+    "augment",
+    "imbalanced_indices",
+    "known_label_sample",
+    "load_cifar10",
+    "load_digits",
+]
 
 #: Fraction of each class kept, class c of C: "light" falls linearly from 100% to
 #: 50%, "heavy" geometrically from 100% to 10% (ratio 10 between the largest and
@@ -88,6 +95,29 @@ def imbalanced_indices(targets: np.ndarray, kind: str, seed: int = 0) -> np.ndar
         n_keep = round(IMBALANCE[kind](c, len(classes)) * members.size)
         kept.append(generator.choice(members, size=max(n_keep, 1), replace=False))
     return np.sort(np.concatenate(kept))
+
+
+def known_label_sample(targets: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Known labels for a stratified sample: ``(N,)`` with -1 where the label is unknown.
+
+    Each class keeps ``round(fraction * count)`` known samples (at least one),
+    drawn without replacement from ``seed``; ``fraction=0`` knows none.
+
+    >>> known = known_label_sample(np.repeat(np.arange(3), 10), 0.2, seed=0)
+    >>> np.bincount(known[known >= 0]).tolist()
+    [2, 2, 2]
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1); got {fraction}")
+    known = np.full(targets.shape[0], -1, dtype=np.int64)
+    if fraction == 0.0:
+        return known
+    generator = np.random.default_rng(seed)
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        n_known = max(round(fraction * members.size), 1)
+        known[generator.choice(members, size=n_known, replace=False)] = label
+    return known
 
 
 def augment(

@@ -70,17 +70,25 @@ class MultiHeadClassifier(nn.Module):
     @staticmethod
     def loss(
         logits: Sequence[torch.Tensor],
-        labels: torch.Tensor,
+        labels: torch.Tensor | Sequence[torch.Tensor],
         class_weights: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Mean over heads of the cross-entropy of ``logits`` against ``labels (H, B)``.
 
+        ``labels`` may also be soft targets, one ``(B, K_h)`` tensor of
+        probabilities per head (:meth:`SelfLabeler.codes`).
         ``class_weights`` (one ``(K_h,)`` tensor per head) weights each sample by
         its label's weight, as :func:`torch.nn.functional.cross_entropy` does.
         Label -1 (left unassigned by partial mass) takes no part; a batch whose
         samples are all unassigned contributes 0.
         """
         weights: Sequence[torch.Tensor | None] = class_weights or [None] * len(logits)
+        if not isinstance(labels, torch.Tensor):  # soft targets, one (B, K_h) per head
+            soft = [
+                nn.functional.cross_entropy(out, target, weight=weights[h])
+                for h, (out, target) in enumerate(zip(logits, labels, strict=True))
+            ]
+            return torch.stack(soft).mean()
         losses = []
         for h, out in enumerate(logits):
             if bool((labels[h] < 0).all()):

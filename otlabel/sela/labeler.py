@@ -65,6 +65,11 @@ class SelfLabeler:
     known_labels : array (N,) of int or None
         Samples whose label is known (-1: unknown): they keep it in every head,
         and count toward their cluster's size (semi-supervised SeLa).
+    soft_targets : bool, default False
+        Also keep each sample's soft code, the row of the transport plan
+        ``softmax_k((log p_ik + g_k) / epsilon)`` (SwAV's targets), for
+        :meth:`codes`; epsilon then sets how soft they are.  Costs ``N K``
+        floats per head.
     **assign_options
         Passed to :func:`otlabel.assign` (``tol``, ``cluster_weights``,
         ``min_size``, ``max_size``, ``rounding``, ``backend``, ...).  Defaults:
@@ -97,6 +102,7 @@ class SelfLabeler:
         size_penalty: Any = None,
         mass: float = 1.0,
         known_labels: Any = None,
+        soft_targets: bool = False,
         **assign_options: Any,
     ) -> None:
         if isinstance(n_clusters, int | np.integer):
@@ -127,6 +133,9 @@ class SelfLabeler:
                     f"known_labels: expected shape ({self.n_samples},), got {tuple(known.shape)}"
                 )
             self.labels[:, known >= 0] = known[known >= 0]
+        self.known = None if known_labels is None else torch.as_tensor(np.asarray(known_labels))
+        self.soft_targets = bool(soft_targets)
+        self.soft_codes: list[torch.Tensor] | None = None
         self.potentials: list[np.ndarray] | None = None
         self.last_result: Result | None = None
 
@@ -172,7 +181,43 @@ class SelfLabeler:
                 potentials[head] = np.append(potentials[head], unassigned)
         self.potentials = potentials
         self.last_result = result
+        if self.soft_targets:
+            self._store_codes(log_p, heads)
         return result
+
+    def codes(self, indices: Any) -> list[torch.Tensor]:
+        """Soft targets of samples ``indices``: one ``(B, K_h)`` tensor per head.
+
+        Rows of the last update's transport plan, normalised (``soft_targets=True``);
+        a known sample's code is its label, one-hot.  Before the first update:
+        the one-hot of the start labels.
+        """
+        if not self.soft_targets:
+            raise ValueError("codes: construct the labeler with soft_targets=True")
+        if self.soft_codes is None:
+            return [
+                torch.nn.functional.one_hot(self.labels[h, indices], k).float()
+                for h, k in enumerate(self.n_clusters)
+            ]
+        return [codes[indices] for codes in self.soft_codes]
+
+    def _store_codes(self, log_p: list[np.ndarray], heads: list[int]) -> None:
+        """The updated heads' plan rows (one-hot for known samples and unassigned ones)."""
+        assert self.potentials is not None
+        if self.soft_codes is None:
+            self.soft_codes = [
+                torch.nn.functional.one_hot(self.labels[h], k).float()
+                for h, k in enumerate(self.n_clusters)
+            ]
+        for head in heads:
+            k = self.n_clusters[head]
+            codes = predict(log_p[head], self.potentials[head][:k], soft=True, epsilon=self.epsilon)
+            codes = torch.as_tensor(np.asarray(codes, dtype=np.float32))  # (N, K)
+            codes = codes / codes.sum(1, keepdim=True).clamp(min=1e-30)
+            if self.known is not None:
+                is_known = self.known >= 0
+                codes[is_known] = torch.nn.functional.one_hot(self.known[is_known], k).float()
+            self.soft_codes[head] = codes
 
     def _options_for(self, heads: list[int]) -> dict[str, Any]:
         """``assign`` options for a subset of heads: per-head weights are selected."""
@@ -301,6 +346,7 @@ class SelfLabeler:
         return {
             "labels": self.labels.clone(),
             "potentials": None if self.potentials is None else [p.copy() for p in self.potentials],
+            "soft_codes": None if self.soft_codes is None else [c.clone() for c in self.soft_codes],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -314,6 +360,8 @@ class SelfLabeler:
         self.labels = labels.clone()
         potentials = state["potentials"]
         self.potentials = None if potentials is None else [np.asarray(p) for p in potentials]
+        codes = state.get("soft_codes")
+        self.soft_codes = None if codes is None else [torch.as_tensor(c).clone() for c in codes]
 
 
 def _balanced_random_labels(n_samples: int, n_clusters: list[int], seed: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ __all__ = [
     "adjusted_nmi",
     "ari",
     "cluster_sizes",
+    "cluster_to_class",
     "contingency",
     "hungarian_accuracy",
     "nmi",
@@ -93,6 +94,24 @@ def hungarian_accuracy(labels_true: Any, labels_pred: Any) -> float:
     table = contingency(labels_true, labels_pred)
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / table.sum())
+
+
+def cluster_to_class(labels_true: Any, labels_pred: Any) -> dict[int, int]:
+    """The Hungarian matching of :func:`hungarian_accuracy` as ``{cluster: class}``.
+
+    Fitted on one set of samples, it scores clusters of others (held-out data)
+    without refitting; clusters left unmatched are absent.
+
+    >>> cluster_to_class([0, 0, 1, 1, 2], [5, 5, 3, 3, 4])
+    {3: 1, 4: 2, 5: 0}
+    """
+    true = _as_labels(labels_true, "labels_true")
+    pred = _as_labels(labels_pred, "labels_pred")
+    table = contingency(true, pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    classes, clusters = np.unique(true), np.unique(pred)
+    pairs = sorted(zip(cols, rows, strict=True))
+    return {int(clusters[c]): int(classes[r]) for c, r in pairs}
 
 
 def cluster_sizes(labels: Any, n_clusters: int | None = None) -> np.ndarray:

@@ -11,9 +11,8 @@ its folder after every epoch; started again on the same folder it resumes where
 it stopped and gives the same labels as an uninterrupted run (every random draw
 comes from a generator seeded by ``(seed, epoch)``).
 
-:func:`run_experiment` runs SeLa, DeepCluster-style training and the k-means
-baselines over several seeds, on balanced and imbalanced data, and writes the
-tables and plots of ``docs/sela.md``.
+The experiments of ``docs/sela.md`` (seeds, baselines, tables, plots) are in
+:mod:`otlabel.sela.experiment`.
 """
 
 from __future__ import annotations
@@ -30,15 +29,15 @@ import torch
 from torch import nn
 
 from . import metrics
-from .data import augment, imbalanced_indices, load_cifar10, load_digits
+from .data import augment, imbalanced_indices, known_label_sample, load_cifar10, load_digits
 from .evaluate import knn_accuracy, linear_probe_accuracy
 from .heads import MultiHeadClassifier
 from .labeler import SelfLabeler
 from .schedule import LabelSchedule
 
-__all__ = ["TrainConfig", "TrainResult", "run_experiment", "small_convnet", "train"]
+__all__ = ["TrainConfig", "TrainResult", "small_convnet", "train"]
 
-METHODS = ("sela", "deepcluster")
+METHODS = ("sela", "deepcluster", "supervised")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,11 @@ class TrainConfig:
     The defaults are the digits settings of ``docs/sela.md``.  ``n_clusters``
     lists the heads: the first one, with as many clusters as classes, is the
     one evaluated against the ground truth; the others over-cluster, as SeLa's
-    multiple heads do.
+    multiple heads do.  ``size_penalty`` relaxes SeLa's cluster sizes (every
+    head, uniform prior); ``known_fraction`` is the stratified share of samples
+    whose label is known (SeLa keeps them; ``method="supervised"`` trains on
+    them alone); ``holdout`` trains on the seed's stratified 80% and labels the
+    other 20% with :meth:`SelfLabeler.predict`.
     """
 
     method: str = "sela"
@@ -63,12 +66,17 @@ class TrainConfig:
     cluster_prior: str = "uniform"
     label_mode: str = "train"
     label_augment: bool = True
+    targets: str = "hard"
     batch_size: int = 64
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     width: int = 24
     eval_every: int = 5
+    size_penalty: float | None = None
+    known_fraction: float = 0.0
+    holdout: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +85,18 @@ class TrainConfig:
             raise ValueError(
                 f"cluster_prior must be 'uniform' or 'true'; got {self.cluster_prior!r}"
             )
+        if self.targets not in ("hard", "soft"):
+            raise ValueError(f"targets must be 'hard' or 'soft'; got {self.targets!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine'; got {self.lr_schedule!r}"
+            )
+        if self.size_penalty is not None and not self.size_penalty > 0:
+            raise ValueError(f"size_penalty must be positive or None; got {self.size_penalty}")
+        if not 0.0 <= self.known_fraction < 1.0:
+            raise ValueError(f"known_fraction must be in [0, 1); got {self.known_fraction}")
+        if self.method == "supervised" and self.known_fraction == 0.0:
+            raise ValueError("method 'supervised' trains on known labels: give known_fraction > 0")
         if self.epochs < 1 or self.n_updates < 1 or self.batch_size < 1:
             raise ValueError("epochs, n_updates and batch_size must be positive")
 
@@ -90,6 +110,7 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None  # (H, N) the last self-labels
     seconds: float = 0.0
+    model: MultiHeadClassifier | None = None  # the trained network
 
 
 @dataclass
@@ -102,18 +123,30 @@ class Data:
     test_split: np.ndarray
 
     @classmethod
-    def of(cls, images: np.ndarray, targets: np.ndarray) -> Data:
+    def of(cls, images: np.ndarray, targets: np.ndarray, seed: int = 0) -> Data:
+        """The data with a stratified 80/20 split drawn from ``seed``."""
         from sklearn.model_selection import train_test_split
 
         index = np.arange(targets.shape[0])
         train_split, test_split = train_test_split(
-            index, test_size=0.2, stratify=targets, random_state=0
+            index, test_size=0.2, stratify=targets, random_state=seed
         )
         return cls(torch.as_tensor(images), targets, np.sort(train_split), np.sort(test_split))
 
+    def part(self, indices: np.ndarray) -> Data:
+        """The samples ``indices`` alone (their own split is empty: evaluate on ``self``)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return Data(self.images[torch.as_tensor(indices)], self.targets[indices], empty, empty)
 
-def load_data(dataset: str = "digits", imbalance: str = "none", root: str | None = None) -> Data:
-    """Digits (bundled with scikit-learn) or CIFAR-10 (from ``root``), optionally imbalanced."""
+
+def load_data(
+    dataset: str = "digits", imbalance: str = "none", root: str | None = None, seed: int = 0
+) -> Data:
+    """Digits (bundled with scikit-learn) or CIFAR-10 (from ``root``), optionally imbalanced.
+
+    ``seed`` draws the imbalanced subset and the stratified 80/20 split, so a
+    run's seed changes its data as well as its initialisation.
+    """
     if dataset == "digits":
         images, targets = load_digits()
     elif dataset == "cifar10":
@@ -123,8 +156,8 @@ def load_data(dataset: str = "digits", imbalance: str = "none", root: str | None
         images = (raw.astype(np.float32) / 255.0 - 0.5) / 0.25
     else:
         raise ValueError(f"dataset must be 'digits' or 'cifar10'; got {dataset!r}")
-    keep = imbalanced_indices(targets, imbalance, seed=0)
-    return Data.of(images[keep], targets[keep])
+    keep = imbalanced_indices(targets, imbalance, seed=seed)
+    return Data.of(images[keep], targets[keep], seed)
 
 
 def small_convnet(in_channels: int = 1, width: int = 32) -> tuple[nn.Module, int]:
@@ -173,12 +206,14 @@ def train(
     """
     torch.manual_seed(config.seed)
     folder = Path(out) if out is not None else None
+    fit = data.part(data.train_split) if config.holdout else data  # what it trains on
+    known = known_label_sample(fit.targets, config.known_fraction, config.seed)
     backbone, feature_dim = small_convnet(data.images.shape[1], config.width)
     model = MultiHeadClassifier(backbone, feature_dim, list(config.n_clusters))
     optimiser = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    labeler = _labeler(config, data)
+    labeler = _labeler(config, fit, known)
     schedule = LabelSchedule(
         config.epochs,
         config.n_updates,
@@ -196,20 +231,21 @@ def train(
     for epoch in _progress(epochs, progress, f"{config.method} seed {config.seed}"):
         epoch_started = time.perf_counter()
         previous = labeler.labels[0].clone()
-        loss = _train_epoch(config, data, model, optimiser, labeler, schedule, epoch)
+        loss = _train_epoch(config, fit, model, optimiser, labeler, schedule, epoch, known)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
         record["collapse"] = alarm.update(loss)
         record["nmi_previous_labels"] = metrics.nmi(previous, labeler.labels[0])
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            record.update(_evaluate(model, labeler, data))
+            record.update(_evaluate(model, labeler, fit, data))
         record["seconds"] = time.perf_counter() - epoch_started
         result.history.append(record)
         if folder is not None:
             _checkpoint(folder, epoch + 1, model, optimiser, labeler, result)
     finishing = time.perf_counter()
     result.labels = labeler.labels.numpy().copy()
+    result.model = model
     if last_epoch == config.epochs:
-        result.final = _final_evaluation(config, model, data)
+        result.final = _final_evaluation(config, model, fit, data, known)
     # time of every epoch, resumed ones included, and of the final evaluation
     result.seconds = sum(r["seconds"] for r in result.history) + time.perf_counter() - finishing
     if folder is not None and result.final:
@@ -230,12 +266,24 @@ def _train_epoch(
     labeler: Any,
     schedule: LabelSchedule,
     epoch: int,
+    known: np.ndarray,
 ) -> float:
-    """One pass over the data; label updates fall due between batches."""
+    """One pass over the data; label updates fall due between batches.
+
+    The supervised baseline draws its batches from the known samples alone,
+    as many batches as an epoch of the whole data set (the same optimiser steps).
+    """
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    order = torch.randperm(data.images.shape[0], generator=generator)
+    n_samples = data.images.shape[0]
+    order = torch.randperm(n_samples, generator=generator)
+    if config.method == "supervised":
+        pool = torch.as_tensor(np.flatnonzero(known >= 0))
+        draws = torch.randint(pool.numel(), (n_samples,), generator=generator)
+        order = pool[draws]
     batches = order.split(config.batch_size)
     losses = []
+    for group in optimiser.param_groups:
+        group["lr"] = _learning_rate(config, epoch)
     for b, indices in enumerate(batches):
         for update in schedule.due(epoch + b / len(batches), epoch + (b + 1) / len(batches)):
             heads = schedule.heads_for(update)
@@ -244,12 +292,21 @@ def _train_epoch(
                 model.reset_heads(heads)
         model.train()
         inputs = augment(data.images[indices], generator)
-        loss = model.loss(model(inputs), labeler[indices], labeler.class_weights())
+        soft = config.targets == "soft" and config.method == "sela"
+        targets = labeler.codes(indices) if soft else labeler[indices]
+        loss = model.loss(model(inputs), targets, labeler.class_weights())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
     return float(np.mean(losses))
+
+
+def _learning_rate(config: TrainConfig, epoch: int) -> float:
+    """``lr``, constant or on a cosine from ``lr`` to 0 over the epochs."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return 0.5 * config.lr * (1.0 + float(np.cos(np.pi * epoch / config.epochs)))
 
 
 def _label_loader(config: TrainConfig, data: Data, generator: torch.Generator) -> list[Any]:
@@ -323,10 +380,35 @@ class KMeansLabeler:
         self.update_count = int(state["update_count"])
 
 
-def _labeler(config: TrainConfig, data: Data) -> Any:
+class FixedLabels:
+    """The supervised baseline's labels: the known ones in every head, -1 elsewhere."""
+
+    def __init__(self, known: np.ndarray, n_clusters: Sequence[int]):
+        self.labels = torch.as_tensor(known).repeat(len(n_clusters), 1)  # (H, N)
+        self.n_clusters = list(n_clusters)
+
+    def __getitem__(self, indices: Any) -> torch.Tensor:
+        return self.labels[:, indices]
+
+    def class_weights(self) -> None:
+        return None
+
+    def update(self, model: Any, loader: Any, heads: Sequence[int]) -> None:
+        """Known labels do not change."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _labeler(config: TrainConfig, data: Data, known: np.ndarray) -> Any:
     n = data.images.shape[0]
     if config.method == "deepcluster":
         return KMeansLabeler(n, config.n_clusters, config.seed)
+    if config.method == "supervised":
+        return FixedLabels(known, config.n_clusters)
     weights = None
     if config.cluster_prior == "true":  # an oracle prior on the first head: the class sizes
         sizes = np.sort(np.bincount(data.targets))[::-1].astype(np.float64)
@@ -338,6 +420,9 @@ def _labeler(config: TrainConfig, data: Data) -> Any:
         mode=config.label_mode,
         seed=config.seed,
         cluster_weights=weights,
+        soft_targets=config.targets == "soft",
+        size_penalty=config.size_penalty,
+        known_labels=known if (known >= 0).any() else None,
     )
 
 
@@ -353,37 +438,91 @@ def features_of(model: MultiHeadClassifier, images: torch.Tensor) -> np.ndarray:
     return torch.cat([model.features(x) for x in images.split(512)]).double().numpy()
 
 
-def _evaluate(model: MultiHeadClassifier, labeler: Any, data: Data) -> dict[str, float]:
-    """Per-epoch measures: self-labels against the truth, and the kNN accuracy."""
+def _evaluate(model: MultiHeadClassifier, labeler: Any, fit: Data, data: Data) -> dict[str, Any]:
+    """Per-epoch measures: self-labels against the truth, the heads' agreement, kNN."""
     features = features_of(model, data.images)
     tr, te = data.train_split, data.test_split
+    labels = labeler.labels.numpy()  # (H, N)
     return {
-        "nmi_labels": metrics.nmi(data.targets, labeler.labels[0]),
+        "nmi_labels": metrics.nmi(fit.targets, labels[0]),
+        "nmi_heads": [metrics.nmi(fit.targets, head) for head in labels],
+        "head_agreement": _head_agreement(labels, labeler.n_clusters),
         "knn": knn_accuracy(features[tr], data.targets[tr], features[te], data.targets[te]),
     }
 
 
-def _final_evaluation(
-    config: TrainConfig, model: MultiHeadClassifier, data: Data
-) -> dict[str, Any]:
-    """The run's clustering of the data set (head 0, clean images) and its features' quality.
+def _head_agreement(labels: np.ndarray, n_clusters: Sequence[int]) -> float:
+    """Mean NMI between the labels of the heads with head 0's cluster count (1 if alone)."""
+    same = [h for h, k in enumerate(n_clusters) if k == n_clusters[0]]
+    pairs = [(a, b) for i, a in enumerate(same) for b in same[i + 1 :]]
+    if not pairs:
+        return 1.0
+    return float(np.mean([metrics.nmi(labels[a], labels[b]) for a, b in pairs]))
 
-    SeLa's clustering is the balanced assignment of the first head's scores
-    (uniform or prior proportions); DeepCluster's is k-means on its features.
+
+def _final_evaluation(
+    config: TrainConfig, model: MultiHeadClassifier, fit: Data, data: Data, known: np.ndarray
+) -> dict[str, Any]:
+    """The run's clustering of its training data (head 0, clean images), its features' quality,
+    and, as the run asks, accuracy on the unlabelled samples and on held-out data.
+
+    SeLa's clustering is ``otlabel.assign`` on the first head's scores under the
+    run's constraint (equal, prior or relaxed sizes; known labels kept);
+    DeepCluster's is k-means on its features; the supervised baseline's is the
+    argmax of its first head.  With ``holdout``, the other 20% are labelled by
+    the same rule (``SelfLabeler.predict``, k-means' nearest centre, argmax) and
+    scored with the cluster-to-class matching of the training clustering.
     """
-    features = features_of(model, data.images)
+    clusters, label_new = _clustering(config, model, fit, known)
+    final: dict[str, Any] = {**cluster_scores(fit.targets, clusters)}
+    final.update(feature_scores(features_of(model, data.images), data))
+    unknown = known < 0
+    if config.known_fraction > 0:  # cluster k is class k: no matching
+        final["accuracy_unlabelled"] = float(np.mean(clusters[unknown] == fit.targets[unknown]))
+    if config.holdout:
+        matching = metrics.cluster_to_class(fit.targets, clusters)
+        held_out = label_new(data.images[torch.as_tensor(data.test_split)])
+        predicted = np.array([matching.get(int(c), -1) for c in held_out])
+        final["heldout_accuracy"] = float(np.mean(predicted == data.targets[data.test_split]))
+    return final
+
+
+def _clustering(
+    config: TrainConfig, model: MultiHeadClassifier, fit: Data, known: np.ndarray
+) -> tuple[np.ndarray, Callable[[torch.Tensor], np.ndarray]]:
+    """The training data's clusters, and the rule that labels new images the same way."""
     if config.method == "sela":
         clean = replace(config, label_augment=False)
-        labeler = _labeler(clean, data)
+        labeler = _labeler(clean, fit, known)
         labeler.mode = "eval"
-        labeler.update(model, _label_loader(clean, data, torch.Generator()), heads=[0])
-        clusters = labeler.labels[0].numpy()
-    else:
-        from sklearn.cluster import KMeans
+        labeler.update(model, _label_loader(clean, fit, torch.Generator()), heads=[0])
 
-        kmeans = KMeans(config.n_clusters[0], n_init=10, random_state=config.seed)
-        clusters = kmeans.fit_predict(_whitened(features, config.seed))
-    return {**cluster_scores(data.targets, clusters), **feature_scores(features, data)}
+        def label_sela(images: torch.Tensor) -> np.ndarray:
+            loader = [(images, np.arange(images.shape[0]))]
+            return labeler.predict(model, loader)[0].numpy()
+
+        return labeler.labels[0].numpy(), label_sela
+    if config.method == "supervised":
+
+        def label_argmax(images: torch.Tensor) -> np.ndarray:
+            model.eval()
+            with torch.no_grad():
+                return torch.cat([model(x)[0] for x in images.split(512)]).argmax(1).numpy()
+
+        return label_argmax(fit.images), label_argmax
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    features = features_of(model, fit.images)
+    dim = min(32, features.shape[1], features.shape[0])
+    pca = PCA(dim, whiten=True, random_state=config.seed).fit(features)
+    kmeans = KMeans(config.n_clusters[0], n_init=10, random_state=config.seed)
+    clusters = kmeans.fit_predict(_normalised(pca.transform(features)))
+
+    def label_kmeans(images: torch.Tensor) -> np.ndarray:
+        return kmeans.predict(_normalised(pca.transform(features_of(model, images))))
+
+    return clusters, label_kmeans
 
 
 def cluster_scores(targets: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
@@ -413,8 +552,12 @@ def _whitened(features: np.ndarray, seed: int, pca_dim: int = 32) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     dim = min(pca_dim, features.shape[1], features.shape[0])
-    reduced = PCA(dim, whiten=True, random_state=seed).fit_transform(features)
-    return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+    return _normalised(PCA(dim, whiten=True, random_state=seed).fit_transform(features))
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -475,157 +618,3 @@ def _progress(epochs: range, enabled: bool, description: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(epochs, desc=description, leave=False, total=len(epochs))
-
-
-# ---------------------------------------------------------------------------
-# the experiment of docs/sela.md
-# ---------------------------------------------------------------------------
-
-
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: Sequence[int] = (0, 1, 2),
-    imbalances: Sequence[str] = ("none", "light", "heavy"),
-    base: TrainConfig | None = None,
-    dataset: str = "digits",
-    root: str | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """SeLa against k-means baselines and DeepCluster-style training, over seeds.
-
-    For each imbalance: k-means on raw pixels, k-means on the features of the
-    untrained network, DeepCluster-style training and SeLa, each over ``seeds``.
-    Writes ``results.json``, ``results.md`` and plots to ``out``; runs already
-    finished there are read back, not repeated.
-    """
-    base = base or TrainConfig()
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    table: dict[str, Any] = {}
-    histories: dict[str, list[list[dict[str, Any]]]] = {}
-    for imbalance in imbalances:
-        data = load_data(dataset, imbalance, root)
-        rows: dict[str, list[dict[str, Any]]] = {
-            "k-means, raw pixels": [],
-            "k-means, untrained network": [],
-            "DeepCluster-style": [],
-            "SeLa (otlabel)": [],
-        }
-        for seed in seeds:
-            rows["k-means, raw pixels"].append(_kmeans_baseline(data, data.images, seed))
-            untrained = features_of(_untrained(data, base, seed), data.images)
-            rows["k-means, untrained network"].append(_kmeans_baseline(data, untrained, seed))
-            for method, name in (("deepcluster", "DeepCluster-style"), ("sela", "SeLa (otlabel)")):
-                config = replace(base, method=method, seed=seed, imbalance=imbalance)
-                run_folder = folder / "runs" / f"{imbalance}-{method}-seed{seed}"
-                run = train(config, data, run_folder, progress=progress)
-                rows[name].append({**run.final, "seconds": run.seconds})
-                histories.setdefault(f"{imbalance}/{name}", []).append(run.history)
-                log(f"{imbalance:>5} {name:<18} seed {seed}: " + _brief(run.final))
-        table[imbalance] = {name: _summarise(runs) for name, runs in rows.items()}
-    summary = {
-        "config": asdict(base),
-        "seeds": list(seeds),
-        "dataset": dataset,
-        "results": table,
-        "seconds": time.perf_counter() - started,
-    }
-    (folder / "results.json").write_text(json.dumps(summary, indent=1))
-    (folder / "results.md").write_text(results_markdown(summary))
-    _plots(folder, histories, table, first_seed=seeds[0])
-    return summary
-
-
-def _untrained(data: Data, base: TrainConfig, seed: int) -> MultiHeadClassifier:
-    torch.manual_seed(seed)
-    backbone, feature_dim = small_convnet(data.images.shape[1], base.width)
-    return MultiHeadClassifier(backbone, feature_dim, list(base.n_clusters))
-
-
-def _kmeans_baseline(data: Data, inputs: Any, seed: int) -> dict[str, Any]:
-    from sklearn.cluster import KMeans
-
-    flat = np.asarray(inputs, dtype=np.float64).reshape(len(data.targets), -1)
-    n_classes = int(np.unique(data.targets).size)
-    clusters = KMeans(n_classes, n_init=10, random_state=seed).fit_predict(flat)
-    return {**cluster_scores(data.targets, clusters), **feature_scores(flat, data)}
-
-
-def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
-    summary: dict[str, Any] = {
-        k: [float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))] for k in keys
-    }
-    summary["sizes"] = [[min(r["sizes"]), max(r["sizes"])] for r in runs]
-    return summary
-
-
-def _brief(final: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {final[k]:.3f}" for k in ("nmi", "ari", "accuracy", "knn", "linear"))
-
-
-def results_markdown(summary: dict[str, Any]) -> str:
-    """The results tables (mean ± std over seeds) as Markdown."""
-    lines = []
-    columns = ("nmi", "ami", "ari", "accuracy", "knn", "linear")
-    for imbalance, rows in summary["results"].items():
-        lines += [
-            f"**{imbalance} imbalance**" if imbalance != "none" else "**balanced**",
-            "",
-            "| method | NMI | adjusted NMI | ARI | accuracy | kNN | linear probe "
-            "| cluster sizes | s / run |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, row in rows.items():
-            cells = [f"{row[c][0]:.3f} ± {row[c][1]:.3f}" for c in columns]
-            sizes = f"{min(s[0] for s in row['sizes'])}..{max(s[1] for s in row['sizes'])}"
-            seconds = f"{row['seconds'][0]:.0f}" if "seconds" in row else "-"
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {sizes} | {seconds} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _plots(
-    folder: Path, histories: dict[str, Any], table: dict[str, Any], *, first_seed: int
-) -> None:
-    """Learning curves (mean over seeds) and the cluster sizes of ``first_seed``'s runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, runs in histories.items():
-        epochs = [r["epoch"] for r in runs[0] if "knn" in r]
-        for axis, measure in zip(axes, ("nmi_labels", "knn"), strict=True):
-            values = np.array([[r[measure] for r in run if measure in r] for run in runs])
-            axis.plot(epochs, values.mean(axis=0), label=key)
-    axes[0].set(xlabel="epoch", ylabel="NMI of the labels (head 0)")
-    axes[1].set(xlabel="epoch", ylabel="weighted kNN accuracy")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "sela-curves.png", dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(table), figsize=(3.4 * len(table), 3), squeeze=False)
-    for axis, imbalance in zip(axes[0], table, strict=True):
-        for name in ("DeepCluster-style", "SeLa (otlabel)"):
-            run = json.loads(
-                (
-                    folder / "runs" / f"{imbalance}-{_method(name)}-seed{first_seed}" / "final.json"
-                ).read_text()
-            )
-            axis.plot(sorted(run["sizes"], reverse=True), marker="o", label=name)
-        title = "balanced" if imbalance == "none" else f"{imbalance} imbalance"
-        axis.set(title=f"{title}, seed {first_seed}", xlabel="cluster (by size)", ylabel="samples")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "sela-cluster-sizes.png", dpi=110)
-    plt.close(fig)
-
-
-def _method(name: str) -> str:
-    return "sela" if name.startswith("SeLa") else "deepcluster"
