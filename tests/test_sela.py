@@ -641,6 +641,7 @@ def test_new_train_config_values_are_checked():
         ("lr_schedule", "step"),
         ("size_penalty", 0.0),
         ("known_fraction", 1.0),
+        ("label_views", 0),
     ):
         with pytest.raises(ValueError, match=field):
             TrainConfig(**{field: value})
@@ -648,3 +649,31 @@ def test_new_train_config_values_are_checked():
 
 def replace_config(config, **changes):
     return TrainConfig(**{**config.__dict__, **changes})
+
+
+def test_views_average_the_log_probabilities_of_fresh_passes():
+    """views=3 labels from the mean of three passes' log-probabilities (a loader that
+    draws new inputs each pass gives three views)."""
+    base = torch.randn(60, 6, generator=torch.Generator().manual_seed(8))
+    model = _toy_model(n_clusters=(4, 6))
+
+    class Noisy:
+        def __init__(self):
+            self.generator = torch.Generator().manual_seed(9)
+
+        def __iter__(self):
+            noisy = base + 0.5 * torch.randn(base.shape, generator=self.generator)
+            return iter(_loader(noisy))
+
+    labeler = SelfLabeler(60, [4, 6], epsilon=0.1)
+    labeler.update(model, Noisy(), views=3)
+    again, passes = Noisy(), []
+    reference = SelfLabeler(60, [4, 6], epsilon=0.1)
+    for _ in range(3):
+        passes.append(reference.scores(model, again))
+    mean = [np.mean([p[h] for p in passes], axis=0) for h in range(2)]
+    expected = otlabel.assign(mean, 0.1, tol=1e-3, max_iter=200)
+    for head in range(2):
+        np.testing.assert_array_equal(labeler.labels[head].numpy(), expected.labels[head])
+    with pytest.raises(ValueError, match="views"):
+        labeler.update(model, Noisy(), views=0)

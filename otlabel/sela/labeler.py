@@ -154,17 +154,29 @@ class SelfLabeler:
         loader: Iterable[Any],
         heads: Sequence[int] | None = None,
         device: torch.device | str | None = None,
+        *,
+        views: int = 1,
     ) -> Result:
         """Recompute the labels of ``heads`` (default all) from the model's scores.
 
         Collects the log-probabilities of every sample (:meth:`scores`), solves
         the heads together with :func:`otlabel.assign`, warm-started from the
         last potentials, and stores the new labels.  Returns the stacked result.
+        ``views > 1`` iterates ``loader`` that many times and averages the
+        log-probabilities (a loader that augments gives a new view each time):
+        labels of the average view, less noisy than one view's.
         """
         heads = list(range(self.n_heads)) if heads is None else [int(h) for h in heads]
         if not heads or min(heads) < 0 or max(heads) >= self.n_heads:
             raise ValueError(f"heads must be indices in [0, {self.n_heads}); got {heads}")
+        if views < 1:
+            raise ValueError(f"views must be a positive number of passes; got {views}")
         log_p = self.scores(model, loader, device)
+        for _ in range(views - 1):
+            for total, view in zip(log_p, self.scores(model, loader, device), strict=True):
+                total += view
+        if views > 1:
+            log_p = [total / views for total in log_p]
         init = None if self.potentials is None else [self.potentials[h] for h in heads]
         options = self._options_for(heads)
         with warnings.catch_warnings():

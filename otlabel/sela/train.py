@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class TrainConfig:
     cluster_prior: str = "uniform"
     label_mode: str = "train"
     label_augment: bool = True
+    label_views: int = 1
     targets: str = "hard"
     batch_size: int = 64
     lr: float = 0.05
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError(
                 f"cluster_prior must be 'uniform' or 'true'; got {self.cluster_prior!r}"
             )
+        if self.label_views < 1:
+            raise ValueError(f"label_views must be at least 1; got {self.label_views}")
         if self.targets not in ("hard", "soft"):
             raise ValueError(f"targets must be 'hard' or 'soft'; got {self.targets!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -287,7 +290,11 @@ def _train_epoch(
     for b, indices in enumerate(batches):
         for update in schedule.due(epoch + b / len(batches), epoch + (b + 1) / len(batches)):
             heads = schedule.heads_for(update)
-            labeler.update(model, _label_loader(config, data, generator), heads=heads)
+            loader = _LabelLoader(config, data, generator)
+            if config.method == "sela":
+                labeler.update(model, loader, heads=heads, views=config.label_views)
+            else:
+                labeler.update(model, loader, heads=heads)
             if config.method == "deepcluster":
                 model.reset_heads(heads)
         model.train()
@@ -309,18 +316,23 @@ def _learning_rate(config: TrainConfig, epoch: int) -> float:
     return 0.5 * config.lr * (1.0 + float(np.cos(np.pi * epoch / config.epochs)))
 
 
-def _label_loader(config: TrainConfig, data: Data, generator: torch.Generator) -> list[Any]:
-    """Batches ``(inputs, indices)`` over the whole data set.
+class _LabelLoader:
+    """Batches ``(inputs, indices)`` over the whole data set, drawn anew at each iteration.
 
-    SeLa's are augmented (if ``label_augment``); DeepCluster's are clean images.
+    SeLa's are augmented (if ``label_augment``): every pass is a new view.
+    DeepCluster's are clean images.
     """
-    batches = []
-    for indices in torch.arange(data.images.shape[0]).split(512):
-        inputs = data.images[indices]
-        if config.label_augment and config.method == "sela":
-            inputs = augment(inputs, generator)
-        batches.append((inputs, indices))
-    return batches
+
+    def __init__(self, config: TrainConfig, data: Data, generator: torch.Generator) -> None:
+        self.augmented = config.label_augment and config.method == "sela"
+        self.data, self.generator = data, generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in torch.arange(self.data.images.shape[0]).split(512):
+            inputs = self.data.images[indices]
+            if self.augmented:
+                inputs = augment(inputs, self.generator)
+            yield inputs, indices
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +507,7 @@ def _clustering(
         clean = replace(config, label_augment=False)
         labeler = _labeler(clean, fit, known)
         labeler.mode = "eval"
-        labeler.update(model, _label_loader(clean, fit, torch.Generator()), heads=[0])
+        labeler.update(model, _LabelLoader(clean, fit, torch.Generator()), heads=[0])
 
         def label_sela(images: torch.Tensor) -> np.ndarray:
             loader = [(images, np.arange(images.shape[0]))]
