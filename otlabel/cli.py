@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import re
+import shlex
 import sys
 import time
 import zipfile
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otlabel`` command; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -365,6 +367,7 @@ def _train(args: argparse.Namespace) -> int:
         size_penalties=args.size_penalty or (DEFAULT_SIZE_PENALTY,),
         known_fractions=args.known_fraction or KNOWN_FRACTIONS,
         base=base,
+        command=shlex.join(["otlabel", *args.argv]),
         dataset=args.dataset,
         root=args.data,
         progress=not args.no_progress,

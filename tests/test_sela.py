@@ -439,7 +439,8 @@ def test_cli_train_known_and_holdout_tables(tmp_path):
     )
     holdout = summary["results"]["holdout"]["SeLa (otlabel)"]
     assert 0.0 <= holdout["heldout_accuracy"][0] <= 1.0
-    assert summary["commit"]  # the source the tables came from
+    assert summary["commit"]  # the source the tables came from, and the command
+    assert summary["command"].startswith("otlabel train --out ")
     markdown = (out / "results.md").read_text()
     assert "held-out accuracy" in markdown and "accuracy, unlabelled" in markdown
     with pytest.raises(SystemExit):

@@ -70,6 +70,7 @@ def run_experiment(
     root: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """SeLa against its baselines over seeds; writes tables and plots to ``out``.
 
@@ -89,6 +90,8 @@ def run_experiment(
         The ``"known"`` table's fractions of known labels.
     base : TrainConfig or None
         Settings every run shares (default :class:`TrainConfig`).
+    command : str or None
+        The command line that ran it, recorded in ``results.json``.
     """
     unknown = set(experiments) - set(EXPERIMENTS)
     if unknown or not experiments:
@@ -110,6 +113,7 @@ def run_experiment(
         "seeds": list(seeds),
         "dataset": dataset,
         "commit": _commit(),
+        "command": command,
         "results": tables,
         "seconds": time.perf_counter() - started,
     }
