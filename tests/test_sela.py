@@ -678,3 +678,19 @@ def test_views_average_the_log_probabilities_of_fresh_passes():
         np.testing.assert_array_equal(labeler.labels[head].numpy(), expected.labels[head])
     with pytest.raises(ValueError, match="views"):
         labeler.update(model, Noisy(), views=0)
+
+
+def test_head_choice_takes_the_head_whose_labels_score_best():
+    data = _synthetic_data()
+    config = replace_config(TINY, n_clusters=(3, 3, 6), head_choice="objective", seed=2)
+    result = train(config, data)
+    model = result.model.eval()
+    with torch.no_grad():
+        log_p = [torch.log_softmax(out, 1).numpy() for out in model(data.images)]
+    solved = [otlabel.assign(log_p[h], config.epsilon) for h in (0, 1)]
+    objective = [float(res.cost) for res in solved]
+    assert result.final["head"] == int(np.argmax(objective))
+    chosen = solved[result.final["head"]]
+    assert result.final["nmi"] == pytest.approx(metrics.nmi(data.targets, chosen.labels))
+    with pytest.raises(ValueError, match="head_choice"):
+        TrainConfig(head_choice="best")

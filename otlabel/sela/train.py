@@ -68,6 +68,7 @@ class TrainConfig:
     label_augment: bool = True
     label_views: int = 1
     targets: str = "hard"
+    head_choice: str = "first"
     batch_size: int = 64
     lr: float = 0.05
     lr_schedule: str = "constant"
@@ -88,6 +89,10 @@ class TrainConfig:
             )
         if self.label_views < 1:
             raise ValueError(f"label_views must be at least 1; got {self.label_views}")
+        if self.head_choice not in ("first", "objective"):
+            raise ValueError(
+                f"head_choice must be 'first' or 'objective'; got {self.head_choice!r}"
+            )
         if self.targets not in ("hard", "soft"):
             raise ValueError(f"targets must be 'hard' or 'soft'; got {self.targets!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -485,8 +490,8 @@ def _final_evaluation(
     the same rule (``SelfLabeler.predict``, k-means' nearest centre, argmax) and
     scored with the cluster-to-class matching of the training clustering.
     """
-    clusters, label_new = _clustering(config, model, fit, known)
-    final: dict[str, Any] = {**cluster_scores(fit.targets, clusters)}
+    clusters, label_new, head = _clustering(config, model, fit, known)
+    final: dict[str, Any] = {**cluster_scores(fit.targets, clusters), "head": head}
     final.update(feature_scores(features_of(model, data.images), data))
     unknown = known < 0
     if config.known_fraction > 0:  # cluster k is class k: no matching
@@ -499,21 +504,42 @@ def _final_evaluation(
     return final
 
 
+def _objective(config: TrainConfig, result: Any, position: int, fit: Data) -> float:
+    """The labelling objective of one solved head, per sample: ``mean_i log p(y_i)``
+    less, with relaxed sizes, ``tau sum_k m_k log(K m_k)`` (the sizes' KL to uniform)."""
+    value = float(np.asarray(result.cost)[position])
+    if config.size_penalty is not None:
+        labels = np.asarray(result.labels[position])
+        shares = np.bincount(labels[labels >= 0], minlength=config.n_clusters[0]) / labels.size
+        shares = shares[shares > 0]
+        n_clusters = config.n_clusters[0]
+        value -= config.size_penalty * float(np.sum(shares * np.log(shares * n_clusters)))
+    return value
+
+
 def _clustering(
     config: TrainConfig, model: MultiHeadClassifier, fit: Data, known: np.ndarray
-) -> tuple[np.ndarray, Callable[[torch.Tensor], np.ndarray]]:
-    """The training data's clusters, and the rule that labels new images the same way."""
+) -> tuple[np.ndarray, Callable[[torch.Tensor], np.ndarray], int]:
+    """The training data's clusters, the rule that labels new images the same way, and
+    the head they come from (SeLa with ``head_choice="objective"``: of the heads with
+    the first head's cluster count, the one whose labels score best by the labelling
+    objective; otherwise head 0)."""
     if config.method == "sela":
         clean = replace(config, label_augment=False)
         labeler = _labeler(clean, fit, known)
         labeler.mode = "eval"
-        labeler.update(model, _LabelLoader(clean, fit, torch.Generator()), heads=[0])
+        candidates = [0]
+        if config.head_choice == "objective":
+            candidates = [h for h, k in enumerate(config.n_clusters) if k == config.n_clusters[0]]
+        result = labeler.update(model, _LabelLoader(clean, fit, torch.Generator()), candidates)
+        objective = [_objective(config, result, i, fit) for i in range(len(candidates))]
+        head = candidates[int(np.argmax(objective))]
 
         def label_sela(images: torch.Tensor) -> np.ndarray:
             loader = [(images, np.arange(images.shape[0]))]
-            return labeler.predict(model, loader)[0].numpy()
+            return labeler.predict(model, loader)[head].numpy()
 
-        return labeler.labels[0].numpy(), label_sela
+        return labeler.labels[head].numpy(), label_sela, head
     if config.method == "supervised":
 
         def label_argmax(images: torch.Tensor) -> np.ndarray:
@@ -521,7 +547,7 @@ def _clustering(
             with torch.no_grad():
                 return torch.cat([model(x)[0] for x in images.split(512)]).argmax(1).numpy()
 
-        return label_argmax(fit.images), label_argmax
+        return label_argmax(fit.images), label_argmax, 0
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
@@ -534,7 +560,7 @@ def _clustering(
     def label_kmeans(images: torch.Tensor) -> np.ndarray:
         return kmeans.predict(_normalised(pca.transform(features_of(model, images))))
 
-    return clusters, label_kmeans
+    return clusters, label_kmeans, 0
 
 
 def cluster_scores(targets: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
