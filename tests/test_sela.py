@@ -694,3 +694,20 @@ def test_head_choice_takes_the_head_whose_labels_score_best():
     assert result.final["nmi"] == pytest.approx(metrics.nmi(data.targets, chosen.labels))
     with pytest.raises(ValueError, match="head_choice"):
         TrainConfig(head_choice="best")
+
+
+def test_the_variants_script_reports_every_head(tmp_path, monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "sela_variants.py"
+    argv = ["sela_variants.py", "tiny", "--seeds", "5", "--out", str(tmp_path)]
+    argv += ["--set", "epochs=1", "n_updates=1", "n_clusters=[10,10,20]"]
+    argv += ['head_choice="objective"']
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    record = json.loads((tmp_path / "tiny-seed5.json").read_text())
+    assert [row["head"] for row in record["heads"]] == [0.0, 1.0]  # the 10-cluster heads
+    chosen = max(record["heads"], key=lambda row: row["objective"])
+    assert record["final"]["head"] == int(chosen["head"])
+    assert "tiny seed 5: NMI" in capsys.readouterr().out
