@@ -12,7 +12,8 @@ experiments, each a table per setting:
   SeLa keeping them (``known_labels=``) against the same network trained on
   those labels alone, and unsupervised SeLa;
 - ``"holdout"``: SeLa trained on the seed's stratified 80%, the other 20%
-  labelled by :meth:`~otlabel.sela.SelfLabeler.predict`.
+  labelled by :meth:`~otlabel.sela.SelfLabeler.predict` (scored with the
+  cluster-to-class matching of the training clustering).
 
 Every seed draws its own imbalanced subset, known-label sample and 80/20 split
 as well as its initialisation.  Runs already finished in the output folder are
@@ -200,8 +201,6 @@ class _Runner:
         for seed in seeds:
             data = self.data("none", seed)
             config = replace(self.base, seed=seed, holdout=True)
-            dc = replace(config, method="deepcluster")
-            self.run("holdout", DEEPCLUSTER, f"holdout-deepcluster-seed{seed}", dc, data)
             self.run("holdout", SELA, f"holdout-sela-seed{seed}", config, data)
         return self.table("holdout")
 
