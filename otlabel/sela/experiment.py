@@ -100,7 +100,7 @@ def run_experiment(
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     runner = _Runner(Path(out), base or TrainConfig(), dataset, root, progress, log)
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), _commit()  # the source as the runs start
     tables: dict[str, Any] = {}
     if "clustering" in experiments:
         for imbalance in imbalances:
@@ -113,7 +113,7 @@ def run_experiment(
         "config": asdict(runner.base),
         "seeds": list(seeds),
         "dataset": dataset,
-        "commit": _commit(),
+        "commit": commit,
         "command": command,
         "results": tables,
         "seconds": time.perf_counter() - started,
