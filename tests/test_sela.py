@@ -711,3 +711,12 @@ def test_the_variants_script_reports_every_head(tmp_path, monkeypatch, capsys):
     chosen = max(record["heads"], key=lambda row: row["objective"])
     assert record["final"]["head"] == int(chosen["head"])
     assert "tiny seed 5: NMI" in capsys.readouterr().out
+
+
+def test_cluster_scores_count_empty_clusters():
+    from otlabel.sela.train import cluster_scores
+
+    targets = np.repeat(np.arange(3), 4)
+    collapsed = cluster_scores(targets, np.full(12, 1), n_clusters=3)
+    assert collapsed["sizes"] == [0, 12, 0]  # not [0, 12]: the third cluster is empty too
+    assert collapsed["nmi"] == 0.0

@@ -217,7 +217,8 @@ def _kmeans_baseline(data: Data, inputs: Any, seed: int) -> dict[str, Any]:
     flat = np.asarray(inputs, dtype=np.float64).reshape(len(data.targets), -1)
     n_classes = int(np.unique(data.targets).size)
     clusters = KMeans(n_classes, n_init=10, random_state=seed).fit_predict(flat)
-    return {**cluster_scores(data.targets, clusters), **feature_scores(flat, data)}
+    scores = cluster_scores(data.targets, clusters, n_classes)
+    return {**scores, **feature_scores(flat, data)}
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

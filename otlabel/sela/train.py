@@ -491,7 +491,8 @@ def _final_evaluation(
     scored with the cluster-to-class matching of the training clustering.
     """
     clusters, label_new, head = _clustering(config, model, fit, known)
-    final: dict[str, Any] = {**cluster_scores(fit.targets, clusters), "head": head}
+    scores = cluster_scores(fit.targets, clusters, config.n_clusters[0])
+    final: dict[str, Any] = {**scores, "head": head}
     final.update(feature_scores(features_of(model, data.images), data))
     unknown = known < 0
     if config.known_fraction > 0:  # cluster k is class k: no matching
@@ -563,9 +564,12 @@ def _clustering(
     return clusters, label_kmeans, 0
 
 
-def cluster_scores(targets: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
-    """NMI, adjusted NMI, ARI, Hungarian accuracy and cluster sizes of a clustering."""
-    sizes = metrics.cluster_sizes(clusters)
+def cluster_scores(
+    targets: np.ndarray, clusters: np.ndarray, n_clusters: int | None = None
+) -> dict[str, Any]:
+    """NMI, adjusted NMI, ARI, Hungarian accuracy and cluster sizes of a clustering
+    (``n_clusters`` sizes: empty clusters count, as 0)."""
+    sizes = metrics.cluster_sizes(clusters, n_clusters)
     return {
         "nmi": metrics.nmi(targets, clusters),
         "ami": metrics.adjusted_nmi(targets, clusters),
