@@ -51,7 +51,12 @@ class TrainConfig:
     head, uniform prior); ``known_fraction`` is the stratified share of samples
     whose label is known (SeLa keeps them; ``method="supervised"`` trains on
     them alone); ``holdout`` trains on the seed's stratified 80% and labels the
-    other 20% with :meth:`SelfLabeler.predict`.
+    other 20% with :meth:`SelfLabeler.predict`.  ``head_choice="objective"``
+    reports the clustering of the head, among those with the first head's cluster
+    count, whose labels score best by the labelling objective (``"first"``: head
+    0).  ``targets="soft"`` trains on the plan's rows, ``label_views`` averages
+    that many augmented passes per label update, ``lr_schedule="cosine"`` decays
+    the learning rate to 0: options measured and not kept (docs/sela.md).
     """
 
     method: str = "sela"
@@ -196,7 +201,12 @@ def train(
     until_epoch: int | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train one network by self-labelling (or DeepCluster-style) and evaluate it.
+    """Train one network by self-labelling (DeepCluster-style, or supervised on the
+    known labels alone) and evaluate it.
+
+    With ``config.holdout`` it trains on ``data``'s 80% split and labels the
+    20% it never saw; the known labels (``config.known_fraction``) are a
+    stratified sample drawn from ``config.seed``.
 
     Parameters
     ----------
