@@ -326,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         metavar="TAU",
-        help="SeLa's relaxed-size rows on imbalanced data, one per tau (default: 0.3)",
+        help="SeLa's relaxed-size rows on imbalanced data, one per tau (default: 1)",
     )
     train.add_argument(
         "--known-fraction",

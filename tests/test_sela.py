@@ -409,7 +409,7 @@ def test_cli_train_runs_the_experiment(tmp_path, capsys):
         "k-means, untrained network",
         "DeepCluster-style",
         "SeLa (otlabel)",
-        "SeLa, relaxed sizes tau=0.3",
+        "SeLa, relaxed sizes tau=1",
     }
     assert rows["k-means, raw pixels"]["nmi"][0] > 0.5  # digits: k-means on pixels works
     assert (out / "results.md").read_text().count("| SeLa (otlabel) |") == 1
