@@ -301,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("none", "light", "heavy"),
         default=["none"],
-        help="the clustering experiment's data: balanced (default, about 7 minutes), or "
+        help="the clustering experiment's data: balanced (default, about 6 minutes), or "
         "imbalanced digits (light, heavy)",
     )
     train.add_argument("--epochs", type=int, help="training epochs per run")
