@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -720,3 +721,15 @@ def test_cluster_scores_count_empty_clusters():
     collapsed = cluster_scores(targets, np.full(12, 1), n_clusters=3)
     assert collapsed["sizes"] == [0, 12, 0]  # not [0, 12]: the third cluster is empty too
     assert collapsed["nmi"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--size-penalty", "0", "size.penalty"), ("--known-fraction", "1.5", "known.fraction")],
+)
+def test_cli_train_rejects_bad_values_before_training(tmp_path, capsys, option, value, message):
+    out = tmp_path / "results"
+    argv = ["train", "--out", str(out), "--imbalance", "light", "--no-progress"]
+    assert main([*argv, "--experiments", "clustering", "known", option, value]) == 1
+    assert not (out / "runs").exists()  # nothing trained
+    assert re.search(message, capsys.readouterr().err)

@@ -99,7 +99,13 @@ def run_experiment(
         raise ValueError(f"experiments must be among {EXPERIMENTS}; got {list(experiments)}")
     if not seeds:
         raise ValueError("seeds: give at least one seed")
-    runner = _Runner(Path(out), base or TrainConfig(), dataset, root, progress, log)
+    base = base or TrainConfig()
+    for tau in size_penalties:  # bad values fail here, before any run trains
+        replace(base, size_penalty=tau)
+    for fraction in known_fractions:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"known_fraction must be in (0, 1); got {fraction}")
+    runner = _Runner(Path(out), base, dataset, root, progress, log)
     started, commit = time.perf_counter(), _commit()  # the source as the runs start
     tables: dict[str, Any] = {}
     if "clustering" in experiments:
