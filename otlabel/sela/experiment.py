@@ -127,7 +127,7 @@ def run_experiment(
     runner.folder.mkdir(parents=True, exist_ok=True)
     (runner.folder / "results.json").write_text(json.dumps(summary, indent=1))
     (runner.folder / "results.md").write_text(results_markdown(summary))
-    _plots(runner.folder, runner.histories, runner.sizes, tables)
+    _plots(runner.folder, runner.histories, runner.rows, runner.true_sizes)
     return summary
 
 
@@ -146,7 +146,7 @@ class _Runner:
         self.folder, self.base, self.dataset, self.root = folder, base, dataset, root
         self.progress, self.log = progress, log
         self.histories: dict[str, list[list[dict[str, Any]]]] = {}
-        self.sizes: dict[str, dict[str, list[list[int]]]] = {}  # imbalance -> row -> sizes
+        self.true_sizes: dict[str, list[list[int]]] = {}  # imbalance -> each seed's class sizes
         self.rows: dict[str, dict[str, list[dict[str, Any]]]] = {}  # table -> row -> runs
 
     def data(self, imbalance: str, seed: int) -> Data:
@@ -181,11 +181,7 @@ class _Runner:
                 relaxed = replace(config, size_penalty=tau)
                 name = f"{imbalance}-sela-tau{tau:g}-seed{seed}"
                 self.run(imbalance, f"SeLa, relaxed sizes tau={tau:g}", name, relaxed, data)
-            rows.setdefault("true class sizes", []).append(
-                {"sizes": np.bincount(data.targets).tolist()}
-            )
-        self.sizes[imbalance] = {row: [r["sizes"] for r in runs] for row, runs in rows.items()}
-        del rows["true class sizes"]
+            self.true_sizes.setdefault(imbalance, []).append(np.bincount(data.targets).tolist())
         return self.table(imbalance)
 
     def known_table(self, seeds: Sequence[int], fractions: Sequence[float]) -> dict[str, Any]:
@@ -314,10 +310,11 @@ def results_markdown(summary: dict[str, Any]) -> str:
 def _plots(
     folder: Path,
     histories: dict[str, list[list[dict[str, Any]]]],
-    sizes: dict[str, dict[str, list[list[int]]]],
-    tables: dict[str, Any],
+    rows: dict[str, dict[str, list[dict[str, Any]]]],
+    true_sizes: dict[str, list[list[int]]],
 ) -> None:
-    """Learning curves (mean over seeds) and, per imbalance, sorted cluster sizes per row."""
+    """Learning curves (mean over seeds) and, per clustering table, each row's sorted
+    cluster sizes beside the true class sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,11 +332,13 @@ def _plots(
     fig.tight_layout()
     fig.savefig(folder / "sela-curves.png", dpi=110)
     plt.close(fig)
-    if not sizes:
+    if not true_sizes:
         return
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.8 * len(sizes), 3.2), squeeze=False)
-    for axis, (imbalance, size_rows) in zip(axes[0], sizes.items(), strict=True):
-        for row, per_seed in size_rows.items():
+    width = 3.8 * len(true_sizes)
+    fig, axes = plt.subplots(1, len(true_sizes), figsize=(width, 3.2), squeeze=False)
+    for axis, (imbalance, classes) in zip(axes[0], true_sizes.items(), strict=True):
+        per_row = {row: [r["sizes"] for r in runs] for row, runs in rows[imbalance].items()}
+        for row, per_seed in {**per_row, "true class sizes": classes}.items():
             if row.startswith("k-means"):
                 continue
             mean_sorted = np.mean([sorted(s, reverse=True) for s in per_seed], axis=0)
