@@ -311,7 +311,8 @@ def _parser() -> argparse.ArgumentParser:
         "--prior",
         choices=("uniform", "true"),
         default="uniform",
-        help="SeLa's cluster proportions on head 0: uniform, or the true class sizes",
+        help="SeLa's cluster proportions on the heads with the first head's cluster count: "
+        "uniform, or the true class sizes",
     )
     train.add_argument(
         "--experiments",

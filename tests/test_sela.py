@@ -733,3 +733,15 @@ def test_cli_train_rejects_bad_values_before_training(tmp_path, capsys, option, 
     assert main([*argv, "--experiments", "clustering", "known", option, value]) == 1
     assert not (out / "runs").exists()  # nothing trained
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_true_size_prior_reaches_every_head_the_clustering_may_come_from():
+    from otlabel.sela.train import _labeler
+
+    data = _imbalanced_synthetic()
+    config = replace_config(TINY, n_clusters=(3, 3, 6), cluster_prior="true")
+    labeler = _labeler(config, data, np.full(70, -1))
+    weights = labeler.assign_options["cluster_weights"]
+    for head in (0, 1):
+        np.testing.assert_array_equal(weights[head], [40.0, 20.0, 10.0])
+    np.testing.assert_array_equal(weights[2], np.ones(6))

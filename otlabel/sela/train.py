@@ -437,9 +437,11 @@ def _labeler(config: TrainConfig, data: Data, known: np.ndarray) -> Any:
     if config.method == "supervised":
         return FixedLabels(known, config.n_clusters)
     weights = None
-    if config.cluster_prior == "true":  # an oracle prior on the first head: the class sizes
+    if config.cluster_prior == "true":  # an oracle prior: the class sizes, on every head
+        # with the first head's cluster count (the heads the clustering may come from)
         sizes = np.sort(np.bincount(data.targets))[::-1].astype(np.float64)
-        weights = [sizes] + [np.ones(k) for k in config.n_clusters[1:]]
+        first = config.n_clusters[0]
+        weights = [sizes if k == first else np.ones(k) for k in config.n_clusters]
     return _SelaLabeler(
         n,
         config.n_clusters,
