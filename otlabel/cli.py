@@ -336,6 +336,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="F",
         help="fractions of known labels of the 'known' experiment (default: 0.01 0.05)",
     )
+    train.add_argument(
+        "--known-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="SeLa with known labels: weight of the cross-entropy on a batch of known samples "
+        "added to every step (default 1; 0: the labelling step alone keeps them)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
     return parser
@@ -359,7 +367,7 @@ def _train(args: argparse.Namespace) -> int:
     from .sela.experiment import DEFAULT_SIZE_PENALTY, KNOWN_FRACTIONS, run_experiment
     from .sela.train import TrainConfig
 
-    base = TrainConfig(cluster_prior=args.prior)
+    base = TrainConfig(cluster_prior=args.prior, known_weight=args.known_weight)
     if args.epochs is not None:
         base = replace(base, epochs=args.epochs, n_updates=args.epochs)
     summary = run_experiment(

@@ -618,6 +618,32 @@ def test_known_labels_are_kept_and_scored_without_matching():
         TrainConfig(method="supervised")
 
 
+def test_known_weight_anchors_cluster_k_to_class_k(monkeypatch):
+    """The known samples' cross-entropy in every step makes cluster k class k; with
+    ``known_weight=0`` that term is never computed (the assignment alone keeps them)."""
+    from otlabel.sela import train as train_module
+
+    data = _synthetic_data(n_per_class=40)
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 6, "n_updates": 6, "known_fraction": 0.1})
+    calls = []
+    known_loss = train_module._known_loss
+    monkeypatch.setattr(
+        train_module, "_known_loss", lambda *args: calls.append(1) or known_loss(*args)
+    )
+    steps = 6 * -(-data.images.shape[0] // config.batch_size)
+    for seed in (1, 2):  # seeds on which the assignment alone permutes the classes
+        anchored = train(replace_config(config, seed=seed), data)
+        assert len(calls) == steps  # one supervised batch per step
+        assert anchored.final["accuracy_unlabelled"] == 1.0  # separable classes, no matching
+        calls.clear()
+    alone = train(replace_config(config, seed=1, known_weight=0.0), data)
+    assert calls == []
+    assert alone.final["accuracy_unlabelled"] < 0.5
+    calls.clear()
+    train(replace_config(config, method="deepcluster"), data)  # SeLa's option only
+    assert calls == []
+
+
 def test_holdout_trains_on_80_percent_and_labels_the_rest_with_predict():
     data = _synthetic_data()
     result = train(TrainConfig(**{**TINY.__dict__, "holdout": True}), data)
@@ -643,6 +669,8 @@ def test_new_train_config_values_are_checked():
         ("lr_schedule", "step"),
         ("size_penalty", 0.0),
         ("known_fraction", 1.0),
+        ("known_weight", -1.0),
+        ("known_weight", float("nan")),
         ("label_views", 0),
     ):
         with pytest.raises(ValueError, match=field):

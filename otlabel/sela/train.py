@@ -49,8 +49,10 @@ class TrainConfig:
     one evaluated against the ground truth; the others over-cluster, as SeLa's
     multiple heads do.  ``size_penalty`` relaxes SeLa's cluster sizes (every
     head, uniform prior); ``known_fraction`` is the stratified share of samples
-    whose label is known (SeLa keeps them; ``method="supervised"`` trains on
-    them alone); ``holdout`` trains on the seed's stratified 80% and labels the
+    whose label is known (SeLa keeps them in its labels, and adds to every step
+    ``known_weight`` times the cross-entropy of a batch of known samples, which
+    makes its cluster k class k; ``method="supervised"`` trains on them alone);
+    ``holdout`` trains on the seed's stratified 80% and labels the
     other 20% with :meth:`SelfLabeler.predict`.  ``head_choice="objective"``
     reports the clustering of the head, among those with the first head's cluster
     count, whose labels score best by the labelling objective (``"first"``: head
@@ -83,6 +85,7 @@ class TrainConfig:
     eval_every: int = 5
     size_penalty: float | None = None
     known_fraction: float = 0.0
+    known_weight: float = 1.0
     holdout: bool = False
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"size_penalty must be positive or None; got {self.size_penalty}")
         if not 0.0 <= self.known_fraction < 1.0:
             raise ValueError(f"known_fraction must be in [0, 1); got {self.known_fraction}")
+        if not (self.known_weight >= 0 and np.isfinite(self.known_weight)):
+            raise ValueError(f"known_weight must be finite and >= 0; got {self.known_weight}")
         if self.method == "supervised" and self.known_fraction == 0.0:
             raise ValueError("method 'supervised' trains on known labels: give known_fraction > 0")
         if self.epochs < 1 or self.n_updates < 1 or self.batch_size < 1:
@@ -299,6 +304,9 @@ def _train_epoch(
         draws = torch.randint(pool.numel(), (n_samples,), generator=generator)
         order = pool[draws]
     batches = order.split(config.batch_size)
+    known_pool = None  # SeLa's known samples, for the supervised term of each step
+    if config.method == "sela" and config.known_weight > 0 and (known >= 0).any():
+        known_pool = torch.as_tensor(np.flatnonzero(known >= 0))
     losses = []
     for group in optimiser.param_groups:
         group["lr"] = _learning_rate(config, epoch)
@@ -317,11 +325,34 @@ def _train_epoch(
         soft = config.targets == "soft" and config.method == "sela"
         targets = labeler.codes(indices) if soft else labeler[indices]
         loss = model.loss(model(inputs), targets, labeler.class_weights())
+        if known_pool is not None:
+            loss = loss + config.known_weight * _known_loss(
+                config, data, model, known, known_pool, generator
+            )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
     return float(np.mean(losses))
+
+
+def _known_loss(
+    config: TrainConfig,
+    data: Data,
+    model: MultiHeadClassifier,
+    known: np.ndarray,
+    pool: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Cross-entropy of every head on a batch of augmented known samples and their labels.
+
+    The assignment keeps the known labels, but they are a few percent of each
+    cluster: alone they do not tell the network which cluster is which class.
+    """
+    draws = pool[torch.randint(pool.numel(), (config.batch_size,), generator=generator)]
+    inputs = augment(data.images[draws], generator)
+    labels = torch.as_tensor(known)[draws].repeat(len(config.n_clusters), 1)  # (H, B)
+    return model.loss(model(inputs), labels)
 
 
 def _learning_rate(config: TrainConfig, epoch: int) -> float:
