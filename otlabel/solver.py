@@ -616,6 +616,8 @@ def sweep_all(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, C
         columns = result.columns if columns is None else columns.combine(result.columns)
         row_error = row_error + result.row_error
     assert columns is not None, "a problem has at least one row"
+    if len(f_blocks) == 1:  # one block (an array in memory): no copy
+        return f_blocks[0], columns, row_error
     xp = namespace(f_blocks[0])
     return xp.concat(f_blocks), columns, row_error
 

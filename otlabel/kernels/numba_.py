@@ -38,6 +38,7 @@ from numba import njit, prange
 from .._system import available_memory
 from ..solver import (
     FLOAT32_ERROR_FLOOR,
+    STARVED_MARGIN,
     BlockSweep,
     ColumnPartial,
     Kernel,
@@ -335,6 +336,9 @@ def sub_block_partial(
 ) -> ColumnPartial:
     """Sub-block column partials (blocks, K), each by the starved-column rule, summed
     in a fixed order into one (K,)."""
+    limit = STARVED_MARGIN + exp_floor + np.log(block_stats[:, 2:3]) + block_stats[:, 1:2]
+    if (col_peak > np.exp(limit)).all():  # no starved column (the rule's test, without logs)
+        return ColumnPartial(np.zeros(col_sum.shape[1]), col_sum.sum(axis=0))
     with np.errstate(divide="ignore"):
         log_peak = np.log(col_peak)  # (blocks, K)
     partial = column_partial(
@@ -442,7 +446,7 @@ def _drifted(built_at: np.ndarray, g_scaled: np.ndarray, limit: float) -> bool:
     """Whether ``g / eps`` moved more than ``limit`` (spread) from where a stored
     kernel was built (:func:`rebuild_drift`)."""
     change = g_scaled - built_at  # (K,)
-    return bool(np.max(change) - np.min(change) > limit)
+    return bool(change.max() - change.min() > limit)
 
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
@@ -819,7 +823,7 @@ class NumbaKernel(Kernel):
         if self.stored is None:
             return self.log_kernel.column_state(potential)
         log_v = potential / self.epsilon - self.g_ref  # (K,)
-        if np.max(np.abs(log_v)) > ABSORB:  # absorb the column scaling into G
+        if np.abs(log_v).max() > ABSORB:  # absorb the column scaling into G
             self._scale_columns(np.exp(log_v).astype(np.float32))
             self.g_ref = potential / self.epsilon
             log_v = np.zeros_like(log_v)
@@ -882,9 +886,9 @@ class NumbaKernel(Kernel):
                 _sparse_sweep(block.indptr, block.indices, block.values, *row_args)
             else:
                 _dense_sweep(block, *row_args)
-        col_mass = np.sum(col_sum, axis=0) * state / self.q_scale  # (K,) column mass of the plan
+        col_mass = col_sum.sum(axis=0) * state / self.q_scale  # (K,) column mass of the plan
         columns = ColumnPartial(np.zeros(n_cols), col_mass)
-        return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
+        return BlockSweep(self.epsilon * f_scaled, columns, float(task_stats[:, 0].sum()))
 
     def observe(self, current: Any) -> None:
         """Build the stored kernel once the iterate is close enough."""
