@@ -22,6 +22,25 @@ def test_each_stepped_solver_reaches_tolerance_on_a_tiny_problem(name):
         assert row.cluster_min == row.cluster_max == 50  # balanced labels
 
 
+def test_otlabel_warms_up_on_the_first_rows_before_its_timed_solve(monkeypatch):
+    """The warm-up makes the same call on the first WARMUP_ROWS rows (Numba's cache
+    loaded outside the timing), and is said in the row's notes; not with known labels."""
+    from otlabel import api
+
+    calls = []
+    assign = api.assign
+    monkeypatch.setattr(
+        api, "assign", lambda s, *a, **k: calls.append(s.shape) or assign(s, *a, **k)
+    )
+    monkeypatch.setattr(bench, "WARMUP_ROWS", 120)
+    row = bench.run_row("otlabel-fixed", 300, 6, tol=1e-4, budget=60, repeats=1, kind="sela")
+    assert row.status == "ok" and calls[:2] == [(120, 6), (300, 6)]
+    assert any("warm-up call on the first 120 rows" in note for note in row.notes)
+    calls.clear()
+    row = bench.run_row("otlabel-known", 300, 6, tol=1e-4, budget=60, repeats=1, kind="sela")
+    assert row.status == "ok" and calls == [(300, 6)]
+
+
 def test_sela_in_float32_is_reported_as_overflowing():
     # the spec's measurement: SeLa's loop in float32 at lambda = 25 turns NaN
     row = bench.run_row("sela-float32", 300, 6, tol=1e-4, budget=60, repeats=2, kind="sela")
