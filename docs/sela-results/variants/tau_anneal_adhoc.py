@@ -6,6 +6,8 @@ line per run.  Usage (seeds 0-2 only; measured 2026-12-02, commit 9403f50):
 
     python tau_anneal_adhoc.py 3 0.3 light,heavy 0,1,2 >> tau-anneal-seeds-0-2.jsonl
     python tau_anneal_adhoc.py 1 0.3 light,heavy 0,1,2 >> tau-anneal-seeds-0-2.jsonl
+    python tau_anneal_adhoc.py 0.6 0.6 light,heavy 0,1,2 >> tau-anneal-seeds-0-2.jsonl
+    python tau_anneal_adhoc.py 1.5 1.5 light,heavy 0,1,2 >> tau-anneal-seeds-0-2.jsonl
 """
 
 import json
