@@ -753,7 +753,11 @@ def test_cluster_scores_count_empty_clusters():
 
 @pytest.mark.parametrize(
     "option, value, message",
-    [("--size-penalty", "0", "size.penalty"), ("--known-fraction", "1.5", "known.fraction")],
+    [
+        ("--size-penalty", "0", "size.penalty"),
+        ("--known-fraction", "1.5", "known.fraction"),
+        ("--known-weight", "-1", "known_weight must be finite and >= 0"),
+    ],
 )
 def test_cli_train_rejects_bad_values_before_training(tmp_path, capsys, option, value, message):
     out = tmp_path / "results"
