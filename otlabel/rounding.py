@@ -88,6 +88,7 @@ def hard_labels(
     """
     if rounding is None:
         return HardLabels(None, None, None)
+    scores = _random_access(scores)
     if virtual is not None:
         scores = WithColumn(scores, virtual)
         potential = np.append(potential, 0.0 if unassigned is None else unassigned)
@@ -150,6 +151,15 @@ def predicted(
         blocks.append((e / xp.sum(e, axis=1, keepdims=True))[:, :n_clusters])
     codes = namespace(blocks[0]).concat(blocks, axis=0)
     return codes
+
+
+def _random_access(scores: Any) -> Any:
+    """A stream of a NumPy array or ``.npy`` file as that array (read in place: the
+    file's pages, no copy), so that the compiled repairs read its rows where they
+    are instead of gathering them through the stream; anything else unchanged."""
+    source = getattr(scores, "numpy_source", None)
+    array = source() if source is not None else None
+    return scores if array is None else array
 
 
 def _in_memory(scores: Any) -> bool:

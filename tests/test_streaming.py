@@ -115,6 +115,38 @@ def test_repeated_stream_runs_are_identical(tmp_path):
     np.testing.assert_array_equal(first.labels, second.labels)
 
 
+def test_numpy_sources_are_read_in_place_by_the_exact_labels(tmp_path, monkeypatch):
+    """A stream of a NumPy array or .npy file hands its array to the exact labels' repair
+    (the file's pages, not a copy): no row is gathered through the stream, and the labels,
+    gap and cost are those of the same matrix in memory (its stored kernel's potential
+    differs from the stream's log domain's in the last bits; the optimal labels do not).
+    Chunks and callables gather."""
+    scores = _scores(seed=2)
+    sources = _sources(scores, tmp_path)
+    for kind in ("npy path", "memmap", "array"):
+        array = sources[kind].numpy_source()
+        assert isinstance(array, np.ndarray) and np.array_equal(array, scores)
+    assert np.shares_memory(sources["array"].numpy_source(), scores)
+    assert sources["chunks"].numpy_source() is None
+    assert sources["callable"].numpy_source() is None
+    gathered = []
+    gather = otlabel.ChunkedScores._gather
+    monkeypatch.setattr(
+        otlabel.ChunkedScores, "_gather", lambda self, i: gathered.append(i.size) or gather(self, i)
+    )
+    bounds = {"min_size": 0.02, "max_size": 0.03}
+    for kind in ("npy path", "memmap"):
+        got = otlabel.assign(sources[kind], 0.05, **bounds)
+        expected = otlabel.assign(scores, 0.05, **bounds)
+        np.testing.assert_array_equal(got.labels, expected.labels)  # the optimum
+        assert got.gap <= 1e-12 and got.cost == pytest.approx(expected.cost, rel=1e-12)
+    got = otlabel.assign(sources["npy path"], 0.05)
+    np.testing.assert_array_equal(got.labels, otlabel.assign(scores, 0.05).labels)
+    assert gathered == []
+    otlabel.assign(sources["chunks"], 0.05, **bounds)
+    assert gathered  # the repair's moves gather rows through the stream
+
+
 def test_stream_rows_and_gathers():
     scores = _scores(n=50, k=3)
     for stream in (
