@@ -336,10 +336,12 @@ def sub_block_partial(
 ) -> ColumnPartial:
     """Sub-block column partials (blocks, K), each by the starved-column rule, summed
     in a fixed order into one (K,)."""
-    limit = STARVED_MARGIN + exp_floor + np.log(block_stats[:, 2:3]) + block_stats[:, 1:2]
-    if (col_peak > np.exp(limit)).all():  # no starved column (the rule's test, without logs)
-        return ColumnPartial(np.zeros(col_sum.shape[1]), col_sum.sum(axis=0))
+    # column_partial's limit, summed in its order; log is monotone, so the smallest
+    # peak of each block passing the test means every peak passes it: one log per block
+    limit = exp_floor + np.log(block_stats[:, 2:3]) + STARVED_MARGIN + block_stats[:, 1:2]
     with np.errstate(divide="ignore"):
+        if (np.log(col_peak.min(axis=1, keepdims=True)) > limit).all():  # none starved
+            return ColumnPartial(np.zeros(col_sum.shape[1]), col_sum.sum(axis=0))
         log_peak = np.log(col_peak)  # (blocks, K)
     partial = column_partial(
         col_sum,
