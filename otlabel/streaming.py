@@ -68,10 +68,11 @@ class ChunkedScores:
     What streams cannot do: ``return_plan=True`` (the plan is as large as the
     matrix) and ``method="scaling"`` (it stores ``exp(S/eps)``); streams run
     in the log domain.  Exact labels read the rows of the samples they move:
-    a ``.npy`` file's or an array's in place (the compiled repair reads the
-    file's pages, no copy: 1 281 167 x 3 000 from a warm ``.npy``, balanced
-    labels included, 101 s before and 23 s after); chunks' through gathers in
-    Python; a callable's by recomputing the blocks that hold those rows.
+    a C-contiguous ``.npy`` file's or array's in place when the stream delivers
+    NumPy rows (the compiled repair reads the file's pages, no copy: 1 281 167 x
+    3 000 from a warm ``.npy``, balanced labels included, 101 s before and 23 s
+    after); chunks' through gathers in Python; a callable's by recomputing the
+    blocks that hold those rows.
     """
 
     def __init__(
@@ -143,12 +144,14 @@ class ChunkedScores:
 
     def numpy_source(self) -> np.ndarray | None:
         """The NumPy array (or ``.npy`` memmap, as an array over the same pages) that
-        the stream reads, when its rows come from one and are delivered as NumPy
-        rows; else None.  Row-by-row readers (the exact labels' repair) use it in
-        place of gathers through the stream."""
+        the stream reads, when its rows come from one, C-contiguous, and are
+        delivered as NumPy rows (no ``device``); else None.  Row-by-row readers
+        (the exact labels' repair) use it in place of gathers through the stream."""
         reader = self._reader
         if isinstance(reader, _ArrayReader) and reader.library == self.library == "numpy":
-            return np.asarray(reader.array)
+            array = np.asarray(reader.array)
+            if array.flags.c_contiguous:  # else the compiled repair would copy it whole
+                return array
         return None
 
     def __len__(self) -> int:

@@ -129,6 +129,9 @@ def test_numpy_sources_are_read_in_place_by_the_exact_labels(tmp_path, monkeypat
     assert np.shares_memory(sources["array"].numpy_source(), scores)
     assert sources["chunks"].numpy_source() is None
     assert sources["callable"].numpy_source() is None
+    fortran = np.asfortranarray(scores)  # read in place, the repair would copy it whole
+    assert otlabel.ChunkedScores(fortran).numpy_source() is None
+    assert otlabel.ChunkedScores(scores[::2]).numpy_source() is None
     gathered = []
     gather = otlabel.ChunkedScores._gather
     monkeypatch.setattr(
