@@ -120,7 +120,8 @@ class _OtlabelRun:
 
         probe_started = time.perf_counter()
         per_pass = self._one_pass_seconds()
-        self._warm_up(tol)
+        max_iter = max(1, int(budget / max(per_pass, 1e-9)))
+        self._warm_up(tol, max_iter)
         self._before_solve()
         self.probe_seconds = time.perf_counter() - probe_started
         with warnings.catch_warnings():
@@ -130,7 +131,7 @@ class _OtlabelRun:
                 self.epsilon,
                 tol=tol,
                 backend=self.backend,
-                max_iter=max(1, int(budget / max(per_pass, 1e-9))),
+                max_iter=max_iter,
                 **self.constraint,
             )
         self.potential, self.method = np.asarray(result.potential), result.method
@@ -142,23 +143,29 @@ class _OtlabelRun:
     def _before_solve(self) -> None:
         """Called between the timing probe and the timed solve."""
 
-    def _warm_up(self, tol: float) -> None:
-        """The same call on the first :data:`WARMUP_ROWS` rows (a copy; arrays in memory,
-        without known labels, whose counts need not fit fewer rows): it loads Numba's
-        compiled cache for the functions of the path, a one-time cost per process that
-        would otherwise land in the timed solve (0.6 s at 2 000 x 50, where a call then
-        takes 26 ms)."""
+    def _warm_up(self, tol: float, max_iter: int) -> None:
+        """The same call on the first :data:`WARMUP_ROWS` rows, or K if more (balanced
+        labels need K <= N), with the timed solve's pass budget (a copy; arrays in
+        memory, without known labels, whose counts need not fit fewer rows): it loads
+        Numba's compiled cache for the functions of the path, a one-time cost per
+        process that would otherwise land in the timed solve (0.6 s at 2 000 x 50,
+        where a call then takes 26 ms)."""
         import warnings
 
         from .api import assign, sinkhorn
 
         if not isinstance(self.scores, np.ndarray) or "known_labels" in self.constraint:
             return
-        rows = np.array(self.scores[:WARMUP_ROWS])
+        rows = np.array(self.scores[: max(WARMUP_ROWS, self.scores.shape[1])])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             (assign if self.rounds else sinkhorn)(
-                rows, self.epsilon, tol=tol, backend=self.backend, **self.constraint
+                rows,
+                self.epsilon,
+                tol=tol,
+                backend=self.backend,
+                max_iter=max_iter,
+                **self.constraint,
             )
 
     def _one_pass_seconds(self) -> float:
@@ -721,8 +728,8 @@ def run_row(
                 result.notes.append(
                     f"s to tol leaves out {run.probe_seconds:.2g} s: the two passes timed "
                     "first to fit max_iter to the budget and, for arrays in memory, a warm-up "
-                    f"call on the first {WARMUP_ROWS} rows; they load Numba's compiled cache "
-                    "on a fresh process (a one-time cost per process)"
+                    f"call on the first {WARMUP_ROWS} rows (or K); they load Numba's compiled "
+                    "cache on a fresh process (a one-time cost per process)"
                 )
             if isinstance(run, _SelaRun):
                 result.notes.append(

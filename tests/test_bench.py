@@ -39,6 +39,10 @@ def test_otlabel_warms_up_on_the_first_rows_before_its_timed_solve(monkeypatch):
     calls.clear()
     row = bench.run_row("otlabel-known", 300, 6, tol=1e-4, budget=60, repeats=1, kind="sela")
     assert row.status == "ok" and calls == [(300, 6)]
+    calls.clear()
+    monkeypatch.setattr(bench, "WARMUP_ROWS", 4)  # fewer than K: K rows (balanced needs K <= N)
+    row = bench.run_row("otlabel-fixed", 300, 6, tol=1e-4, budget=60, repeats=1, kind="sela")
+    assert row.status == "ok" and calls[:2] == [(6, 6), (300, 6)]
 
 
 def test_sela_in_float32_is_reported_as_overflowing():
