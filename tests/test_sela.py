@@ -644,6 +644,36 @@ def test_known_weight_anchors_cluster_k_to_class_k(monkeypatch):
     assert calls == []
 
 
+def test_the_recorded_loss_is_the_self_labelling_term_alone(monkeypatch):
+    from otlabel.sela import train as train_module
+
+    monkeypatch.setattr(  # a constant known-label term: trains the same, would show in a sum
+        train_module, "_known_loss", lambda *args: torch.tensor(1e6, requires_grad=True)
+    )
+    config = TrainConfig(**{**TINY.__dict__, "known_fraction": 0.1})
+    result = train(config, _synthetic_data())
+    assert all(0 < record["loss"] < 100 for record in result.history)
+
+
+def test_checkpoints_resume_across_added_fields_and_inert_known_weight(tmp_path):
+    """A checkpoint from before ``known_weight`` existed resumes (missing fields take
+    their defaults); a weight that cannot act (no known labels) does not block reuse;
+    one that acts does."""
+    data = _synthetic_data()
+    first = train(TINY, data, tmp_path / "run", until_epoch=2)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    del state["config"]["known_weight"]  # as written before the field was added
+    torch.save(state, checkpoint)
+    resumed = train(replace_config(TINY, known_weight=0.5), data, tmp_path / "run")
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[:2] == first.history
+    known = replace_config(TINY, known_fraction=0.1)
+    train(known, data, tmp_path / "known", until_epoch=1)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(replace_config(known, known_weight=0.5), data, tmp_path / "known")
+
+
 def test_holdout_trains_on_80_percent_and_labels_the_rest_with_predict():
     data = _synthetic_data()
     result = train(TrainConfig(**{**TINY.__dict__, "holdout": True}), data)

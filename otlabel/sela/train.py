@@ -325,6 +325,7 @@ def _train_epoch(
         soft = config.targets == "soft" and config.method == "sela"
         targets = labeler.codes(indices) if soft else labeler[indices]
         loss = model.loss(model(inputs), targets, labeler.class_weights())
+        losses.append(loss.item())  # the self-labelling loss (what the collapse alarm reads)
         if known_pool is not None:
             loss = loss + config.known_weight * _known_loss(
                 config, data, model, known, known_pool, generator
@@ -332,7 +333,6 @@ def _train_epoch(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        losses.append(loss.item())
     return float(np.mean(losses))
 
 
@@ -685,7 +685,7 @@ def _resume(
     if path is None or not path.is_file():
         return 0
     state = torch.load(path, weights_only=False)
-    if state["config"] != asdict(result.config):
+    if _effective(state["config"]) != _effective(asdict(result.config)):
         raise ValueError(
             f"{path} was written by another configuration; use a fresh folder or the same "
             "settings to resume"
@@ -695,6 +695,15 @@ def _resume(
     labeler.load_state_dict(state["labeler"])
     result.history = list(state["history"])
     return int(state["epoch"])
+
+
+def _effective(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as they act: fields added since it was saved at their defaults
+    (which reproduce the earlier behaviour), ``known_weight`` only where it acts."""
+    effective = {**asdict(TrainConfig()), **settings}
+    if effective["method"] != "sela" or effective["known_fraction"] == 0:
+        effective["known_weight"] = None
+    return effective
 
 
 def _progress(epochs: range, enabled: bool, description: str) -> Any:
