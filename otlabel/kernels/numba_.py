@@ -700,8 +700,10 @@ def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
         counts[i] = kept
 
 
-#: Columns that :func:`_fill_sparse` tests at once (vectorised) before it looks at each.
-FILL_RUN = 32
+#: Columns that :func:`_fill_sparse` tests at once (vectorised) before it looks at each:
+#: short runs where a row keeps many entries, long ones where it keeps few (most long
+#: runs then keep nothing and are skipped whole).
+SHORT_RUN, LONG_RUN = 32, 128
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
@@ -711,28 +713,40 @@ def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_sc
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
-    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
-    n_runs = n_cols // FILL_RUN
     for i in prange(n_rows):
         row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
-        for run in range(n_runs + 1):  # runs of FILL_RUN columns; most keep nothing
-            first = run * FILL_RUN
-            last = min(first + FILL_RUN, n_cols)
-            if run < n_runs:
-                hit = False
-                for j in range(first, last):
-                    hit |= row[j] * scale + g32[j] - row_max > floor
-                if not hit:
-                    continue
-            for j in range(first, last):
-                exponent = row[j] * scale + g32[j] - row_max
-                if exponent <= floor:
-                    continue
-                value = exp_neg(exponent)
-                indices[position] = j
-                values[position] = value if value > tiny else zero
-                kept_scores[position] = row[j]
-                position += 1
+        if (indptr[i + 1] - position) * LONG_RUN < n_cols:  # few kept: most runs empty
+            _fill_row(row, g32, scale, floor, row_max, position, indices, values,
+                      kept_scores, LONG_RUN)  # fmt: skip
+        else:
+            _fill_row(row, g32, scale, floor, row_max, position, indices, values,
+                      kept_scores, SHORT_RUN)  # fmt: skip
+
+
+@njit(fastmath={"contract"}, cache=True, inline="always")
+def _fill_row(row, g32, scale, floor, row_max, position, indices, values, kept_scores, run_length):
+    """One row's kept entries from ``position`` on, tested ``run_length`` columns at a time."""
+    n_cols = row.size
+    n_runs = n_cols // run_length
+    tiny, zero = np.float32(_FLUSH), np.float32(0.0)
+    for run in range(n_runs + 1):
+        first = run * run_length
+        last = min(first + run_length, n_cols)
+        if run < n_runs:
+            hit = False
+            for j in range(first, first + run_length):  # a fixed trip count: vectorised
+                hit |= row[j] * scale + g32[j] - row_max > floor
+            if not hit:
+                continue
+        for j in range(first, last):
+            exponent = row[j] * scale + g32[j] - row_max
+            if exponent <= floor:
+                continue
+            value = exp_neg(exponent)
+            indices[position] = j
+            values[position] = value if value > tiny else zero
+            kept_scores[position] = row[j]
+            position += 1
 
 
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
