@@ -203,3 +203,35 @@ def test_equal_bounds_are_fixed_sizes(rng):
     np.testing.assert_array_equal(bounded.labels, fixed.labels)
     shift = bounded.potential - fixed.potential  # free constant of fixed sizes
     np.testing.assert_allclose(shift, shift.mean(), atol=1e-7)
+
+
+@pytest.mark.parametrize("with_virtual", [False, True])
+def test_compiled_move_costs_and_their_samples_match_numpy(with_virtual):
+    """C[k, l] = min over cluster k's samples of S_ik - S_il, as NumPy computes it, and
+    for each minimum the first sample (in row order) that attains it, over two blocks."""
+    pytest.importorskip("numba")
+    from otlabel.kernels.rounding_numba import NumbaPasses
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(500, 37)).astype(np.float32)
+    scores[::50] = np.round(scores[::50])  # ties between samples
+    own = rng.integers(0, 36, size=500)  # cluster 36 empty
+    matrix = rounding.WithColumn(scores, rng.normal(size=500)) if with_virtual else scores
+    n_cols = 38 if with_virtual else 37
+    if with_virtual:
+        own[::7] = 37  # some samples in the virtual column
+    expected = np.full((n_cols, n_cols), np.inf)
+    got, args = np.full((n_cols, n_cols), np.inf), np.full((n_cols, n_cols), -1)
+    dense = np.asarray(matrix[0:500], dtype=np.float64) if with_virtual else scores
+    for start in (0, 230):  # two blocks, as the repair reads them
+        stop = 230 if start == 0 else 500
+        rounding.NumpyPasses.move_costs(dense[start:stop], own[start:stop], expected)
+        NumbaPasses.move_costs_with_args(matrix[start:stop], own[start:stop], got, args, start)
+    np.testing.assert_array_equal(got, expected)
+    loss = dense.astype(np.float64)[np.arange(500), own][:, None] - dense  # (N, K + ...)
+    for k in np.unique(own):
+        members = np.flatnonzero(own == k)
+        for other in range(n_cols):
+            attaining = members[loss[members, other] == got[k, other]]
+            assert args[k, other] == attaining[0]  # the first in row order
+    assert np.all(np.isinf(got[36])) and np.all(args[36] == -1)

@@ -148,17 +148,22 @@ def _shifted_row_max(row, potential):
 def _cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first):
     """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``, one cluster per task (no
     races), and in ``move_arg[k, l]`` the sample (row ``first + i``) of each new minimum."""
-    n_cols = block.shape[1] + (virtual.size > 0)
+    n_real = block.shape[1]
     for s in prange(clusters.size):
         k = clusters[s]
+        costs, args = move_cost[k], move_arg[k]
         for j in range(bounds[s], bounds[s + 1]):
             i = order[j]
-            own = _score(block, virtual, i, k)
-            for other in range(n_cols):
-                loss = own - _score(block, virtual, i, other)
-                if loss < move_cost[k, other]:
-                    move_cost[k, other] = loss
-                    move_arg[k, other] = first + i
+            own, row, sample = _score(block, virtual, i, k), block[i], first + i
+            for other in range(n_real):  # branch-free: selects, which vectorise
+                loss = own - np.float64(row[other])
+                better = loss < costs[other]
+                costs[other] = loss if better else costs[other]
+                args[other] = sample if better else args[other]
+            if virtual.size > 0:  # partial mass's virtual column, last
+                loss = own - virtual[i]
+                if loss < costs[n_real]:
+                    costs[n_real], args[n_real] = loss, sample
 
 
 @njit(parallel=True, cache=True)
