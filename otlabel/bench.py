@@ -114,31 +114,35 @@ class _OtlabelRun:
     rounds = False  # True: the timed solve is assign() with balanced labels
 
     def solve(self, tol: float, budget: float) -> tuple[int, float]:
-        import warnings
-
-        from .api import assign, sinkhorn
-
         probe_started = time.perf_counter()
         per_pass = self._one_pass_seconds()
         max_iter = max(1, int(budget / max(per_pass, 1e-9)))
         self._warm_up(tol, max_iter)
         self._before_solve()
         self.probe_seconds = time.perf_counter() - probe_started
+        result = self._call(self.scores, tol, max_iter)
+        self.potential, self.method = np.asarray(result.potential), result.method
+        if result.unassigned_potential is not None:
+            self.potential = np.append(self.potential, result.unassigned_potential)
+        self._labels = None if result.labels is None else np.asarray(result.labels)
+        return int(result.n_iter), float(result.error)
+
+    def _call(self, scores: Any, tol: float, max_iter: int) -> Any:
+        """The call users make: ``assign`` (with labels) or ``sinkhorn``, this row's options."""
+        import warnings
+
+        from .api import assign, sinkhorn
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a budget-capped solve is reported as such
-            result = (assign if self.rounds else sinkhorn)(
-                self.scores,
+            return (assign if self.rounds else sinkhorn)(
+                scores,
                 self.epsilon,
                 tol=tol,
                 backend=self.backend,
                 max_iter=max_iter,
                 **self.constraint,
             )
-        self.potential, self.method = np.asarray(result.potential), result.method
-        if result.unassigned_potential is not None:
-            self.potential = np.append(self.potential, result.unassigned_potential)
-        self._labels = None if result.labels is None else np.asarray(result.labels)
-        return int(result.n_iter), float(result.error)
 
     def _before_solve(self) -> None:
         """Called between the timing probe and the timed solve."""
@@ -150,22 +154,9 @@ class _OtlabelRun:
         Numba's compiled cache for the functions of the path, a one-time cost per
         process that would otherwise land in the timed solve (0.6 s at 2 000 x 50,
         where a call then takes 26 ms)."""
-        import warnings
-
-        from .api import assign, sinkhorn
-
-        if not isinstance(self.scores, np.ndarray) or "known_labels" in self.constraint:
-            return
-        rows = np.array(self.scores[: max(WARMUP_ROWS, self.scores.shape[1])])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            (assign if self.rounds else sinkhorn)(
-                rows,
-                self.epsilon,
-                tol=tol,
-                backend=self.backend,
-                max_iter=max_iter,
-                **self.constraint,
+        if isinstance(self.scores, np.ndarray) and "known_labels" not in self.constraint:
+            self._call(
+                np.array(self.scores[: max(WARMUP_ROWS, self.scores.shape[1])]), tol, max_iter
             )
 
     def _one_pass_seconds(self) -> float:

@@ -69,10 +69,9 @@ class ChunkedScores:
     matrix) and ``method="scaling"`` (it stores ``exp(S/eps)``); streams run
     in the log domain.  Exact labels read the rows of the samples they move:
     a C-contiguous ``.npy`` file's or array's in place when the stream delivers
-    NumPy rows (the compiled repair reads the file's pages, no copy: 1 281 167 x
-    3 000 from a warm ``.npy``, balanced labels included, 101 s before and 23 s
-    after); chunks' through gathers in Python; a callable's by recomputing the
-    blocks that hold those rows.
+    NumPy rows (the compiled repair reads the file's pages, no copy; figures in
+    docs/benchmarks.md); chunks' through gathers in Python; a callable's by
+    recomputing the blocks that hold those rows.
     """
 
     def __init__(

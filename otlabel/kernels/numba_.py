@@ -715,6 +715,9 @@ def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_sc
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
     for i in prange(n_rows):
         row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
+        # two calls, each with a constant run length: inlined, the run test then has a
+        # constant trip count and is vectorised (one call with the length chosen at run
+        # time built the kernel 1.3-2.5x slower)
         if (indptr[i + 1] - position) * LONG_RUN < n_cols:  # few kept: most runs empty
             _fill_row(row, g32, scale, floor, row_max, position, indices, values,
                       kept_scores, LONG_RUN)  # fmt: skip
