@@ -83,6 +83,25 @@ def test_starved_column_stays_finite():
     np.testing.assert_allclose(res.plan.sum(axis=0), 1 / 3, rtol=2e-4)
 
 
+@pytest.mark.parametrize("shift_dtype", [np.float32, np.float64])
+def test_shifted_max_equals_numpy_bit_for_bit(shift_dtype):
+    """The maximum over integer keys of the bits is the floating-point maximum, in the
+    precision of the shift: positive and negative rows, signed zeros, -inf, subnormals."""
+    rng = np.random.default_rng(3)
+    rows = [rng.normal(size=3001).astype(np.float32) * np.float32(s) for s in (1, 40, 1e-3)]
+    rows += [-np.abs(rows[0]) - np.float32(1.0), np.full(7, -np.inf, dtype=np.float32)]
+    rows += [np.array([-0.0, 1e-42, -1e-42], dtype=np.float32), np.array([5.0], np.float32)]
+    for row in rows:
+        for shift in (np.zeros(row.size), rng.normal(size=row.size) * 30):
+            shift = shift.astype(shift_dtype)
+            inv_eps = shift_dtype(25.0)
+            expected = np.max(row * inv_eps + shift)  # numpy's max, in the shift's precision
+            got = _fastmath.shifted_max(row, inv_eps, shift)
+            assert got == expected and shift_dtype(got) == got  # exact, in that precision
+    zeros = np.array([-0.0, 0.0, -0.0], dtype=np.float32)
+    assert np.signbit(_fastmath.shifted_max(zeros, np.float32(1), np.zeros(3, np.float32))) == 0
+
+
 @pytest.mark.parametrize("dtype, floor, rtol", [(np.float32, -87, 3e-7), (np.float64, -708, 5e-16)])
 def test_fast_exp_is_accurate_over_its_range(dtype, floor, rtol):
     @numba.njit
@@ -194,6 +213,36 @@ def test_sparse_stored_kernel_equals_the_dense_one(rng, monkeypatch, overrelaxat
     np.testing.assert_array_equal(sparse.labels, dense.labels)
     again = otlabel.assign(scores, 0.04, tol=1e-6, overrelaxation=overrelaxation, n_threads=2)
     np.testing.assert_array_equal(again.potential, sparse.potential)  # deterministic
+
+
+def test_one_dense_stored_pass_equals_numpy():
+    """One pass on the dense stored kernel over two tasks (the second a part one, its
+    column partials flushed mid-way): each row's ``f/eps`` and factor, and the column
+    mass, as NumPy computes them in float64; a row whose sum leaves
+    [e^-ABSORB, e^ABSORB] is rescaled in place and counted."""
+    from otlabel.kernels import numba_
+
+    rng = np.random.default_rng(7)
+    n_rows, n_cols = numba_.TASK_ROWS + 2 * numba_.FLUSH_ROWS + 3, 37
+    kernel = rng.random((n_rows, n_cols), dtype=np.float32) + np.float32(0.01)
+    kernel[5] *= np.float32(1e10)  # its row sum is past e^ABSORB
+    v = rng.random(n_cols, dtype=np.float32)
+    row_sum = kernel.astype(np.float64) @ v  # (N,) before the pass rescales row 5
+    a = rng.random(n_rows) + 0.5
+    f_ref = rng.normal(size=n_rows)
+    expected_f = np.log(a) - np.log(row_sum) + f_ref
+    expected_col = kernel.astype(np.float64).T @ (a / row_sum)  # (K,)
+    n_tasks = -(-n_rows // numba_.TASK_ROWS)
+    f_scaled, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
+    task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
+    numba_._dense_sweep(
+        kernel, v, np.log(a), a, f_ref, np.zeros(n_rows), 1.0, False, np.zeros(1), False,
+        f_scaled, col_sum, task_stats, q_scale,
+    )  # fmt: skip
+    np.testing.assert_allclose(f_scaled, expected_f, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=1e-5)
+    assert task_stats[:, 1].tolist() == [1.0, 0.0]  # row 5 absorbed, in the first task
+    assert np.isclose(kernel[5].astype(np.float64) @ v, 1.0, rtol=1e-6)
 
 
 def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
