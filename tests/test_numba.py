@@ -102,6 +102,15 @@ def test_shifted_max_equals_numpy_bit_for_bit(shift_dtype):
     assert np.signbit(_fastmath.shifted_max(zeros, np.float32(1), np.zeros(3, np.float32))) == 0
 
 
+def test_first_argmin_is_numpys_argmin():
+    """The first index of the smallest, with ties, infinities and one element."""
+    rng = np.random.default_rng(5)
+    cases = [rng.random(3001), np.full(9, np.inf), np.array([2.0]), np.array([3.0, 1.0, 1.0])]
+    cases += [np.round(rng.random(500) * 4), np.where(rng.random(700) < 0.5, np.inf, 7.0)]
+    for values in cases:
+        assert _fastmath.first_argmin(values) == np.argmin(values)
+
+
 @pytest.mark.parametrize("dtype, floor, rtol", [(np.float32, -87, 3e-7), (np.float64, -708, 5e-16)])
 def test_fast_exp_is_accurate_over_its_range(dtype, floor, rtol):
     @numba.njit
