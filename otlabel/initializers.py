@@ -64,14 +64,12 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
     """The potential of the solve on rows ``0, stride, 2 stride, ...`` of ``head``."""
     from .solver import solve
 
-    rows = head.scores[::stride]
-    if isinstance(rows, np.ndarray):
-        rows = np.ascontiguousarray(rows)  # the kernels read it once per pass
+    backend = options.backend
+    rows = backend.subsample_rows(head.scores, stride)  # the kernels read it once per pass
     sub_weights = np.exp(head.log_a[::stride])
     total = float(np.sum(sub_weights))
     if reducer is not None:
         total = float(reducer.sum(np.array([total]))[0])
-    backend = options.backend
     n_columns = rows.shape[1] + (head.virtual is not None)
     sub_log_a, start = backend.vectors(rows, np.log(sub_weights / total), np.zeros(n_columns))
     virtual = None

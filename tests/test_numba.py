@@ -224,6 +224,18 @@ def test_sparse_stored_kernel_equals_the_dense_one(rng, monkeypatch, overrelaxat
     np.testing.assert_array_equal(again.potential, sparse.potential)  # deterministic
 
 
+@pytest.mark.parametrize("stride", [1, 2, 7, 1000])
+def test_subsample_rows_are_numpys_strided_rows(stride):
+    """The parallel row copy gives ``scores[::stride]``, contiguous; other layouts too."""
+    from otlabel.kernels.numba_ import NumbaBackend
+
+    scores = np.random.default_rng(stride).normal(size=(999, 13)).astype(np.float32)
+    for source in (scores, np.asfortranarray(scores), scores[:, ::2]):
+        rows = NumbaBackend().subsample_rows(source, stride)
+        np.testing.assert_array_equal(rows, source[::stride])
+        assert rows.flags.c_contiguous and rows.dtype == np.float32
+
+
 def test_one_dense_stored_pass_equals_numpy():
     """One pass on the dense stored kernel over two tasks (the second a part one, its
     column partials flushed mid-way): each row's ``f/eps`` and factor, and the column

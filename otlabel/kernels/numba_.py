@@ -91,6 +91,16 @@ class NumbaBackend(ReferenceBackend):
             )
         return None, None
 
+    def subsample_rows(self, scores: Any, stride: int) -> Any:
+        """The rows copied in parallel: at 1 281 167 x 3 000 (stride 21, 720 MB) 1.1-1.9 s
+        against 2.1-3.1 s for NumPy's copy into memory this process had not touched yet
+        (the cost is the first touch; 0.07 against 0.13 s into reused memory)."""
+        if not (isinstance(scores, np.ndarray) and scores.flags.c_contiguous):
+            return super().subsample_rows(scores, stride)
+        rows = np.empty((-(-scores.shape[0] // stride), scores.shape[1]), dtype=scores.dtype)
+        _strided_rows(scores, stride, rows)
+        return rows
+
     def rounding_passes(self, scores: Any) -> tuple[Any, int]:
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
@@ -364,6 +374,15 @@ def _row_extremes(scores, maxima, minima):
         bad = not math.isfinite(_zero_probe(row))
         maxima[i] = np.nan if bad else np.float64(high)
         minima[i] = np.nan if bad else np.float64(low)
+
+
+@njit(parallel=True, cache=True)
+def _strided_rows(scores, stride, rows):
+    """``rows[r] = scores[r * stride]``, parallel over rows (2-D indices: no view per row)."""
+    for r in prange(rows.shape[0]):
+        source = r * stride
+        for j in range(rows.shape[1]):
+            rows[r, j] = scores[source, j]
 
 
 @njit(parallel=True, cache=True)

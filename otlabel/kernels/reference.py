@@ -76,6 +76,12 @@ class ReferenceBackend:
         """The precision of the (n, K) temporaries: float64 (the NumPy backend)."""
         return np.float64
 
+    def subsample_rows(self, scores: Any, stride: int) -> Any:
+        """Rows ``0, stride, 2 stride, ...`` of ``scores``; an array's in one contiguous
+        copy (the subsample's passes read it many times)."""
+        rows = scores[::stride]
+        return np.ascontiguousarray(rows) if isinstance(rows, np.ndarray) else rows
+
     # -- reads of the whole matrix -----------------------------------------
 
     def validate(self, scores: Any, name: str) -> tuple[Array, Array]:
