@@ -74,6 +74,8 @@ def matrix(value: Any, name: str) -> Any:
         raise TypeError(f"{name}: expected real floating-point scores, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name}: complex scores are not supported, got dtype {array.dtype}")
+    if library_of(array) == "numpy" and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # one copy, native byte order
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float64)  # integers are read as float64
     if array.dtype == np.float16 and library_of(array) == "numpy":

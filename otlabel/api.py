@@ -69,7 +69,8 @@ def assign(
         NumPy array, a Torch tensor (CPU or CUDA) or a CuPy array, solved on
         its device; results come back in its library.  float32 and float64
         are kept as they are; Torch's float16 and bfloat16 are read block by
-        block in float32; NumPy's float16 and integers are converted.  A stack
+        block in float32; NumPy's float16, integers and non-native byte order
+        are converted (one copy).  A stack
         or list is H heads solved as H problems, each stopping on its own (a
         list may mix K).  :class:`~otlabel.ChunkedScores`: a matrix read block
         by block, never held whole.

@@ -237,7 +237,18 @@ def test_subsample_rows_are_numpys_strided_rows(stride):
     for source in (scores, np.asfortranarray(scores), scores[:, ::2]):
         rows = NumbaBackend().subsample_rows(source, stride)
         np.testing.assert_array_equal(rows, source[::stride])
-        assert rows.flags.c_contiguous and rows.dtype == np.float32
+        assert rows.flags.c_contiguous and rows.dtype == source.dtype
+
+
+def test_big_endian_scores_take_the_subsample_start_and_give_the_same_labels():
+    """Scores in non-native byte order (a big-endian file, say) are read once into native
+    order, then solved as native ones are: subsample start, stored kernel, same labels."""
+    scores = otlabel.make_scores(50_000, 10, kind="head", seed=0)
+    native = otlabel.assign(scores, 0.04)
+    swapped = otlabel.assign(scores.astype(">f4"), 0.04)
+    assert native.start == swapped.start == "subsample"
+    np.testing.assert_array_equal(swapped.labels, native.labels)
+    np.testing.assert_array_equal(swapped.potential, native.potential)
 
 
 def test_one_dense_stored_pass_equals_numpy():
