@@ -74,12 +74,13 @@ def matrix(value: Any, name: str) -> Any:
         raise TypeError(f"{name}: expected real floating-point scores, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name}: complex scores are not supported, got dtype {array.dtype}")
-    if library_of(array) == "numpy" and not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))  # one copy, native byte order
+    numpy = library_of(array) == "numpy"
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float64)  # integers are read as float64
-    if array.dtype == np.float16 and library_of(array) == "numpy":
+    if array.dtype.type is np.float16 and numpy:  # either byte order
         return array.astype(np.float32)  # NumPy's float16 arithmetic is emulated: too slow
+    if numpy and not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="))  # the kernels read native order
     return array  # float32, float64; CuPy float16 is read block by block in float32
 
 
