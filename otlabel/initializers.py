@@ -6,7 +6,9 @@
   potentials are in score units), ``"given"``;
 - ``"subsample"``: the potential of the same problem solved on a 1-in-``stride``
   subsample of the rows (about :data:`SUBSAMPLE_ROWS` rows, at least 20 per
-  cluster) to :data:`SUBSAMPLE_TOL`, in the backend's log domain; the passes it
+  cluster) to :data:`SUBSAMPLE_TOL`, with the backend's subsample kernel (the log
+  domain, or a stored kernel where it is faster: the Numba backend's, which stores
+  a sparse kernel of the subsample once its error is at most 1); the passes it
   spent are reported as ``res.phases["start"]``;
 - None: the backend decides (:meth:`wants_subsample`): a subsample for a large
   cold problem where the stored kernel follows (the Numba backend on float32
@@ -24,12 +26,16 @@ from ._arrays import to_numpy
 
 if TYPE_CHECKING:
     from .problem import Head, Options
+    from .solver import Iterate, Kernel
 
 #: Large problems solved cold start from a solve on about this many rows (at
 #: least 20 per cluster), to this tolerance; it pays from twice its size on
 #: (docs/benchmarks.md, "subsample start").
 SUBSAMPLE_ROWS = 20_000
 SUBSAMPLE_TOL = 3e-2
+#: Times the subsample's solve goes back to a stored kernel after one starved a
+#: cluster (kept none of its entries), before it stays in the log domain.
+STARVED_RETRIES = 2
 #: What ``init=`` may name.
 STARTS = ("subsample",)
 
@@ -62,7 +68,7 @@ def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> S
 
 def subsample_start(head: Head, options: Options, stride: int, reducer: Any = None) -> Start:
     """The potential of the solve on rows ``0, stride, 2 stride, ...`` of ``head``."""
-    from .solver import solve
+    from .solver import Record, UnstableIteration, _quiet, solve
 
     backend = options.backend
     rows = backend.subsample_rows(head.scores, stride)  # the kernels read it once per pass
@@ -75,19 +81,42 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
     virtual = None
     if head.virtual is not None:
         (virtual,) = backend.vectors(rows, np.ascontiguousarray(head.virtual[::stride]))
-    kernel = backend.log_kernel(rows, sub_log_a, options)
-    solved = solve(
-        kernel,
-        head.constraint.to(start),
-        options.epsilon,
-        start,
-        tol=SUBSAMPLE_TOL,
-        max_iter=options.max_iter,
-        omega=options.overrelaxation if head.constraint.relaxable else 1.0,
-        reducer=reducer,
-        virtual=virtual,
-    )
-    return Start(to_numpy(solved.next_potential), "subsample", solved.n_iter)
+    record = Record()
+
+    def solve_from(kernel: Kernel, potential: Any) -> Iterate:
+        return solve(
+            kernel,
+            head.constraint.to(potential),
+            options.epsilon,
+            potential,
+            tol=SUBSAMPLE_TOL,
+            max_iter=max(options.max_iter - len(record.errors), 1),
+            omega=options.overrelaxation if head.constraint.relaxable else 1.0,
+            reducer=reducer,
+            record=record,
+            virtual=virtual,
+        )
+
+    def kernel_for(attempt: int) -> Kernel:
+        if reducer is None and attempt <= STARVED_RETRIES:
+            return backend.subsample_kernel(rows, sub_log_a, options, SUBSAMPLE_TOL)
+        # shards stay in the log domain, which every shard leaves (or not) together
+        return backend.log_kernel(rows, sub_log_a, options)
+
+    potential, attempt = start, 0
+    with _quiet(start):
+        while True:
+            kernel = kernel_for(attempt)
+            try:
+                solved = solve_from(kernel, potential)
+                break
+            except UnstableIteration as unstable:
+                if kernel.method == "log":  # only a kernel outside the log domain can
+                    raise
+                # a stored kernel kept no entry of some cluster: log passes from the
+                # last finite potential (which feed the starved cluster), then again
+                potential, attempt = unstable.potential, attempt + 1
+    return Start(to_numpy(solved.next_potential), "subsample", len(record.errors))
 
 
 def subsample_stride(n_samples: int, n_clusters: int) -> int:

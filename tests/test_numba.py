@@ -545,3 +545,94 @@ def test_rebuild_drift_keeps_the_dropped_mass_below_a_tenth_of_tol(n_cols, tol, 
     dropped = n_cols * np.exp(numba_module.FLUSH_EXPONENT + limit)  # a row's, of its mass
     assert dropped <= tol / 10 * (1 + 1e-9) or limit == 20.0
     assert numba_module.rebuild_drift(3000, 1e-30) == 20.0  # never below
+
+
+def _subsample_start(scores, epsilon):
+    """The subsample start that ``assign`` takes on ``scores``."""
+    from otlabel import initializers
+    from otlabel.problem import build_problem
+
+    problem = build_problem(scores, epsilon)
+    head, options = problem.heads[0], problem.options
+    stride = initializers.subsample_stride(*scores.shape)
+    assert stride > 1
+    return initializers.subsample_start(head, options, stride)
+
+
+def test_subsample_start_builds_a_sparse_kernel_and_lands_where_the_log_domain_does(
+    monkeypatch,
+):
+    """The subsample's solve stores its sparse kernel once the error is below
+    SUBSAMPLE_SWITCH_ERROR and rebuilds it as the potential moves: the same passes
+    and the same potential, to float32 rounding, as the log domain throughout."""
+    from otlabel.kernels.numba_ import NumbaBackend, NumbaKernel, SparseKernel
+    from otlabel.kernels.reference import ReferenceBackend
+
+    scores = otlabel.make_scores(50_000, 200, kind="sela", seed=4)
+    kernels_made, stored = [], []
+    make = NumbaBackend.subsample_kernel
+
+    def spy(self, *args, **kwargs):
+        kernels_made.append(make(self, *args, **kwargs))
+        return kernels_made[-1]
+
+    store = NumbaKernel._store
+
+    def store_spy(self, g, **kwargs):
+        store(self, g, **kwargs)
+        stored.append(self.stored)
+
+    monkeypatch.setattr(NumbaBackend, "subsample_kernel", spy)
+    monkeypatch.setattr(NumbaKernel, "_store", store_spy)
+    fast = _subsample_start(scores, 0.04)
+    assert len(kernels_made) == 1 and isinstance(kernels_made[0], NumbaKernel)
+    assert len(stored) >= 2 and all(isinstance(k, SparseKernel) for k in stored)  # rebuilt
+    assert kernels_made[0].method == "scaling"
+    monkeypatch.setattr(NumbaBackend, "subsample_kernel", ReferenceBackend.subsample_kernel)
+    log = _subsample_start(scores, 0.04)
+    assert fast.passes == log.passes > 5
+    difference = (fast.potential - fast.potential.mean()) - (log.potential - log.potential.mean())
+    assert np.abs(difference).max() / 0.04 < 1e-3
+
+
+@pytest.mark.parametrize("n_starved", [1, 3])
+def test_subsample_start_goes_on_after_its_stored_kernel_starves_a_cluster(monkeypatch, n_starved):
+    """A stored kernel that keeps no entry of a cluster makes the iterate non-finite:
+    the subsample's solve goes on from the last finite potential with a new kernel
+    (log passes, then a stored kernel again), at most STARVED_RETRIES times, then in
+    the log domain; it reaches its tolerance (float64 error recomputed), without a
+    warning."""
+    from otlabel import initializers
+    from otlabel.kernels.numba_ import NumbaBackend, NumbaKernel
+
+    assert initializers.STARVED_RETRIES == 2
+    scores = otlabel.make_scores(50_000, 200, kind="sela", seed=4)
+    store, starved, made = NumbaKernel._store, [], []
+    make = NumbaBackend.subsample_kernel
+
+    def spy(self, *args, **kwargs):
+        made.append(make(self, *args, **kwargs))
+        return made[-1]
+
+    def starving_store(self, g, **kwargs):
+        store(self, g, **kwargs)
+        if len(starved) < n_starved:  # this kernel keeps no entry of cluster 7
+            self.stored.values[self.stored.indices == 7] = 0.0
+            starved.append(self)
+
+    monkeypatch.setattr(NumbaBackend, "subsample_kernel", spy)
+    monkeypatch.setattr(NumbaKernel, "_store", starving_store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        start = _subsample_start(scores, 0.04)
+    assert [id(kernel) for kernel in starved] == [id(kernel) for kernel in made[:n_starved]]
+    if n_starved <= initializers.STARVED_RETRIES:  # the last try stored a kernel
+        assert len(made) == n_starved + 1 and made[-1].method == "scaling"
+    else:  # the tries ran out: the log domain
+        assert len(made) == initializers.STARVED_RETRIES + 1
+    stride = initializers.subsample_stride(*scores.shape)
+    with pytest.warns(otlabel.ConvergenceWarning):  # one pass: its error, exactly
+        check = otlabel.sinkhorn(
+            scores[::stride], 0.04, init=start.potential, backend="numpy", max_iter=1, tol=1e-12
+        )
+    assert check.errors[0] <= initializers.SUBSAMPLE_TOL

@@ -132,6 +132,24 @@ class NumbaBackend(ReferenceBackend):
             )
         return super().first_kernel(head, log_a, options, warm=warm)
 
+    def subsample_kernel(self, rows: Any, log_a: np.ndarray, options: Any, tol: float) -> Kernel:
+        """float32 rows (``method="auto"``): a :class:`NumbaKernel` that stores its sparse
+        kernel at :data:`SUBSAMPLE_SWITCH_ERROR`; the rows are the subsample's own
+        copy, but its kernel stays sparse (built again as often as the potential
+        moves, each build a fraction of a log-domain pass)."""
+        if not (options.method == "auto" and _float32_array(rows)):
+            return self.log_kernel(rows, log_a, options)
+        return NumbaKernel(
+            rows,
+            log_a,
+            options.epsilon,
+            options.n_threads,
+            overwrite=False,
+            tol=tol,
+            switch_error=SUBSAMPLE_SWITCH_ERROR,
+            sparse_only=True,
+        )
+
     def wants_subsample(self, head: Any, options: Any) -> bool:
         """A stream, or a float32 array that a stored kernel will take over."""
         scores = head.scores
@@ -763,6 +781,12 @@ def _index_dtype(n_cols: int) -> np.dtype:
     return np.dtype(np.int16 if n_cols <= np.iinfo(np.int16).max else np.int32)
 
 
+#: The error at which :class:`NumbaKernel` builds its stored kernel (unless it is
+#: told to build it at once, or at another error).
+SWITCH_ERROR = 1e-2
+SUBSAMPLE_SWITCH_ERROR = 1.0
+
+
 class NumbaKernel(Kernel):
     """Log domain until the duals settle, then a stored, stabilised scaling kernel.
 
@@ -770,7 +794,7 @@ class NumbaKernel(Kernel):
     ``G = exp((S + f + g)/eps)`` (float32, relative to the current ``g`` and to
     each row's maximum, so that every row of ``G`` peaks at 1) needs two
     multiply-adds per element.  It is built once the iterate's error is at most
-    :attr:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-60`` of
+    :data:`SWITCH_ERROR`: entries it flushes to zero are then below ``e^-60`` of
     their row's plan, and stay negligible while the duals settle: ``G`` is built
     again from the scores once ``g`` has moved, since it was built, by more than
     ``drift`` (in units of eps, :func:`rebuild_drift`), so the flushed mass stays
@@ -795,7 +819,6 @@ class NumbaKernel(Kernel):
     precise log kernel on the scores (dense: restored first).
     """
 
-    SWITCH_ERROR = 1e-2
     exact = False
     floor = FLOAT32_ERROR_FLOOR
 
@@ -809,8 +832,12 @@ class NumbaKernel(Kernel):
         overwrite: bool,
         store_at_start: bool = False,
         tol: float = 1e-4,
+        switch_error: float = SWITCH_ERROR,
+        sparse_only: bool = False,
     ) -> None:
         self.log_kernel = NumbaLogKernel(scores, log_a, epsilon, n_threads)
+        self.switch_error = switch_error  # the error at which G is built (observe)
+        self.sparse_only = sparse_only  # never a dense G: the log domain instead
         self.drift = rebuild_drift(scores.shape[1], tol)  # see rebuild_drift
         self.store_at_start = store_at_start  # the start potential is already close
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
@@ -833,7 +860,7 @@ class NumbaKernel(Kernel):
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         if self.stored is None and self.store_at_start and self.can_store:
             self.store_at_start = False  # tried once; else once the iterate is close
-            self._store(potential, sparse_only=self.overwrite)  # scores kept: far is safe
+            self._store(potential, sparse_only=self.overwrite or self.sparse_only)
         if self.stored is not None and _drifted(self.g_built, potential / self.epsilon, self.drift):
             self._rebuild(potential)
         if self.stored is None:
@@ -859,7 +886,12 @@ class NumbaKernel(Kernel):
                 0,
             )
         self.stored = None  # freed before the new one is built
-        self._store(potential)
+        self._try_store(potential)
+
+    def _try_store(self, g: np.ndarray, *, sparse_only: bool = False) -> None:
+        """:meth:`_store`; where no kernel could be stored, the log domain for good."""
+        self._store(g, sparse_only=sparse_only or self.sparse_only)
+        self.can_store = self.stored is not None
 
     def _scale_columns(self, factor: np.ndarray) -> None:
         with threads(self.n_threads):
@@ -908,8 +940,8 @@ class NumbaKernel(Kernel):
 
     def observe(self, current: Any) -> None:
         """Build the stored kernel once the iterate is close enough."""
-        if self.stored is None and self.can_store and current.error <= self.SWITCH_ERROR:
-            self._store(current.next_potential[: self.scores.shape[1]])  # real clusters
+        if self.stored is None and self.can_store and current.error <= self.switch_error:
+            self._try_store(current.next_potential[: self.scores.shape[1]])  # real clusters
 
     def finisher(self, potential: np.ndarray | None) -> Kernel | None:
         """The exact float64 sweep on the sparse kernel's entries (None: dense or none).

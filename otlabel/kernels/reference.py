@@ -176,6 +176,11 @@ class ReferenceBackend:
     def wants_subsample(self, head: Any, options: Any) -> bool:
         return self.subsample_start
 
+    def subsample_kernel(self, rows: Any, log_a: Array, options: Any, tol: float) -> Kernel:
+        """The kernel of the subsample's solve to ``tol`` (:mod:`otlabel.initializers`):
+        the log domain; a backend may store a faster kernel once it is safe."""
+        return self.log_kernel(rows, log_a, options)
+
 
 class CupyBackend(ReferenceBackend):
     """CuPy arrays: the reference kernels on the GPU, larger blocks, host rounding passes."""
