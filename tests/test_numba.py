@@ -303,38 +303,48 @@ def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
 
 
 def test_sparse_fill_keeps_what_the_dense_kernel_keeps_with_long_and_short_runs():
-    """Rows that keep few entries are tested in long runs of columns, rows that keep many
-    in short ones (K = 700: neither run length divides it): both give the dense kernel's
-    values at every kept position, and every entry the dense kernel keeps."""
+    """A row is tested in long runs of columns when the row before it kept few entries,
+    in short ones when it kept many, and a run that keeps some in parts (K = 700:
+    no run length divides it).  Rows that keep few and rows that keep many, each
+    after either kind: every path gives the dense kernel's values at every kept
+    position, and every entry the dense kernel keeps, in column order."""
     from otlabel.kernels import numba_
 
     rng = np.random.default_rng(4)
-    spread = np.where(np.arange(64) % 2 == 0, 400.0, 0.3)[:, None]  # few kept; most kept
-    scores = (spread * rng.normal(size=(64, 700))).astype(np.float32)
-    g_ref = rng.normal(size=700)
-    dense, f_dense = np.empty_like(scores), np.empty(64)
+    n_rows, n_cols = 2 * numba_.COLLECT_ROWS + 5, 700  # two tasks and a part one
+    few = (np.arange(n_rows) // 2) % 2 == 0  # few, few, many, many, ...
+    spread = np.where(few, 400.0, 0.3)[:, None]
+    scores = (spread * rng.normal(size=(n_rows, n_cols))).astype(np.float32)
+    g_ref = rng.normal(size=n_cols)
+    dense, f_dense = np.empty_like(scores), np.empty(n_rows)
     numba_._build_dense(scores, g_ref, 1.0, dense, f_dense)
-    f_ref, counts = np.empty(64), np.zeros(65, dtype=np.int64)
-    numba_._count_kept(scores, g_ref, 1.0, f_ref, counts[1:])
+    f_ref, counts = np.empty(n_rows), np.zeros(n_rows + 1, dtype=np.int64)
+    stage = (
+        np.empty(n_rows * n_cols, dtype=np.int16),
+        np.empty(n_rows * n_cols, dtype=np.float32),
+        np.empty(n_rows * n_cols, dtype=np.float32),
+    )
+    numba_._collect_kept(scores, g_ref, 1.0, f_ref, counts[1:], *stage)
     np.testing.assert_array_equal(f_ref, f_dense)
-    long_rows = counts[1:] * numba_.LONG_RUN < 700
-    assert long_rows[::2].sum() > 20 and not long_rows[1::2].any()  # both paths taken
+    np.testing.assert_array_equal(counts[1:], (dense > 0).sum(axis=1))
+    long_after = counts[1:-1] * numba_.LONG_RUN < n_cols  # the path of the next row
+    assert long_after[few[:-1]].all() and not long_after[~few[:-1]].any()  # both kinds
     indptr = np.cumsum(counts)
-    indices = np.empty(indptr[-1], dtype=np.int32)
+    indices = np.empty(indptr[-1], dtype=np.int16)
     values = np.empty(indptr[-1], dtype=np.float32)
     kept_scores = np.empty(indptr[-1], dtype=np.float32)
-    numba_._fill_sparse(scores, g_ref, 1.0, f_ref, indptr, indices, values, kept_scores)
-    rows = np.repeat(np.arange(64), np.diff(indptr))
+    numba_._gather_kept(indptr, n_cols, *stage, indices, values, kept_scores)
+    rows = np.repeat(np.arange(n_rows), np.diff(indptr))
     np.testing.assert_array_equal(values, dense[rows, indices])
     np.testing.assert_array_equal(kept_scores, scores[rows, indices])
     held = np.zeros(scores.shape, dtype=bool)
     held[rows, indices] = True
-    assert held[dense > 0].all()  # every entry the dense kernel keeps
+    np.testing.assert_array_equal(held, dense > 0)  # exactly the entries it keeps
     assert np.all(np.diff(indices)[np.diff(rows) == 0] > 0)  # in column order
 
 
 def test_sparse_kernel_is_built_in_blocks_identically(monkeypatch):
-    """The kernel is counted and filled block by block in one read: blocks of one
+    """The kernel is collected and gathered block by block in one read: blocks of one
     sub-block of rows give the very same arrays as one block of everything; and past
     SPARSE_DENSITY the read stops and the kernel is dense."""
     from otlabel.kernels import numba_

@@ -59,7 +59,7 @@ _ELEMENTS = {"contract", "nnan"}
 SUB_BLOCK_ROWS = 512
 #: Rows handed to one ``sweep`` call: the loop's blocks (chunks of the matrix).
 CHUNK_BYTES = 1 << 30
-#: Rows per block when a stored kernel is built: counted, then filled while in cache.
+#: Rows per block when a sparse kernel is built (its staging slots: K entries per row).
 BUILD_BYTES = 1 << 22
 
 
@@ -698,73 +698,101 @@ class SparseKernel:
     built_at: np.ndarray  # (K,) g / eps where the entries were chosen
 
 
+#: Rows per parallel task of :func:`_collect_kept`: each task picks the run length of a
+#: row from the number of entries its previous row kept.
+COLLECT_ROWS = 64
+
+
 @njit(parallel=True, fastmath={"contract"}, cache=True)
-def _count_kept(scores, g_ref, inv_eps, f_ref, counts):
-    """Entries of ``G`` (as :func:`_build_dense` makes it) kept, per row: those whose
-    exponent is above FLUSH_EXPONENT, decided without an ``exp``."""
+def _collect_kept(scores, g_ref, inv_eps, f_ref, counts, indices, values, kept_scores):
+    """The kept entries of ``G`` (as :func:`_build_dense` makes it: those whose
+    exponent is above FLUSH_EXPONENT, the same float32 values) in one read of each
+    row: row ``i``'s go to the start of its own slot ``[i K, (i + 1) K)`` of the
+    staging arrays, their number to ``counts[i]``, ``-m_i`` to ``f_ref[i]``."""
     n_rows, n_cols = scores.shape
     g32 = g_ref.astype(np.float32)
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
-    for i in prange(n_rows):
-        row = scores[i]
-        row_max = shifted_max(row, scale, g32)
-        f_ref[i] = -row_max
-        kept = 0
-        for j in range(n_cols):
-            kept += row[j] * scale + g32[j] - row_max > floor
-        counts[i] = kept
+    for t in prange(-(-n_rows // COLLECT_ROWS)):
+        previous_kept = 0
+        for i in range(t * COLLECT_ROWS, min(n_rows, (t + 1) * COLLECT_ROWS)):
+            row = scores[i]
+            row_max = shifted_max(row, scale, g32)
+            f_ref[i] = -row_max
+            first = i * n_cols
+            # two calls, each with a constant run length: inlined, the run test then has
+            # a constant trip count and is vectorised (one call with the length chosen
+            # at run time built the kernel 1.3-2.5x slower)
+            if previous_kept * LONG_RUN < n_cols:  # few kept: most runs are empty
+                last = _fill_row(row, g32, scale, floor, row_max, first, indices, values,
+                                 kept_scores, LONG_RUN)  # fmt: skip
+            else:
+                last = _fill_row(row, g32, scale, floor, row_max, first, indices, values,
+                                 kept_scores, SHORT_RUN)  # fmt: skip
+            previous_kept = last - first
+            counts[i] = previous_kept
 
 
-#: Columns that :func:`_fill_sparse` tests at once (vectorised) before it looks at each:
+#: Columns that :func:`_fill_row` tests at once (vectorised) before it looks at each:
 #: short runs where a row keeps many entries, long ones where it keeps few (most long
 #: runs then keep nothing and are skipped whole).
 SHORT_RUN, LONG_RUN = 32, 128
+#: A run that keeps some entry is tested again in parts of this many columns (one
+#: vector compare each), and only the parts that keep some are looked at one by one.
+PART_RUN = 16
 
 
-@njit(parallel=True, fastmath={"contract"}, cache=True)
-def _fill_sparse(scores, g_ref, inv_eps, f_ref, indptr, indices, values, kept_scores):
-    """The kept entries of ``G``: the same float32 values as :func:`_build_dense`
-    (one at the threshold that ``exp`` puts below it is stored as zero)."""
-    n_rows, n_cols = scores.shape
-    g32 = g_ref.astype(np.float32)
-    scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
-    for i in prange(n_rows):
-        row, row_max, position = scores[i], np.float32(-f_ref[i]), indptr[i]
-        # two calls, each with a constant run length: inlined, the run test then has a
-        # constant trip count and is vectorised (one call with the length chosen at run
-        # time built the kernel 1.3-2.5x slower)
-        if (indptr[i + 1] - position) * LONG_RUN < n_cols:  # few kept: most runs empty
-            _fill_row(row, g32, scale, floor, row_max, position, indices, values,
-                      kept_scores, LONG_RUN)  # fmt: skip
-        else:
-            _fill_row(row, g32, scale, floor, row_max, position, indices, values,
-                      kept_scores, SHORT_RUN)  # fmt: skip
+@njit(parallel=True, cache=True)
+def _gather_kept(indptr, n_cols, stage_indices, stage_values, stage_scores, indices, values,
+                 kept_scores):  # fmt: skip
+    """Each row's kept entries from its staging slot (:func:`_collect_kept`) to its
+    place ``indptr[i]:indptr[i + 1]`` in the kernel's arrays."""
+    for i in prange(indptr.size - 1):
+        first, count = indptr[i], indptr[i + 1] - indptr[i]
+        slot = i * n_cols
+        for e in range(count):
+            indices[first + e] = stage_indices[slot + e]
+            values[first + e] = stage_values[slot + e]
+            kept_scores[first + e] = stage_scores[slot + e]
 
 
 @njit(fastmath={"contract"}, cache=True, inline="always")
 def _fill_row(row, g32, scale, floor, row_max, position, indices, values, kept_scores, run_length):
-    """One row's kept entries from ``position`` on, tested ``run_length`` columns at a time."""
+    """One row's kept entries from ``position`` on, tested ``run_length`` columns at a
+    time; returns the position after the last."""
     n_cols = row.size
     n_runs = n_cols // run_length
     tiny, zero = np.float32(_FLUSH), np.float32(0.0)
     for run in range(n_runs + 1):
         first = run * run_length
         last = min(first + run_length, n_cols)
-        if run < n_runs:
-            hit = False
-            for j in range(first, first + run_length):  # a fixed trip count: vectorised
-                hit |= row[j] * scale + g32[j] - row_max > floor
-            if not hit:
+        if run < n_runs and not _any_kept(row, g32, scale, floor, row_max, first, run_length):
+            continue
+        for part in range(first, last, PART_RUN):  # a run that keeps some: parts of it
+            part_last = min(part + PART_RUN, last)
+            if part_last - part == PART_RUN and not _any_kept(
+                row, g32, scale, floor, row_max, part, PART_RUN
+            ):
                 continue
-        for j in range(first, last):
-            exponent = row[j] * scale + g32[j] - row_max
-            if exponent <= floor:
-                continue
-            value = exp_neg(exponent)
-            indices[position] = j
-            values[position] = value if value > tiny else zero
-            kept_scores[position] = row[j]
-            position += 1
+            for j in range(part, part_last):
+                exponent = row[j] * scale + g32[j] - row_max
+                if exponent <= floor:
+                    continue
+                value = exp_neg(exponent)
+                indices[position] = j
+                values[position] = value if value > tiny else zero
+                kept_scores[position] = row[j]
+                position += 1
+    return position
+
+
+@njit(fastmath={"contract"}, cache=True, inline="always")
+def _any_kept(row, g32, scale, floor, row_max, first, length):
+    """Whether an entry of ``row[first:first + length]`` is kept (``length`` a constant
+    where inlined: a fixed trip count, vectorised)."""
+    hit = False
+    for j in range(first, first + length):
+        hit |= row[j] * scale + g32[j] - row_max > floor
+    return hit
 
 
 @njit(parallel=True, fastmath=_NO_EXP, cache=True)
@@ -1012,8 +1040,9 @@ class NumbaKernel(Kernel):
 
     def _sparse(self, g_ref: np.ndarray, f_ref: np.ndarray) -> SparseKernel | None:
         """The sparse kernel at ``g_ref`` (units of eps) from one read of the scores
-        (array or stream): each block of rows is counted, then filled while it is
-        still in cache.  The entries go into arrays sized for the most that a
+        (array or stream): each row's kept entries are collected in one read of it
+        (into a staging slot of K entries per row of the block), then gathered in
+        row order.  The entries go into arrays sized for the most that a
         sparse kernel may hold; the pages past the last entry are never touched, so
         they cost no memory.  None once more than :data:`SPARSE_DENSITY` of the
         entries are kept, or more than would fit in memory (the read stops there)."""
@@ -1028,13 +1057,17 @@ class NumbaKernel(Kernel):
         kept_scores = np.empty(capacity, dtype=score_dtype)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         inv_eps, n_kept = 1.0 / self.epsilon, 0
-        for rows, block in row_blocks(
-            self.scores, max(SUB_BLOCK_ROWS, BUILD_BYTES // (4 * n_cols))
-        ):
+        block_rows = min(n_rows, max(SUB_BLOCK_ROWS, BUILD_BYTES // (4 * n_cols)))
+        stage = (  # one slot of K entries per row of a block; only its start is touched
+            np.empty(block_rows * n_cols, dtype=index_dtype),
+            np.empty(block_rows * n_cols, dtype=np.float32),
+            np.empty(block_rows * n_cols, dtype=score_dtype),
+        )
+        for rows, block in row_blocks(self.scores, block_rows):
             block = np.ascontiguousarray(block)  # a stream's block, or a view: no copy
             pointers = indptr[rows.start : rows.stop + 1]  # (rows + 1,), from 0
             with threads(self.n_threads):
-                _count_kept(block, g_ref, inv_eps, f_ref[rows], pointers[1:])
+                _collect_kept(block, g_ref, inv_eps, f_ref[rows], pointers[1:], *stage)
             pointers[0] = 0  # block positions first
             np.cumsum(pointers[1:], out=pointers[1:])
             block_kept = int(pointers[-1])
@@ -1042,16 +1075,10 @@ class NumbaKernel(Kernel):
                 return None  # too dense for a sparse kernel
             entries = slice(n_kept, n_kept + block_kept)
             with threads(self.n_threads):
-                _fill_sparse(
-                    block,
-                    g_ref,
-                    inv_eps,
-                    f_ref[rows],
-                    pointers,
-                    indices[entries],
-                    values[entries],
+                _gather_kept(
+                    pointers, n_cols, *stage, indices[entries], values[entries],
                     kept_scores[entries],
-                )
+                )  # fmt: skip
             pointers += n_kept  # global positions
             n_kept += block_kept
         shape = (int(n_rows), int(n_cols))
