@@ -405,6 +405,37 @@ def test_numba_rounding_passes_equal_numpy(seed):
         )
 
 
+@pytest.mark.parametrize("with_virtual", [False, True])
+def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
+    """``C[k, l] = min_{i in k} (S_ik - S_il)`` and the first sample (in row order) that
+    attains it, rows taken four at a time: clusters of every size modulo four, exact
+    ties, the virtual column of partial mass (its own cluster too)."""
+    from otlabel.kernels.rounding_numba import _cluster_min_loss_args
+
+    rng = np.random.default_rng(11)
+    n, k = 203, 13
+    block = (np.round(rng.normal(size=(n, k)) * 2) / 2).astype(np.float32)  # many ties
+    virtual = np.round(rng.normal(size=n) * 2) / 2 if with_virtual else np.empty(0)
+    n_clusters = k + with_virtual
+    labels = rng.integers(0, n_clusters, n)
+    labels[:3] = 0  # cluster 0 first
+    order = np.argsort(labels, kind="stable")
+    clusters, starts = np.unique(labels[order], return_index=True)
+    assert {int(size) % 4 for size in np.bincount(labels)} == {0, 1, 2, 3} or n_clusters < 4
+    bounds = np.append(starts, n)
+    costs = np.full((n_clusters, n_clusters), np.inf)
+    args = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
+    _cluster_min_loss_args(block, virtual, order, bounds, clusters, costs, args, 1000)
+    full = block.astype(np.float64)
+    if with_virtual:
+        full = np.column_stack([full, virtual])
+    for cluster in range(n_clusters):
+        members = np.flatnonzero(labels == cluster)  # row order
+        losses = full[members, cluster][:, None] - full[members]  # (members, clusters)
+        np.testing.assert_array_equal(costs[cluster], losses.min(axis=0))
+        np.testing.assert_array_equal(args[cluster], 1000 + members[losses.argmin(axis=0)])
+
+
 def test_numba_repair_handles_dummies_and_bad_starts():
     """Many moves from a zero start, uneven weights (dummies): same result as NumPy."""
     from otlabel.kernels.rounding_numba import NumbaPasses
