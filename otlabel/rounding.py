@@ -291,7 +291,7 @@ class NumpyPasses:
     @staticmethod
     def move_costs(block: np.ndarray, own: np.ndarray, move_cost: np.ndarray) -> None:
         """``C[k] = min(C[k], min_{i in k} S_ik - S_i)`` over the block's rows, in place."""
-        order = np.argsort(own, kind="stable")  # rows of a cluster made contiguous
+        order = cluster_order(own)  # rows of a cluster made contiguous
         own, rows = own[order], np.asarray(block, np.float64)[order]
         loss = rows[np.arange(own.size), own][:, None] - rows  # (n, K)
         clusters, first = np.unique(own, return_index=True)
@@ -476,6 +476,16 @@ def _gap(
     return max(0.0, (row_terms + price_term) / n_samples)
 
 
+def cluster_order(labels: np.ndarray) -> np.ndarray:
+    """The rows in cluster order, in row order within a cluster (a stable argsort).
+
+    Labels below 2^16 are sorted as 16-bit integers, which NumPy radix-sorts
+    (1 281 167 labels: 23 against 195 ms as int64)."""
+    if labels.size and int(labels.min()) >= 0 and int(labels.max()) <= np.iinfo(np.uint16).max:
+        return np.argsort(labels.astype(np.uint16), kind="stable")
+    return np.argsort(labels, kind="stable")
+
+
 class _Transfers:
     """Successive shortest paths on the cluster graph; mutates ``labels`` in place."""
 
@@ -496,7 +506,7 @@ class _Transfers:
         self.upper = upper
         self.spare = upper - lower  # (K,) dummies a cluster may hold
         n_clusters = upper.size
-        by_cluster = np.argsort(labels, kind="stable")
+        by_cluster = cluster_order(labels)
         sizes = np.bincount(labels, minlength=n_clusters)
         self.members = [part.tolist() for part in np.split(by_cluster, np.cumsum(sizes)[:-1])]
         counts = group.sum(sizes)  # (K,) over all shards

@@ -235,3 +235,16 @@ def test_compiled_move_costs_and_their_samples_match_numpy(with_virtual):
             attaining = members[loss[members, other] == got[k, other]]
             assert args[k, other] == attaining[0]  # the first in row order
     assert np.all(np.isinf(got[36])) and np.all(args[36] == -1)
+
+
+@pytest.mark.parametrize("high", [1, 3_000, 65_536, 70_000])
+def test_cluster_order_is_a_stable_argsort(high):
+    """16-bit labels are radix-sorted, wider ones (and negative ones) as they are:
+    either way the rows of a cluster come together, in row order."""
+    from otlabel.rounding import cluster_order
+
+    labels = np.random.default_rng(high).integers(0, high, 5_000)
+    np.testing.assert_array_equal(cluster_order(labels), np.argsort(labels, kind="stable"))
+    labels[7] = -1
+    np.testing.assert_array_equal(cluster_order(labels), np.argsort(labels, kind="stable"))
+    assert cluster_order(labels[:0]).size == 0

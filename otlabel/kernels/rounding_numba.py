@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from ..rounding import NumpyPasses
+from ..rounding import NumpyPasses, cluster_order
 from ._fastmath import first_argmin, shifted_max
 
 __all__ = ["NumbaPasses", "balance", "improve"]
@@ -44,7 +44,7 @@ class NumbaPasses:
     ) -> None:
         """:meth:`move_costs`, and in ``move_arg`` a sample (row ``first + i``) that
         attains each minimum."""
-        order = np.argsort(own, kind="stable")
+        order = cluster_order(own)
         clusters, starts = np.unique(own[order], return_index=True)
         bounds = np.append(starts, own.size)
         block, virtual = matrix_and_column(block)
