@@ -68,7 +68,7 @@ def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> S
 
 def subsample_start(head: Head, options: Options, stride: int, reducer: Any = None) -> Start:
     """The potential of the solve on rows ``0, stride, 2 stride, ...`` of ``head``."""
-    from .solver import Record, UnstableIteration, _quiet, solve
+    from .solver import Record, UnstableIteration, quiet, solve
 
     backend = options.backend
     rows = backend.subsample_rows(head.scores, stride)  # the kernels read it once per pass
@@ -104,7 +104,7 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
         return backend.log_kernel(rows, sub_log_a, options)
 
     potential, attempt = start, 0
-    with _quiet(start):
+    with quiet(start):
         while True:
             kernel = kernel_for(attempt)
             try:

@@ -89,7 +89,7 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
     run = _Phases(head, options, log_a, constraint, record, reducer, virtual)
     kernel = backend.first_kernel(head, log_a, options, warm=start.kind != "zero")
     try:
-        with _quiet(potential):  # a non-finite iterate is detected by the loop itself
+        with quiet(potential):  # a non-finite iterate is detected by the loop itself
             if start.kind == "given" and not kernel.exact:
                 checked = run.check(kernel, potential)
                 if checked.error <= options.tol:  # a converged warm start: one pass
@@ -109,7 +109,7 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
     return output
 
 
-def _quiet(like: Array) -> Any:
+def quiet(like: Array) -> Any:
     """NumPy's warnings off (over- and underflow are detected or intended)."""
     if isinstance(like, np.ndarray):
         return np.errstate(all="ignore")
