@@ -47,6 +47,9 @@ class Start:
     potential: np.ndarray  # (K,) g, score units, on the host
     kind: str  # "given", "subsample" or "zero"
     passes: int = 0  # passes of the initialiser's own solve (over its rows)
+    #: over-relaxation weight that the start's own solve settled on ("auto"), which
+    #: the main solve takes instead of estimating it again; 1: none
+    weight: float = 1.0
 
 
 def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> Start:
@@ -116,7 +119,8 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
                 # a stored kernel kept no entry of some cluster: log passes from the
                 # last finite potential (which feed the starved cluster), then again
                 potential, attempt = unstable.potential, attempt + 1
-    return Start(to_numpy(solved.next_potential), "subsample", len(record.errors))
+    potential = to_numpy(solved.next_potential)
+    return Start(potential, "subsample", len(record.errors), solved.weight)
 
 
 def subsample_stride(n_samples: int, n_clusters: int) -> int:

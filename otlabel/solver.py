@@ -87,6 +87,8 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
     virtual = None if head.virtual is None else backend.vectors(head.scores, head.virtual)[0]
     constraint = head.constraint.to(potential)
     run = _Phases(head, options, log_a, constraint, record, reducer, virtual)
+    if run.omega == "auto" and start.weight > 1.0:  # the subsample's, for the same problem
+        run.omega = start.weight
     kernel = backend.first_kernel(head, log_a, options, warm=start.kind != "zero")
     try:
         with quiet(potential):  # a non-finite iterate is detected by the loop itself
@@ -309,7 +311,7 @@ def iterate(
         if not _all_finite(g_next):  # a column's mass underflowed to zero
             raise _unstable(kernel, g, n_iter)
         n_iter += 1
-        current = Iterate(n_iter, f, g, error, kernel.phase, g_next)
+        current = Iterate(n_iter, f, g, error, kernel.phase, g_next, weight)
         yield current
         schedule.observe(error)
         kernel.observe(current)
@@ -486,6 +488,7 @@ class Iterate:
     error: float
     phase: str
     next_potential: Array  # (K,) g of the next pass
+    weight: float = 1.0  # the over-relaxation weight of the column update to it
 
 
 @dataclass

@@ -677,3 +677,29 @@ def test_subsample_start_goes_on_after_its_stored_kernel_starves_a_cluster(monke
             scores[::stride], 0.04, init=start.potential, backend="numpy", max_iter=1, tol=1e-12
         )
     assert check.errors[0] <= initializers.SUBSAMPLE_TOL
+
+
+@pytest.mark.parametrize("overrelaxation", ["auto", 1.0, 1.5])
+def test_main_solve_takes_the_subsample_starts_overrelaxation_weight(monkeypatch, overrelaxation):
+    """With ``overrelaxation="auto"`` the main solve takes the weight the subsample's
+    solve settled on (same problem, fewer rows) instead of warming up again; a weight
+    the caller gave is kept everywhere."""
+    from otlabel import solver
+
+    scores = otlabel.make_scores(50_000, 200, kind="sela", seed=4)
+    start = _subsample_start(scores, 0.04)
+    assert 1.0 < start.weight <= solver.OverRelaxation.MAX_WEIGHT
+    weights = []
+    init = solver.OverRelaxation.__init__
+
+    def spy(self, omega):
+        weights.append(omega)
+        init(self, omega)
+
+    monkeypatch.setattr(solver.OverRelaxation, "__init__", spy)
+    res = otlabel.assign(scores, 0.04, overrelaxation=overrelaxation)
+    assert res.start == "subsample" and res.converged
+    subsample, main = weights[0], weights[1:]
+    assert subsample == overrelaxation
+    expected = start.weight if overrelaxation == "auto" else overrelaxation
+    assert main and all(weight == expected for weight in main)
