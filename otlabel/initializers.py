@@ -100,21 +100,20 @@ def subsample_start(head: Head, options: Options, stride: int, reducer: Any = No
             virtual=virtual,
         )
 
-    def kernel_for(attempt: int) -> Kernel:
-        if reducer is None and attempt <= STARVED_RETRIES:
-            return backend.subsample_kernel(rows, sub_log_a, options, SUBSAMPLE_TOL)
-        # shards stay in the log domain, which every shard leaves (or not) together
-        return backend.log_kernel(rows, sub_log_a, options)
-
     potential, attempt = start, 0
     with quiet(start):
         while True:
-            kernel = kernel_for(attempt)
+            # shards stay in the log domain, which every shard leaves (or not) together
+            in_log_domain = reducer is not None or attempt > STARVED_RETRIES
+            if in_log_domain:
+                kernel = backend.log_kernel(rows, sub_log_a, options)
+            else:
+                kernel = backend.subsample_kernel(rows, sub_log_a, options, SUBSAMPLE_TOL)
             try:
                 solved = solve_from(kernel, potential)
                 break
             except UnstableIteration as unstable:
-                if kernel.method == "log":  # only a kernel outside the log domain can
+                if in_log_domain or kernel.method == "log":  # no other domain to go to
                     raise
                 # a stored kernel kept no entry of some cluster: log passes from the
                 # last finite potential (which feed the starved cluster), then again

@@ -488,7 +488,7 @@ class Iterate:
     error: float
     phase: str
     next_potential: Array  # (K,) g of the next pass
-    weight: float = 1.0  # the over-relaxation weight of the column update to it
+    weight: float = 1.0  # the over-relaxation weight of the column update from it
 
 
 @dataclass

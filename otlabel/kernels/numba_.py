@@ -59,8 +59,11 @@ _ELEMENTS = {"contract", "nnan"}
 SUB_BLOCK_ROWS = 512
 #: Rows handed to one ``sweep`` call: the loop's blocks (chunks of the matrix).
 CHUNK_BYTES = 1 << 30
-#: Rows per block when a sparse kernel is built (its staging slots: K entries per row).
+#: Bytes of float32 scores per block when a sparse kernel is built (at least
+#: BUILD_MIN_ROWS rows); its staging slots hold K entries per row of a block
+#: (2.5 times the block's bytes with int16 indices and float32 scores).
 BUILD_BYTES = 1 << 22
+BUILD_MIN_ROWS = 64
 
 
 class NumbaBackend(ReferenceBackend):
@@ -700,7 +703,7 @@ class SparseKernel:
 
 #: Rows per parallel task of :func:`_collect_kept`: each task picks the run length of a
 #: row from the number of entries its previous row kept.
-COLLECT_ROWS = 64
+COLLECT_ROWS = 16
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
@@ -841,6 +844,10 @@ class NumbaKernel(Kernel):
     built once the iterate is close (never at a start that may be far), and a
     drift beyond ``drift`` falls back the same way, on the restored
     scores.
+
+    ``switch_error``: the error at which ``G`` is built (:data:`SWITCH_ERROR`; the
+    subsample start's kernel builds it sooner); ``sparse_only``: never a dense ``G``
+    (the log domain instead, for good, where a sparse one would hold too many).
 
     Float32 throughout, so inexact: the solve finishes with exact passes,
     :meth:`finisher` (float64 on the sparse kernel's entries) or the backend's
@@ -1057,7 +1064,7 @@ class NumbaKernel(Kernel):
         kept_scores = np.empty(capacity, dtype=score_dtype)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         inv_eps, n_kept = 1.0 / self.epsilon, 0
-        block_rows = min(n_rows, max(SUB_BLOCK_ROWS, BUILD_BYTES // (4 * n_cols)))
+        block_rows = min(n_rows, max(BUILD_MIN_ROWS, BUILD_BYTES // (4 * n_cols)))
         stage = (  # one slot of K entries per row of a block; only its start is touched
             np.empty(block_rows * n_cols, dtype=index_dtype),
             np.empty(block_rows * n_cols, dtype=np.float32),
