@@ -279,8 +279,8 @@ def test_big_endian_scores_take_the_subsample_start_and_give_the_same_labels():
 
 def test_one_dense_stored_pass_equals_numpy():
     """One pass on the dense stored kernel over two tasks (the second a part one, its
-    column partials flushed mid-way): each row's ``f/eps`` and factor, and the column
-    mass, as NumPy computes them in float64; a row whose sum leaves
+    column partials flushed mid-way): each row's ``f`` (score units) and factor, and
+    the column mass, as NumPy computes them in float64; a row whose sum leaves
     [e^-ABSORB, e^ABSORB] is rescaled in place and counted."""
     from otlabel.kernels import numba_
 
@@ -295,13 +295,13 @@ def test_one_dense_stored_pass_equals_numpy():
     expected_f = np.log(a) - np.log(row_sum) + f_ref
     expected_col = kernel.astype(np.float64).T @ (a / row_sum)  # (K,)
     n_tasks = -(-n_rows // numba_.TASK_ROWS)
-    f_scaled, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
-    task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
+    row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
+    task_stats, q_scale, epsilon = np.zeros((n_tasks, 2)), float(n_rows * n_cols), 0.25
     numba_._dense_sweep(
-        kernel, v, np.log(a), a, f_ref, np.zeros(n_rows), 1.0, False, np.zeros(1), False,
-        f_scaled, col_sum, task_stats, q_scale,
+        kernel, v, np.log(a), a, f_ref, np.zeros(1), epsilon, 1.0, False, np.zeros(1), False,
+        row_potential, col_sum, task_stats, q_scale,
     )  # fmt: skip
-    np.testing.assert_allclose(f_scaled, expected_f, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(row_potential, epsilon * expected_f, rtol=0, atol=1e-12)
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=1e-5)
     assert task_stats[:, 1].tolist() == [1.0, 0.0]  # row 5 absorbed, in the first task
     assert np.isclose(kernel[5].astype(np.float64) @ v, 1.0, rtol=1e-6)

@@ -235,11 +235,12 @@ def _log_sweep(
     g_scaled,
     inv_eps,
     previous,
+    epsilon,
     omega,
     relaxed,
     virtual,
     has_virtual,
-    f_scaled,
+    row_potential,
     col_sum,
     col_peak,
     block_stats,
@@ -247,7 +248,7 @@ def _log_sweep(
     """One log-domain pass over ``scores`` (n, K), parallel over sub-blocks.
 
     Arithmetic in the precision of ``g_scaled`` and ``inv_eps`` (float32 or
-    float64, whatever the scores').  Writes ``f/eps`` per row, and per sub-block
+    float64, whatever the scores').  Writes ``f`` per row (score units), and per sub-block
     ``b``: ``col_sum[b]`` (float64 sums of the plan entries), ``col_peak[b]``
     (their maxima), ``block_stats[b] = (row error, max log row scale, rows)``.
     """
@@ -269,13 +270,13 @@ def _log_sweep(
                 -row_max,
                 log_a[i],
                 a[i],
-                previous[i],
+                previous[i] / epsilon if relaxed else 0.0,
                 omega,
                 relaxed,
                 virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
                 has_virtual,
             )
-            f_scaled[i] = f
+            row_potential[i] = epsilon * f
             row_error += error
             max_scale = max(max_scale, scale)
             for j in range(n_cols):
@@ -326,7 +327,7 @@ class NumbaLogKernel(Kernel):
         n_rows, n_cols = block.shape
         n_blocks = -(-n_rows // SUB_BLOCK_ROWS)
         previous = update.rows(rows)
-        f_scaled = np.empty(n_rows)
+        row_potential = np.empty(n_rows)  # f, score units
         col_sum = np.empty((n_blocks, n_cols))
         col_peak = np.empty((n_blocks, n_cols))
         block_stats = np.empty((n_blocks, 3))
@@ -337,17 +338,18 @@ class NumbaLogKernel(Kernel):
                 self.a[rows],
                 state,
                 self.dtype(1.0 / self.epsilon),
-                _scaled_previous(previous, self.epsilon, n_rows),
+                _previous_rows(previous),
+                self.epsilon,
                 float(update.omega),
                 previous is not None,
                 *_virtual_args(update, rows),
-                f_scaled,
+                row_potential,
                 col_sum,
                 col_peak,
                 block_stats,
             )
         columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor)
-        return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(block_stats[:, 0])))
+        return BlockSweep(row_potential, columns, float(np.sum(block_stats[:, 0])))
 
 
 def _virtual_args(update: RowUpdate, rows: slice) -> tuple[np.ndarray, bool]:
@@ -358,9 +360,12 @@ def _virtual_args(update: RowUpdate, rows: slice) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(virtual, dtype=np.float64), True
 
 
-def _scaled_previous(previous: np.ndarray | None, epsilon: float, n_rows: int) -> np.ndarray:
-    """The previous f in units of eps; zeros when the update is not relaxed."""
-    return np.zeros(n_rows) if previous is None else previous / epsilon
+def _previous_rows(previous: np.ndarray | None) -> np.ndarray:
+    """The rows' previous f in score units (the kernels divide by eps as they read
+    it), or a placeholder of size 1 when the update is not relaxed."""
+    if previous is None:
+        return np.zeros(1)
+    return np.ascontiguousarray(previous, dtype=np.float64)
 
 
 def sub_block_partial(
@@ -555,18 +560,19 @@ def _dense_sweep(
     a,
     f_ref,
     previous,
+    epsilon,
     omega,
     relaxed,
     virtual,
     has_virtual,
-    f_scaled,
+    row_potential,
     col_sum,
     task_stats,
     q_scale,
 ):
     """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
 
-    Writes ``f/eps``; per task its column sums of ``G_ik q_i`` and
+    Writes ``f`` (score units); per task its column sums of ``G_ik q_i`` and
     ``(row error, rows absorbed)``.  A row is read from memory once, by its dot;
     its column accumulation then reads it from the core's cache.  Offsets are
     unsigned (see :func:`_row_dot`); the float32 column partials are flushed to
@@ -585,10 +591,11 @@ def _dense_sweep(
             start = np.uint64(row) * width
             q, f, error, was_absorbed = _stored_row(
                 flat, start, start + width, _row_dot(flat, start, n_cols, v),
-                f_ref, row, log_a[row], a[row], previous[row], omega, relaxed,
+                f_ref, row, log_a[row], a[row], previous[row] / epsilon if relaxed else 0.0,
+                omega, relaxed,
                 virtual[row] if has_virtual else 0.0, has_virtual, q_scale,
             )  # fmt: skip
-            f_scaled[row] = f
+            row_potential[row] = epsilon * f
             row_error += error
             absorbed += was_absorbed
             for j in range(n_cols):
@@ -611,11 +618,12 @@ def _sparse_sweep(
     a,
     f_ref,
     previous,
+    epsilon,
     omega,
     relaxed,
     virtual,
     has_virtual,
-    f_scaled,
+    row_potential,
     col_sum,
     task_stats,
     q_scale,
@@ -633,10 +641,10 @@ def _sparse_sweep(
             first, last = np.uint64(indptr[i]), np.uint64(indptr[i + 1])  # no sign tests
             q, f, error, was_absorbed = _stored_row(
                 values, first, last, _sparse_dot(values, indices, first, last, v), f_ref, i,
-                log_a[i], a[i], previous[i], omega, relaxed,
+                log_a[i], a[i], previous[i] / epsilon if relaxed else 0.0, omega, relaxed,
                 virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
             )  # fmt: skip
-            f_scaled[i] = f
+            row_potential[i] = epsilon * f
             for e in range(first, last):
                 sums[np.uint64(indices[e])] += values[e] * q
             row_error += error
@@ -948,7 +956,7 @@ class NumbaKernel(Kernel):
         n_rows, n_cols = block.shape
         n_tasks = -(-n_rows // TASK_ROWS)
         previous = update.rows(rows)
-        f_scaled = np.empty(n_rows)
+        row_potential = np.empty(n_rows)  # f, score units
         col_sum = np.empty((n_tasks, n_cols))
         task_stats = np.zeros((n_tasks, 2))
         row_args = (
@@ -956,11 +964,12 @@ class NumbaKernel(Kernel):
             self.log_a[rows],
             self.a[rows],
             self.f_ref,
-            _scaled_previous(previous, self.epsilon, n_rows),
+            _previous_rows(previous),
+            self.epsilon,
             float(update.omega),
             previous is not None,
             *_virtual_args(update, rows),
-            f_scaled,
+            row_potential,
             col_sum,
             task_stats,
             self.q_scale,
@@ -972,7 +981,7 @@ class NumbaKernel(Kernel):
                 _dense_sweep(block, *row_args)
         col_mass = col_sum.sum(axis=0) * state / self.q_scale  # (K,) column mass of the plan
         columns = ColumnPartial(np.zeros(n_cols), col_mass)
-        return BlockSweep(self.epsilon * f_scaled, columns, float(task_stats[:, 0].sum()))
+        return BlockSweep(row_potential, columns, float(task_stats[:, 0].sum()))
 
     def observe(self, current: Any) -> None:
         """Build the stored kernel once the iterate is close enough."""
@@ -1109,11 +1118,12 @@ def _sparse_log_sweep(
     g_scaled,
     inv_eps,
     previous,
+    epsilon,
     omega,
     relaxed,
     virtual,
     has_virtual,
-    f_scaled,
+    row_potential,
     col_sum,
     col_peak,
     task_stats,
@@ -1143,13 +1153,13 @@ def _sparse_log_sweep(
                 -row_max,
                 log_a[i],
                 a[i],
-                previous[i],
+                previous[i] / epsilon if relaxed else 0.0,
                 omega,
                 relaxed,
                 virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
                 has_virtual,
             )
-            f_scaled[i] = f
+            row_potential[i] = epsilon * f
             row_error += error
             max_scale = max(max_scale, scale)
             for e in range(first, last):
@@ -1232,7 +1242,7 @@ class SparseLogKernel(Kernel):
         n_rows, n_cols = block.shape
         n_tasks = -(-n_rows // TASK_ROWS)
         previous = update.rows(rows)
-        f_scaled = np.empty(n_rows)
+        row_potential = np.empty(n_rows)  # f, score units
         col_sum = np.empty((n_tasks, n_cols))
         col_peak = np.empty((n_tasks, n_cols))
         task_stats = np.empty((n_tasks, 3))
@@ -1245,11 +1255,12 @@ class SparseLogKernel(Kernel):
                 self.a[rows],
                 state,
                 1.0 / self.epsilon,
-                _scaled_previous(previous, self.epsilon, n_rows),
+                _previous_rows(previous),
+                self.epsilon,
                 float(update.omega),
                 previous is not None,
                 *_virtual_args(update, rows),
-                f_scaled,
+                row_potential,
                 col_sum,
                 col_peak,
                 task_stats,
@@ -1259,7 +1270,7 @@ class SparseLogKernel(Kernel):
             f, columns, row_error = sweep_all(dense, state, update)  # state: g / eps, float64
             return BlockSweep(f, columns, row_error)
         columns = sub_block_partial(col_sum, col_peak, task_stats, EXP_FLOOR["float64"])
-        return BlockSweep(self.epsilon * f_scaled, columns, float(np.sum(task_stats[:, 0])))
+        return BlockSweep(row_potential, columns, float(np.sum(task_stats[:, 0])))
 
     def argmax(self, potential: np.ndarray) -> np.ndarray | None:
         """``argmax_k (S_ik + g_k)`` from the kept entries alone, exact while ``g`` is
