@@ -14,17 +14,10 @@ float64.  The rounding uses the add-and-subtract "shifter" trick, so callers
 must not compile it with ``reassoc`` (LLVM would fold the trick away): it is
 compiled with strict semantics and inlined into kernels that use at most
 ``contract``.
-
-:func:`expm1` is ``e^x - 1`` in float64 by the same reduction, for the row
-update of every pass: a called function (not inlined), so that it keeps its
-strict semantics inside kernels compiled with ``reassoc``; libm's ``expm1`` took
-23 of the 58 ns per row of a sparse pass (400 000 rows with 3.5 entries each, this
-machine), this one takes none that shows.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -47,8 +40,6 @@ _FLOOR64 = np.float64(-708.0)
 #: 1/k! for the Taylor polynomial of e^r, |r| <= ln2/2 (degree 6 / 12).
 _INV_FACT32 = tuple(np.float32(1.0 / np.prod(np.arange(1, k + 1))) for k in range(7))
 _INV_FACT64 = tuple(1.0 / float(np.prod(np.arange(1, k + 1))) for k in range(13))
-#: 1/k! for k = 2..14: e^r - 1 = r + r^2 (1/2! + r/3! + ...), |r| <= ln2/2, to 1 ulp.
-_EXPM1_FACT64 = tuple(1.0 / float(np.prod(np.arange(1, k + 1))) for k in range(2, 15))
 
 
 def _bitcast(source: Any, target: Any, llvm_type: Any) -> Any:
@@ -96,30 +87,6 @@ def _exp_neg64(x):
     ) + c[0]
     k = _float64_to_bits(shifted) - _SHIFTER64_BITS
     return poly * _bits_to_float64((k + np.int64(1023)) << np.int64(52))
-
-
-@njit(cache=True)
-def expm1(x):
-    """``e^x - 1`` in float64 to about 1 ulp (as ``math.expm1``, NaN and infinities
-    included): ``x = n ln2 + r``, ``e^r - 1`` by its Taylor polynomial, then
-    ``2^n (e^r - 1) + (2^n - 1)``, exact in ``r`` when ``n = 0`` (small ``x``)."""
-    if not x > -40.0:  # e^x below half an ulp of 1, or NaN
-        return -1.0 if x <= -40.0 else x
-    if x > 709.0:  # 2^n would overflow: libm's, which overflows where it must
-        return math.expm1(x)
-    shifted = x * _LOG2E64 + _SHIFTER64
-    n = shifted - _SHIFTER64  # round(x log2 e), as a float
-    r = x - n * _LN2_HI64 - n * _LN2_LO64
-    c = _EXPM1_FACT64
-    poly = c[12] * r + c[11]
-    poly = ((((poly * r + c[10]) * r + c[9]) * r + c[8]) * r + c[7]) * r + c[6]
-    poly = (((((poly * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]) * r + c[1]) * r + c[0]
-    small = r + r * (r * poly)  # e^r - 1
-    k = _float64_to_bits(shifted) - _SHIFTER64_BITS
-    if k == 0:
-        return small
-    power = _bits_to_float64((k + np.int64(1023)) << np.int64(52))  # 2^n
-    return power * small + (power - 1.0)
 
 
 def exp_neg(x):

@@ -49,7 +49,7 @@ from ..solver import (
     sweep_all,
 )
 from ..streaming import ChunkedScores
-from ._fastmath import exp_neg, expm1, shifted_max
+from ._fastmath import exp_neg, shifted_max
 from .reference import EXP_FLOOR, ReferenceBackend
 from .rounding_numba import NumbaPasses
 
@@ -189,20 +189,19 @@ def _row_update(row_sum, frame, log_a, a, previous, omega, relaxed, virtual, has
     ``fhat/eps = log a - log row_sum + frame`` gives the row its mass, over-relaxed
     to ``(1 - omega) previous + omega fhat``.  ``scale = exp(f/eps - frame)`` turns
     the row's kernel entries into plan entries: ``a (1 + expm1(f/eps - fhat/eps)) /
-    row_sum``, so a row costs one ``log`` (and one ``expm1`` when relaxed: :func:`._fastmath.expm1`,
-    not libm's), no ``exp``.
+    row_sum``, so a row costs one ``log`` (and one ``expm1`` when relaxed), no ``exp``.
     """
     if has_virtual:  # in logs: the virtual entry may dwarf the row
         log_sum = _logaddexp(math.log(row_sum), virtual + frame)
         exact = log_a - log_sum + frame
         new = (1.0 - omega) * previous + omega * exact if relaxed else exact
-        error = a * abs(expm1(new - exact)) if relaxed else 0.0
+        error = a * abs(math.expm1(new - exact)) if relaxed else 0.0
         return new, error, math.exp(new - frame)
     exact = log_a - math.log(row_sum) + frame
     if not relaxed:
         return exact, 0.0, a / row_sum
     new = (1.0 - omega) * previous + omega * exact
-    change = expm1(new - exact)
+    change = math.expm1(new - exact)
     return new, a * abs(change), a * (1.0 + change) / row_sum
 
 
