@@ -281,6 +281,50 @@ def test_one_dense_stored_pass_equals_numpy():
     assert np.isclose(kernel[5].astype(np.float64) @ v, 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_one_sparse_stored_pass_equals_numpy(relaxed):
+    """One pass on the sparse stored kernel over two tasks (the second a part one),
+    rows of 1 to 40 entries: each row's ``f`` (over-relaxed or not), its row error
+    and the column mass, as NumPy computes them in float64 from the same entries; a
+    row whose sum leaves [e^-ABSORB, e^ABSORB] is rescaled in place and counted."""
+    from otlabel.kernels import numba_
+
+    rng = np.random.default_rng(11)
+    n_rows, n_cols, epsilon, omega = numba_.TASK_ROWS + 77, 53, 0.25, 1.4
+    counts = rng.integers(1, 41, size=n_rows)
+    counts[:300] = 1  # runs of one-entry rows
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.repeat(np.arange(n_rows), counts)
+    indices = np.concatenate([np.sort(rng.choice(n_cols, c, replace=False)) for c in counts])
+    values = (rng.random(indptr[-1]) + 0.01).astype(np.float32)
+    values[indptr[9] : indptr[10]] *= np.float32(1e10)  # row 9's sum is past e^ABSORB
+    v = rng.random(n_cols, dtype=np.float32)
+    dense = np.zeros((n_rows, n_cols))
+    dense[rows, indices] = values
+    row_sum = dense @ v  # (N,) before the pass rescales row 9
+    a = rng.random(n_rows) + 0.5
+    f_ref, previous = rng.normal(size=n_rows), rng.normal(size=n_rows)
+    exact = np.log(a) - np.log(row_sum) + f_ref  # f / eps
+    new = (1 - omega) * previous / epsilon + omega * exact if relaxed else exact
+    factor = a * np.exp(new - exact) / row_sum  # (N,)
+    n_tasks = -(-n_rows // numba_.TASK_ROWS)
+    row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
+    task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
+    task_rows = (rows % numba_.TASK_ROWS).astype(np.int16)
+    numba_._sparse_sweep(
+        indptr, indices.astype(np.int16), values, task_rows, v, np.log(a), a, f_ref,
+        previous if relaxed else np.zeros(1), epsilon, omega if relaxed else 1.0, relaxed,
+        np.zeros(1), False, row_potential, col_sum, task_stats, q_scale,
+    )  # fmt: skip
+    np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, dense.T @ factor, rtol=1e-5)
+    expected_error = np.sum(a * np.abs(np.expm1(new - exact)))
+    np.testing.assert_allclose(task_stats[:, 0].sum(), expected_error, rtol=1e-9, atol=1e-300)
+    assert task_stats[:, 1].tolist() == [1.0, 0.0]  # row 9 absorbed, in the first task
+    row_9 = slice(indptr[9], indptr[10])
+    assert np.isclose(values[row_9].astype(np.float64) @ v[indices[row_9]], 1.0, rtol=1e-6)
+
+
 def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
     from otlabel.kernels import numba_
     from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
@@ -333,8 +377,11 @@ def test_sparse_fill_keeps_what_the_dense_kernel_keeps_with_long_and_short_runs(
     indices = np.empty(indptr[-1], dtype=np.int16)
     values = np.empty(indptr[-1], dtype=np.float32)
     kept_scores = np.empty(indptr[-1], dtype=np.float32)
-    numba_._gather_kept(indptr, n_cols, *stage, indices, values, kept_scores)
+    task_rows = np.empty(indptr[-1], dtype=np.int16)
+    first_row = numba_.TASK_ROWS - 5  # the block's rows cross into the next pass task
+    numba_._gather_kept(indptr, n_cols, first_row, *stage, indices, values, kept_scores, task_rows)
     rows = np.repeat(np.arange(n_rows), np.diff(indptr))
+    np.testing.assert_array_equal(task_rows, (first_row + rows) % numba_.TASK_ROWS)
     np.testing.assert_array_equal(values, dense[rows, indices])
     np.testing.assert_array_equal(kept_scores, scores[rows, indices])
     held = np.zeros(scores.shape, dtype=bool)

@@ -455,8 +455,8 @@ def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 ABSORB = 20.0
 _ABSORB_LOW, _ABSORB_HIGH = math.exp(-ABSORB), math.exp(ABSORB)
 #: Rows per parallel task of the stored sweeps (fixed: results do not depend on
-#: the thread count); float32 column partials are flushed to float64 every
-#: FLUSH_ROWS rows.
+#: the thread count; at most 2^15, a sparse kernel's task rows are int16); float32
+#: column partials are flushed to float64 every FLUSH_ROWS rows.
 TASK_ROWS = 4096
 FLUSH_ROWS = 64
 _NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
@@ -507,16 +507,6 @@ def _row_dot(values, first, n_cols, v):
     total = 0.0
     for j in range(n_cols):
         total += np.float64(values[first + np.uint64(j)]) * v[j]
-    return total
-
-
-@njit(fastmath=_NO_EXP, cache=True, inline="always")
-def _sparse_dot(values, indices, first, last, v):
-    """``sum_e values[e] v[indices[e]]`` over a row's kept entries (``first``, ``last``
-    unsigned, as in :func:`_row_dot`), summed in float64."""
-    total = 0.0
-    for e in range(first, last):
-        total += np.float64(values[e]) * v[np.uint64(indices[e])]
     return total
 
 
@@ -612,6 +602,7 @@ def _sparse_sweep(
     indptr,
     indices,
     values,
+    task_rows,
     v,
     log_a,
     a,
@@ -629,25 +620,36 @@ def _sparse_sweep(
 ):
     """:func:`_dense_sweep` on the kept entries only: the same row update, the same tasks.
 
-    Unsigned entry offsets and column indices: 13.3 -> 8.7 ms per pass at 400 000 x
-    3 000 with 0.3% kept (signed ones get a negative-index test per access)."""
+    A task's entries are contiguous: its rows' dots are taken in one loop over them
+    (each adds into its row's slot, ``task_rows``), then the row updates, then the
+    column sums in one more loop.  A loop per row, of a few entries, missed its
+    exit branch on about every row: 31.3 -> 23.4 ms per pass on the 1 281 167 x
+    3 000 ImageNet sela kernel (3.5 entries per row).  Unsigned entry offsets and
+    column indices: signed ones get a negative-index test per access."""
     n_rows = indptr.size - 1
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
         sums[:] = 0.0
+        first_row, last_row = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
+        first_entry, last_entry = np.uint64(indptr[first_row]), np.uint64(indptr[last_row])
+        row_sums = np.zeros(TASK_ROWS)  # (TASK_ROWS,) sum_k G_ik v_k of the task's rows
+        factors = np.empty(TASK_ROWS, dtype=np.float32)  # q_i C of the task's rows
+        for e in range(first_entry, last_entry):
+            row_sums[task_rows[e]] += np.float64(values[e]) * v[np.uint64(indices[e])]
         row_error, absorbed = 0.0, 0
-        for i in range(t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)):
+        for i in range(first_row, last_row):
             first, last = np.uint64(indptr[i]), np.uint64(indptr[i + 1])  # no sign tests
             q, f, error, was_absorbed = _stored_row(
-                values, first, last, _sparse_dot(values, indices, first, last, v), f_ref, i,
-                log_a[i], a[i], previous[i] / epsilon if relaxed else 0.0, omega, relaxed,
+                values, first, last, row_sums[i - first_row], f_ref, i, log_a[i], a[i],
+                previous[i] / epsilon if relaxed else 0.0, omega, relaxed,
                 virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
             )  # fmt: skip
             row_potential[i] = epsilon * f
-            for e in range(first, last):
-                sums[np.uint64(indices[e])] += values[e] * q
+            factors[i - first_row] = q
             row_error += error
             absorbed += was_absorbed
+        for e in range(first_entry, last_entry):
+            sums[np.uint64(indices[e])] += values[e] * factors[task_rows[e]]
         task_stats[t, 0] = row_error
         task_stats[t, 1] = absorbed
 
@@ -707,6 +709,7 @@ class SparseKernel:
     scores: np.ndarray  # (nnz,) S_ik of each entry, in the scores' dtype
     shape: tuple[int, int]
     built_at: np.ndarray  # (K,) g / eps where the entries were chosen
+    task_rows: np.ndarray  # (nnz,) int16 each entry's row within its pass task (i % TASK_ROWS)
 
 
 #: Rows per parallel task of :func:`_collect_kept`: each task picks the run length of a
@@ -753,17 +756,20 @@ PART_RUN = 16
 
 
 @njit(parallel=True, cache=True)
-def _gather_kept(indptr, n_cols, stage_indices, stage_values, stage_scores, indices, values,
-                 kept_scores):  # fmt: skip
+def _gather_kept(indptr, n_cols, first_row, stage_indices, stage_values, stage_scores, indices,
+                 values, kept_scores, task_rows):  # fmt: skip
     """Each row's kept entries from its staging slot (:func:`_collect_kept`) to its
-    place ``indptr[i]:indptr[i + 1]`` in the kernel's arrays."""
+    place ``indptr[i]:indptr[i + 1]`` in the kernel's arrays, with the row's place in
+    its pass task (``(first_row + i) % TASK_ROWS``) in ``task_rows``."""
     for i in prange(indptr.size - 1):
         first, count = indptr[i], indptr[i + 1] - indptr[i]
         slot = i * n_cols
+        task_row = np.int16((first_row + i) % TASK_ROWS)
         for e in range(count):
             indices[first + e] = stage_indices[slot + e]
             values[first + e] = stage_values[slot + e]
             kept_scores[first + e] = stage_scores[slot + e]
+            task_rows[first + e] = task_row
 
 
 @njit(fastmath={"contract"}, cache=True, inline="always")
@@ -975,7 +981,7 @@ class NumbaKernel(Kernel):
         )
         with threads(self.n_threads):
             if isinstance(block, SparseKernel):
-                _sparse_sweep(block.indptr, block.indices, block.values, *row_args)
+                _sparse_sweep(block.indptr, block.indices, block.values, block.task_rows, *row_args)
             else:
                 _dense_sweep(block, *row_args)
         col_mass = col_sum.sum(axis=0) * state / self.q_scale  # (K,) column mass of the plan
@@ -1064,13 +1070,14 @@ class NumbaKernel(Kernel):
         entries are kept, or more than would fit in memory (the read stops there)."""
         n_rows, n_cols = self.scores.shape
         index_dtype, score_dtype = _index_dtype(n_cols), np.dtype(self.scores.dtype)
-        entry_bytes = index_dtype.itemsize + 4 + score_dtype.itemsize
+        entry_bytes = index_dtype.itemsize + 4 + score_dtype.itemsize + 2  # + task row
         capacity = int(
             min(SPARSE_DENSITY * n_rows * n_cols, 0.8 * available_memory() // entry_bytes)
         )
         indices = np.empty(capacity, dtype=index_dtype)
         values = np.empty(capacity, dtype=np.float32)
         kept_scores = np.empty(capacity, dtype=score_dtype)
+        task_rows = np.empty(capacity, dtype=np.int16)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         inv_eps, n_kept = 1.0 / self.epsilon, 0
         block_rows = min(n_rows, max(BUILD_MIN_ROWS, BUILD_BYTES // (4 * n_cols)))
@@ -1092,14 +1099,16 @@ class NumbaKernel(Kernel):
             entries = slice(n_kept, n_kept + block_kept)
             with threads(self.n_threads):
                 _gather_kept(
-                    pointers, n_cols, *stage, indices[entries], values[entries],
-                    kept_scores[entries],
+                    pointers, n_cols, rows.start, *stage, indices[entries], values[entries],
+                    kept_scores[entries], task_rows[entries],
                 )  # fmt: skip
             pointers += n_kept  # global positions
             n_kept += block_kept
         shape = (int(n_rows), int(n_cols))
         kept = slice(0, n_kept)
-        return SparseKernel(indptr, indices[kept], values[kept], kept_scores[kept], shape, g_ref)
+        return SparseKernel(
+            indptr, indices[kept], values[kept], kept_scores[kept], shape, g_ref, task_rows[kept]
+        )
 
 
 # --------------------------------------------------------------------------
