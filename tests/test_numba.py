@@ -251,32 +251,43 @@ def test_big_endian_scores_take_the_subsample_start_and_give_the_same_labels():
     np.testing.assert_array_equal(swapped.potential, native.potential)
 
 
-def test_one_dense_stored_pass_equals_numpy():
-    """One pass on the dense stored kernel over two tasks (the second a part one, its
-    column partials flushed mid-way): each row's ``f`` (score units) and factor, and
-    the column mass, as NumPy computes them in float64; a row whose sum leaves
-    [e^-ABSORB, e^ABSORB] is rescaled in place and counted."""
+@pytest.mark.parametrize("relaxed", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
+    """One pass on the dense stored kernel over two tasks (the second a part one whose
+    last rows do not fill a group of ROW_GROUP, its column partials flushed mid-way),
+    rows short enough to go one by one or long enough to go in groups:
+    each row's ``f`` (score units, over-relaxed or not), the row error and the column
+    mass, as NumPy computes them in float64; a row whose sum leaves [e^-ABSORB,
+    e^ABSORB] is rescaled in place before its group's columns are summed, and counted."""
     from otlabel.kernels import numba_
 
     rng = np.random.default_rng(7)
-    n_rows, n_cols = numba_.TASK_ROWS + 2 * numba_.FLUSH_ROWS + 3, 37
+    n_rows = numba_.TASK_ROWS + 2 * numba_.FLUSH_ROWS + 3
+    n_cols = numba_.GROUP_COLS + 5 if grouped else 37
+    epsilon, omega = 0.25, 1.4
     kernel = rng.random((n_rows, n_cols), dtype=np.float32) + np.float32(0.01)
     kernel[5] *= np.float32(1e10)  # its row sum is past e^ABSORB
     v = rng.random(n_cols, dtype=np.float32)
     row_sum = kernel.astype(np.float64) @ v  # (N,) before the pass rescales row 5
     a = rng.random(n_rows) + 0.5
-    f_ref = rng.normal(size=n_rows)
-    expected_f = np.log(a) - np.log(row_sum) + f_ref
-    expected_col = kernel.astype(np.float64).T @ (a / row_sum)  # (K,)
+    f_ref, previous = rng.normal(size=n_rows), rng.normal(size=n_rows)
+    exact = np.log(a) - np.log(row_sum) + f_ref  # f / eps
+    new = (1 - omega) * previous / epsilon + omega * exact if relaxed else exact
+    factor = a * np.exp(new - exact) / row_sum  # (N,)
+    expected_col = kernel.astype(np.float64).T @ factor  # (K,)
     n_tasks = -(-n_rows // numba_.TASK_ROWS)
     row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
-    task_stats, q_scale, epsilon = np.zeros((n_tasks, 2)), float(n_rows * n_cols), 0.25
+    task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
     numba_._dense_sweep(
-        kernel, v, np.log(a), a, f_ref, np.zeros(1), epsilon, 1.0, False, np.zeros(1), False,
+        kernel, v, np.log(a), a, f_ref, previous if relaxed else np.zeros(1), epsilon,
+        omega if relaxed else 1.0, relaxed, np.zeros(1), False,
         row_potential, col_sum, task_stats, q_scale,
     )  # fmt: skip
-    np.testing.assert_allclose(row_potential, epsilon * expected_f, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=1e-5)
+    expected_error = np.sum(a * np.abs(np.expm1(new - exact)))
+    np.testing.assert_allclose(task_stats[:, 0].sum(), expected_error, rtol=1e-9, atol=1e-300)
     assert task_stats[:, 1].tolist() == [1.0, 0.0]  # row 5 absorbed, in the first task
     assert np.isclose(kernel[5].astype(np.float64) @ v, 1.0, rtol=1e-6)
 

@@ -459,6 +459,15 @@ _ABSORB_LOW, _ABSORB_HIGH = math.exp(-ABSORB), math.exp(ABSORB)
 #: column partials are flushed to float64 every FLUSH_ROWS rows.
 TASK_ROWS = 4096
 FLUSH_ROWS = 64
+#: Rows of the dense stored kernel whose dots read them side by side (divides
+#: FLUSH_ROWS; :func:`_group_dots` and :func:`_group_columns` are written for four):
+#: four streams from memory keep more reads in flight than one row at a time.  Rows
+#: shorter than GROUP_COLS go one by one: there the row updates, which run while
+#: no read is in flight, weigh more (a pass on 1 000 000 x 400 took 146 ms one
+#: row at a time and 173 ms by groups; 500 columns: 193 and 187 ms; 1 000: 257 and
+#: 219 ms; medians of 8, interleaved).
+ROW_GROUP = 4
+GROUP_COLS = 512
 _NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
 #: The stored kernel is kept sparse (its entries above the flush, CSR) when at
 #: most this fraction of the N x K entries survive the flush.
@@ -508,6 +517,38 @@ def _row_dot(values, first, n_cols, v):
     for j in range(n_cols):
         total += np.float64(values[first + np.uint64(j)]) * v[j]
     return total
+
+
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _group_dots(values, first, width, n_cols, v, dots):
+    """:func:`_row_dot` of the ROW_GROUP rows from ``first`` (row stride ``width``) into
+    ``dots``, read side by side: four streams from memory instead of one."""
+    second = first + width
+    third = second + width
+    fourth = third + width
+    total_0 = total_1 = total_2 = total_3 = 0.0
+    for j in range(n_cols):
+        column, v_j = np.uint64(j), v[j]
+        total_0 += np.float64(values[first + column]) * v_j
+        total_1 += np.float64(values[second + column]) * v_j
+        total_2 += np.float64(values[third + column]) * v_j
+        total_3 += np.float64(values[fourth + column]) * v_j
+    dots[0], dots[1], dots[2], dots[3] = total_0, total_1, total_2, total_3
+
+
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _group_columns(partial, values, first, width, n_cols, factors):
+    """``partial[j] += sum_r values[row r, j] factors[r]`` over the ROW_GROUP rows from
+    ``first``, which the dots have just brought into the core's cache."""
+    second = first + width
+    third = second + width
+    fourth = third + width
+    q_0, q_1, q_2, q_3 = factors[0], factors[1], factors[2], factors[3]
+    for j in range(n_cols):
+        column = np.uint64(j)
+        partial[j] += (values[first + column] * q_0 + values[second + column] * q_1) + (
+            values[third + column] * q_2 + values[fourth + column] * q_3
+        )
 
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
@@ -562,10 +603,14 @@ def _dense_sweep(
     """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
 
     Writes ``f`` (score units); per task its column sums of ``G_ik q_i`` and
-    ``(row error, rows absorbed)``.  A row is read from memory once, by its dot;
-    its column accumulation then reads it from the core's cache.  Offsets are
-    unsigned (see :func:`_row_dot`); the float32 column partials are flushed to
-    float64 every FLUSH_ROWS rows.
+    ``(row error, rows absorbed)``.  Rows of GROUP_COLS or more go in groups of
+    ROW_GROUP (the task's last rows one by one): the group's dots read its rows
+    from memory side by side, then its column accumulation reads them from the
+    core's cache.  One row at a time, a thread ran at 11-14 GB/s against a
+    two-thread read probe of up to 48; a pass on 200 000 x 3 000 took 420 ms one
+    row at a time and 281 ms by groups, on 40 000 x 20 000 293 and 191 ms (medians,
+    interleaved, the same outputs).  Offsets are unsigned (see :func:`_row_dot`);
+    the float32 column partials are flushed to float64 every FLUSH_ROWS rows.
     """
     n_rows, n_cols = kernel.shape
     flat = kernel.reshape(kernel.size)  # rows as index ranges: no view per row
@@ -574,22 +619,37 @@ def _dense_sweep(
         sums = col_sum[t]
         sums[:] = 0.0
         partial = np.zeros(n_cols, dtype=np.float32)  # (K,)
+        dots, factors = np.empty(ROW_GROUP), np.empty(ROW_GROUP, dtype=np.float32)
         row_error, absorbed = 0.0, 0
         first, last = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
-        for row in range(first, last):
+        row = first
+        while row < last:
             start = np.uint64(row) * width
-            q, f, error, was_absorbed = _stored_row(
-                flat, start, start + width, _row_dot(flat, start, n_cols, v),
-                f_ref, row, log_a[row], a[row], previous[row] / epsilon if relaxed else 0.0,
-                omega, relaxed,
-                virtual[row] if has_virtual else 0.0, has_virtual, q_scale,
-            )  # fmt: skip
-            row_potential[row] = epsilon * f
-            row_error += error
-            absorbed += was_absorbed
-            for j in range(n_cols):
-                partial[j] += flat[start + np.uint64(j)] * q
-            if (row + 1 - first) % FLUSH_ROWS == 0 or row + 1 == last:
+            grouped = n_cols >= GROUP_COLS and row + ROW_GROUP <= last
+            if grouped:
+                _group_dots(flat, start, width, n_cols, v, dots)
+            else:
+                dots[0] = _row_dot(flat, start, n_cols, v)
+            n_group = ROW_GROUP if grouped else 1
+            for k in range(n_group):
+                i, row_first = row + k, start + np.uint64(k) * width
+                factors[k], f, error, was_absorbed = _stored_row(
+                    flat, row_first, row_first + width, dots[k],
+                    f_ref, i, log_a[i], a[i], previous[i] / epsilon if relaxed else 0.0,
+                    omega, relaxed,
+                    virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
+                )  # fmt: skip
+                row_potential[i] = epsilon * f
+                row_error += error
+                absorbed += was_absorbed
+            if grouped:
+                _group_columns(partial, flat, start, width, n_cols, factors)
+            else:
+                q = factors[0]
+                for j in range(n_cols):
+                    partial[j] += flat[start + np.uint64(j)] * q
+            row += n_group
+            if (row - first) % FLUSH_ROWS == 0 or row == last:
                 for j in range(n_cols):
                     sums[j] += partial[j]
                     partial[j] = 0.0
