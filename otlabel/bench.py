@@ -568,9 +568,12 @@ DEFAULT_SOLVERS = [
 def read_bandwidth(buffer: np.ndarray, repeats: int = 1) -> float:
     """Sustained read bandwidth in GB/s: a parallel sum over ``buffer`` on all cores.
 
-    With Numba, a ``prange`` loop with one float64 accumulator per thread over
-    float32 data; without it, one NumPy ``sum`` per thread on its share (NumPy
-    releases the GIL inside the reduction).  Best of ``repeats`` reads.
+    With Numba, a ``prange`` loop over parts of READ_PART elements, each part read
+    as READ_STREAMS ranges side by side (float64 accumulators); without it, one
+    NumPy ``sum`` per thread on its share (NumPy releases the GIL inside the
+    reduction).  Best of ``repeats`` reads.  One range per thread reads slower
+    than the machine allows: on a 2-core Intel Xeon host, 8-13 GB/s against
+    10-20 GB/s with four ranges per part (2.4 GB of float32, in turn).
     """
     flat = buffer.reshape(-1)
     summing = _parallel_sum()
@@ -583,7 +586,13 @@ def read_bandwidth(buffer: np.ndarray, repeats: int = 1) -> float:
     return flat.nbytes / best / 1e9
 
 
+#: Elements per task of the read probe, and the ranges of a part read side by side
+#: (the loop in :func:`_parallel_sum` is written for four).
+READ_PART, READ_STREAMS = 1 << 22, 4
+
+
 def _parallel_sum() -> Callable[[np.ndarray], float]:
+    """The probe's sum of a 1-D array (float64), compiled once per process."""
     try:
         import numba
     except ImportError:
@@ -591,10 +600,25 @@ def _parallel_sum() -> Callable[[np.ndarray], float]:
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def summed(x: np.ndarray) -> float:  # pragma: no cover - compiled
-        total = 0.0
-        for i in numba.prange(x.size):
-            total += x[i]
-        return total
+        n_parts, stream = x.size // READ_PART, READ_PART // READ_STREAMS
+        part_sums = np.zeros(n_parts)
+        for p in numba.prange(n_parts):
+            first = np.uint64(p) * np.uint64(READ_PART)  # unsigned: no index tests
+            second = first + np.uint64(stream)
+            third = second + np.uint64(stream)
+            fourth = third + np.uint64(stream)
+            total_0 = total_1 = total_2 = total_3 = 0.0
+            for j in range(stream):
+                offset = np.uint64(j)
+                total_0 += x[first + offset]
+                total_1 += x[second + offset]
+                total_2 += x[third + offset]
+                total_3 += x[fourth + offset]
+            part_sums[p] = (total_0 + total_1) + (total_2 + total_3)
+        tail = 0.0
+        for i in range(n_parts * READ_PART, x.size):
+            tail += x[i]
+        return part_sums.sum() + tail
 
     return summed
 

@@ -83,6 +83,16 @@ def test_read_bandwidth_probe_reads_the_buffer():
     assert bench.read_bandwidth(np.ones(1 << 22, dtype=np.float32)) > 0.1  # GB/s
 
 
+@pytest.mark.parametrize("parts", [0, 1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_probe_sums_every_element_once(parts, dtype):
+    """The probe's sum reads each of its parts' four ranges and the tail after the
+    last whole part: every element once (a wrong range would miss or repeat one)."""
+    size = parts * bench.READ_PART + 12_345
+    values = np.random.default_rng(parts).integers(0, 1000, size=size).astype(dtype)
+    assert bench._parallel_sum()(values) == values.sum(dtype=np.float64)  # integers: exact
+
+
 def test_peak_anonymous_memory_sees_an_allocation():
     with bench.PeakAnonymousMemory() as memory:
         block = np.ones(50_000_000 // 8)  # 50 MB, touched
