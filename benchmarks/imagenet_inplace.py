@@ -1,12 +1,13 @@
 """ImageNet-scale labelling in memory: 1 281 167 x 3 000 float32 with overwrite_scores=True.
 
 The matrix (15.4 GB) fits this 24 GB machine once; with ``overwrite_scores=True``
-the solver builds its kernel in its place.  Prints the wall time of
+the solver may build a dense kernel in its place (at SeLa's epsilon the kernel is
+sparse and sits beside the scores either way).  Prints the wall time of
 ``otlabel.assign`` (validation, Sinkhorn to the default tolerance, balanced
 labels), the peak anonymous memory as a multiple of the matrix, and the labels'
 sizes and certified gap.  ``--keep-input`` solves with the input left intact
-instead: the stored kernel would need a second 15.4 GB, which does not fit, so
-the solver stays in the log domain on the scores themselves.
+instead (the Numba backend's stored kernel is then sparse, beside the scores; a
+dense one would need a second 15.4 GB, which does not fit).
 
 ``--repeats R`` solves R times in the same process (a fresh matrix before each
 solve with ``overwrite_scores=True``, the same one otherwise), each after a read
