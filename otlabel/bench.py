@@ -256,6 +256,33 @@ class _StreamRun(_OtlabelRun):
     def _kernel(head: Any, log_a: Any, options: Any, warm: bool) -> Any:
         return options.backend.log_kernel(head.scores, log_a, options)
 
+    def kept_note(self, stride: int = 64) -> str:
+        """The share of entries a sparse kernel keeps at the solved potential, counted
+        on every ``stride``-th row of the file (the solve's own kernel is not kept)."""
+        matrix = np.load(self.path, mmap_mode="r")
+        potential = self.potential[: matrix.shape[1]]  # real clusters
+        kept, counted = 0.0, 0
+        for first in range(0, matrix.shape[0], 4096 * stride):  # 4 096 rows at a time
+            rows = np.asarray(matrix[first : first + 4096 * stride : stride], dtype=np.float64)
+            kept += kept_fraction(rows, potential, self.epsilon) * rows.size
+            counted += rows.size
+        share = kept / counted
+        return (
+            f"the sparse kernel keeps {100 * share:.2f}% of the entries at the solved "
+            f"potential (counted on every {stride}th row, after the timing)"
+        )
+
+
+def kept_fraction(scores: np.ndarray, potential: np.ndarray, epsilon: float) -> float:
+    """The share of entries whose exponent ``(S_ik + g_k) / eps`` lies within
+    ``-FLUSH_EXPONENT`` of its row's largest: those a sparse kernel built at the
+    potential ``g`` keeps (the rule of the Numba backend's build)."""
+    from .kernels.numba_ import FLUSH_EXPONENT
+
+    exponent = (scores + potential) / epsilon  # (n, K)
+    kept = exponent > exponent.max(axis=1, keepdims=True) + FLUSH_EXPONENT
+    return float(kept.mean())
+
 
 def evict_page_cache(path: Path) -> None:
     """Drop a file's clean pages from the page cache (no root needed)."""
@@ -758,6 +785,8 @@ def run_row(
         result.n_iter, result.error, result.reached_tol = n_iter, error, error <= tol
         result.seconds_to_tol = seconds
         result.peak_rss_anon_gb = memory.peak / 1e9
+        if isinstance(run, _StreamRun):  # after the timing and the memory watch
+            result.notes.append(run.kept_note())
         result.cluster_min, result.cluster_max = int(counts.min()), int(counts.max())
         _time_steps(run, scores, result, repeats)
     except Unsolvable as reason:

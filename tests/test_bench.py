@@ -120,11 +120,32 @@ def test_stream_rows_read_the_matrix_from_disk(name, tmp_path, monkeypatch):
     assert row.status == "ok", row.status
     assert row.reached_tol and row.cluster_min == row.cluster_max == 50
     assert any("balanced rounding" in note for note in row.notes)
+    assert any("sparse kernel keeps" in note for note in row.notes)
     saved = list(tmp_path.glob("otlabel-bench-sela-300x6-seed0.npy"))
     assert len(saved) == 1
     np.testing.assert_array_equal(
         np.load(saved[0]), otlabel.make_scores(300, 6, kind="sela", seed=0)
     )
+
+
+def test_kept_fraction_counts_what_the_sparse_kernel_keeps(monkeypatch):
+    """The streams' reported density: the share of entries that the Numba backend's
+    sparse kernel built at the same potential holds (to float32 rounding at the
+    flush threshold)."""
+    from otlabel.kernels import numba_
+    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+
+    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0)
+    scores = otlabel.make_scores(3000, 40, kind="sela", seed=2)
+    potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
+    kernel = NumbaKernel(
+        scores, np.full(3000, -np.log(3000)), 0.04, None, overwrite=False, store_at_start=True
+    )
+    kernel.column_state(potential)
+    assert isinstance(kernel.stored, SparseKernel)
+    share = bench.kept_fraction(scores.astype(np.float64), potential, 0.04)
+    assert 0.0 < share < 0.5
+    assert abs(share * scores.size - kernel.stored.values.size) <= 1e-3 * kernel.stored.values.size
 
 
 def test_stream_rows_are_opt_in():
