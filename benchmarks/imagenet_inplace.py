@@ -6,8 +6,9 @@ sparse and sits beside the scores either way).  Prints the wall time of
 ``otlabel.assign`` (validation, Sinkhorn to the default tolerance, balanced
 labels), the peak anonymous memory as a multiple of the matrix, and the labels'
 sizes and certified gap.  ``--keep-input`` solves with the input left intact
-instead (the Numba backend's stored kernel is then sparse, beside the scores; a
-dense one would need a second 15.4 GB, which does not fit).
+instead (the Numba backend's stored kernel is then sparse, beside the scores, when at
+most ``SPARSE_DENSITY`` of the entries are kept; a dense one would need a second 15.4
+GB, which does not fit, so the solve would stay in the log domain).
 
 ``--repeats R`` solves R times in the same process (a fresh matrix before each
 solve with ``overwrite_scores=True``, the same one otherwise), each after a read

@@ -269,7 +269,7 @@ class _StreamRun(_OtlabelRun):
         share = kept / counted
         return (
             f"the sparse kernel keeps {100 * share:.2f}% of the entries at the solved "
-            f"potential (counted on every {stride}th row, after the timing)"
+            f"potential (counted on every {stride}th row, after the timings)"
         )
 
 
@@ -599,12 +599,13 @@ def read_bandwidth(buffer: np.ndarray, repeats: int = 1) -> float:
     as READ_STREAMS ranges side by side (float64 accumulators); without it, one
     NumPy ``sum`` per thread on its share (NumPy releases the GIL inside the
     reduction).  Best of ``repeats`` reads.  One range per thread reads slower
-    than the machine allows: on a 2-core Intel Xeon host, 8-13 GB/s against
-    10-20 GB/s with four ranges per part (2.4 GB of float32, in turn).
+    than the machine allows: on a 2-core Intel Xeon host, 13.1 GB/s against
+    19.1 GB/s with four ranges per part (medians of 8 reads of 2.4 GB of float32,
+    in turn).
     """
     flat = buffer.reshape(-1)
     summing = _parallel_sum()
-    summing(flat[: 1 << 20])  # compile / warm up
+    summing(flat[: 2 * READ_PART])  # load the compiled code, start the threads
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
@@ -619,7 +620,8 @@ READ_PART, READ_STREAMS = 1 << 22, 4
 
 
 def _parallel_sum() -> Callable[[np.ndarray], float]:
-    """The probe's sum of a 1-D array (float64), compiled once per process."""
+    """The probe's sum of a 1-D array (float64); each call makes a new dispatcher,
+    whose machine code comes from Numba's cache after the first compilation."""
     try:
         import numba
     except ImportError:
@@ -785,10 +787,10 @@ def run_row(
         result.n_iter, result.error, result.reached_tol = n_iter, error, error <= tol
         result.seconds_to_tol = seconds
         result.peak_rss_anon_gb = memory.peak / 1e9
-        if isinstance(run, _StreamRun):  # after the timing and the memory watch
-            result.notes.append(run.kept_note())
         result.cluster_min, result.cluster_max = int(counts.min()), int(counts.max())
         _time_steps(run, scores, result, repeats)
+        if isinstance(run, _StreamRun):  # after the timings and the memory watch
+            result.notes.append(run.kept_note())
     except Unsolvable as reason:
         result.status = f"cannot solve: {reason}"
     except MemoryError:

@@ -285,7 +285,8 @@ def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
         row_potential, col_sum, task_stats, q_scale,
     )  # fmt: skip
     np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=1e-5)
+    # float32 partials flushed every FLUSH_ROWS rows: ~4e-8 relative; unflushed ~3e-6
+    np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=5e-7)
     expected_error = np.sum(a * np.abs(np.expm1(new - exact)))
     np.testing.assert_allclose(task_stats[:, 0].sum(), expected_error, rtol=1e-9, atol=1e-300)
     assert task_stats[:, 1].tolist() == [1.0, 0.0]  # row 5 absorbed, in the first task

@@ -464,8 +464,8 @@ FLUSH_ROWS = 64
 #: four streams from memory keep more reads in flight than one row at a time.  Rows
 #: shorter than GROUP_COLS go one by one: there the row updates, which run while
 #: no read is in flight, weigh more (a pass on 1 000 000 x 400 took 146 ms one
-#: row at a time and 173 ms by groups; 500 columns: 193 and 187 ms; 1 000: 257 and
-#: 219 ms; medians of 8, interleaved).
+#: row at a time and 173 ms by groups; 500 columns: 193 and 187 ms, within the
+#: noise; 1 000: 257 and 219 ms; medians of 8, interleaved, Intel Xeon host).
 ROW_GROUP = 4
 GROUP_COLS = 512
 _NO_EXP = {"contract", "reassoc", "nsz", "nnan", "arcp"}
@@ -606,10 +606,10 @@ def _dense_sweep(
     ``(row error, rows absorbed)``.  Rows of GROUP_COLS or more go in groups of
     ROW_GROUP (the task's last rows one by one): the group's dots read its rows
     from memory side by side, then its column accumulation reads them from the
-    core's cache.  One row at a time, a thread ran at 11-14 GB/s against a
-    two-thread read probe of up to 48; a pass on 200 000 x 3 000 took 420 ms one
-    row at a time and 281 ms by groups, on 40 000 x 20 000 293 and 191 ms (medians,
-    interleaved, the same outputs).  Offsets are unsigned (see :func:`_row_dot`);
+    core's cache.  One row at a time, each thread kept one read in flight; on a
+    2-core Intel Xeon host a pass on 200 000 x 3 000 took 420 ms one row at a time
+    and 281 ms by groups, on 40 000 x 20 000 293 and 191 ms (medians, interleaved,
+    the same outputs).  Offsets are unsigned (see :func:`_row_dot`);
     the float32 column partials are flushed to float64 every FLUSH_ROWS rows.
     """
     n_rows, n_cols = kernel.shape
