@@ -537,6 +537,13 @@ def _group_dots(values, first, width, n_cols, v, dots):
 
 
 @njit(fastmath=_NO_EXP, cache=True, inline="always")
+def _row_columns(partial, values, first, n_cols, factor):
+    """``partial[j] += values[first + j] factor``: one row's share of the column sums."""
+    for j in range(n_cols):
+        partial[j] += values[first + np.uint64(j)] * factor
+
+
+@njit(fastmath=_NO_EXP, cache=True, inline="always")
 def _group_columns(partial, values, first, width, n_cols, factors):
     """``partial[j] += sum_r values[row r, j] factors[r]`` over the ROW_GROUP rows from
     ``first``, which the dots have just brought into the core's cache."""
@@ -645,9 +652,7 @@ def _dense_sweep(
             if grouped:
                 _group_columns(partial, flat, start, width, n_cols, factors)
             else:
-                q = factors[0]
-                for j in range(n_cols):
-                    partial[j] += flat[start + np.uint64(j)] * q
+                _row_columns(partial, flat, start, n_cols, factors[0])
             row += n_group
             if (row - first) % FLUSH_ROWS == 0 or row == last:
                 for j in range(n_cols):
