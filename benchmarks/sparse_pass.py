@@ -37,7 +37,7 @@ def main() -> int:
     scores = otlabel.make_scores(n, k, kind=args.kind, seed=0)
     solved = otlabel.sinkhorn(scores, args.epsilon)
     log_a = np.full(n, -np.log(n))
-    kernel = NumbaKernel(scores, log_a, args.epsilon, None, overwrite=False, store_at_start=True)
+    kernel = NumbaKernel(scores, log_a, args.epsilon, None, store_at_start=True)
     constraint = FixedSizes(np.full(k, 1 / k))
     passes = iterate(kernel, constraint, args.epsilon, np.asarray(solved.potential))
     next(passes)  # builds the kernel

@@ -122,6 +122,29 @@ def test_overwrite_scores_uses_the_array_as_workspace(scores, dtype):
     np.testing.assert_allclose(workspace, original, atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_overwrite_scores_keeps_a_kernel_that_could_not_be_undone_elsewhere(backend, dtype):
+    """At a spread over epsilon where ``exp`` underflows (float32 here), a kernel built in
+    place of the scores could not give them back: it is built in new memory, the
+    caller's array is left as it was, and the answer is the one without
+    ``overwrite_scores``."""
+    scores = otlabel.make_scores(400, 8, seed=0, dtype=dtype)  # spread / 0.05 past 1000
+    workspace = scores.copy()
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        workspace = torch.from_numpy(workspace)
+    expected = otlabel.assign(scores, 0.05, method="scaling", backend="numpy")
+    res = otlabel.assign(workspace, 0.05, method="scaling", overwrite_scores=True, backend=backend)
+    # given back to rounding (float64: built in place, reversible), or never touched
+    rounding = 64 * np.finfo(dtype).eps * np.abs(scores).max()
+    np.testing.assert_allclose(np.asarray(workspace), scores, rtol=0, atol=rounding)
+    np.testing.assert_array_equal(np.asarray(res.labels), expected.labels)
+    if backend != "numpy":
+        return  # another backend's arithmetic: same labels, errors to rounding
+    assert res.error == expected.error and res.gap == expected.gap
+
+
 def test_overwrite_scores_on_read_only_array_leaves_it(scores):
     scores.setflags(write=False)
     res = otlabel.assign(scores, 0.5, method="scaling", overwrite_scores=True)

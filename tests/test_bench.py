@@ -139,9 +139,7 @@ def test_kept_fraction_counts_what_the_sparse_kernel_keeps(monkeypatch):
     monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0)
     scores = otlabel.make_scores(3000, 40, kind="sela", seed=2)
     potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
-    kernel = NumbaKernel(
-        scores, np.full(3000, -np.log(3000)), 0.04, None, overwrite=False, store_at_start=True
-    )
+    kernel = NumbaKernel(scores, np.full(3000, -np.log(3000)), 0.04, None, store_at_start=True)
     kernel.column_state(potential)
     assert isinstance(kernel.stored, SparseKernel)
     share = bench.kept_fraction(scores.astype(np.float64), potential, 0.04)

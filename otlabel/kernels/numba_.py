@@ -43,7 +43,6 @@ from ..solver import (
     ColumnPartial,
     Kernel,
     RowUpdate,
-    UnstableIteration,
     column_partial,
     row_blocks,
     sweep_all,
@@ -118,18 +117,11 @@ class NumbaBackend(ReferenceBackend):
         (:class:`NumbaKernel`); otherwise as the reference backend chooses."""
         scores = head.scores
         if options.method == "auto" and (_float32_array(scores) or _float32_stream(scores)):
-            overwrite = bool(
-                isinstance(scores, np.ndarray)
-                and options.overwrite_scores
-                and scores.flags.writeable
-                and scores.flags.c_contiguous
-            )
             return NumbaKernel(
                 scores,
                 log_a,
                 options.epsilon,
                 options.n_threads,
-                overwrite=overwrite,
                 store_at_start=warm,
                 tol=options.tol,
             )
@@ -147,7 +139,6 @@ class NumbaBackend(ReferenceBackend):
             log_a,
             options.epsilon,
             options.n_threads,
-            overwrite=False,
             tol=tol,
             switch_error=SUBSAMPLE_SWITCH_ERROR,
             sparse_only=True,
@@ -751,18 +742,6 @@ def _scale_columns(kernel, factor):
             row[j] = value if value > tiny else zero
 
 
-@njit(parallel=True, fastmath={"contract"}, cache=True)
-def _restore_scores(kernel, f_ref, g_ref, epsilon, floor_value, scores):
-    """``S = eps (log G - f_ref - g_ref)``; a flushed entry gets ``floor_value`` as its log."""
-    n_rows, n_cols = kernel.shape
-    for i in prange(n_rows):
-        row, out = kernel[i], scores[i]
-        for j in range(n_cols):
-            value = row[j]
-            log_value = math.log(value) if value > 0 else floor_value
-            out[j] = epsilon * (log_value - f_ref[i] - g_ref[j])
-
-
 @dataclass
 class SparseKernel:
     """The stored kernel's entries above the flush threshold, row by row (CSR),
@@ -913,16 +892,13 @@ class NumbaKernel(Kernel):
     :data:`SPARSE_DENSITY` of its entries survive the flush (at SeLa's epsilon
     most do not), ``G`` is kept sparse, its kept entries row by row with their
     scores, and the scores are not touched: a pass then reads those entries
-    only.  Otherwise ``G`` is dense, built in place of the scores with
-    ``overwrite_scores=True`` or in new memory if there is room (else the log
-    domain it stays).  With ``store_at_start`` (a start potential close enough
+    only.  Otherwise ``G`` is dense, in new memory if there is room (else the
+    log domain it stays).  It is never built in place of the scores, even with
+    ``overwrite_scores=True``: the flushed entries' scores could not be given
+    back.  With ``store_at_start`` (a start potential close enough
     that no cluster is starved, e.g. a subsample's) it is built at once; a
     cluster starved anyway (no entry kept, so no mass) makes the iterate
-    non-finite, and the solve falls back, warm, to the log domain.  A dense
-    ``G`` built in place of the scores cannot be built again, so it is only
-    built once the iterate is close (never at a start that may be far), and a
-    drift beyond ``drift`` falls back the same way, on the restored
-    scores.
+    non-finite, and the solve falls back, warm, to the log domain.
 
     ``switch_error``: the error at which ``G`` is built (:data:`SWITCH_ERROR`; the
     subsample start's kernel builds it sooner); ``sparse_only``: never a dense ``G``
@@ -930,7 +906,7 @@ class NumbaKernel(Kernel):
 
     Float32 throughout, so inexact: the solve finishes with exact passes,
     :meth:`finisher` (float64 on the sparse kernel's entries) or the backend's
-    precise log kernel on the scores (dense: restored first).
+    precise log kernel on the scores.
     """
 
     exact = False
@@ -943,7 +919,6 @@ class NumbaKernel(Kernel):
         epsilon: float,
         n_threads: int | None,
         *,
-        overwrite: bool,
         store_at_start: bool = False,
         tol: float = 1e-4,
         switch_error: float = SWITCH_ERROR,
@@ -955,7 +930,7 @@ class NumbaKernel(Kernel):
         self.drift = rebuild_drift(scores.shape[1], tol)  # see rebuild_drift
         self.store_at_start = store_at_start  # the start potential is already close
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon
-        self.n_threads, self.overwrite = n_threads, overwrite
+        self.n_threads = n_threads
         self.stored: np.ndarray | SparseKernel | None = None  # G, dense or sparse
         self.f_ref = self.g_ref = np.zeros(0)  # references, in units of epsilon
         self.g_built = np.zeros(0)  # g / eps where G was built (its flushed set)
@@ -974,7 +949,7 @@ class NumbaKernel(Kernel):
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         if self.stored is None and self.store_at_start and self.can_store:
             self.store_at_start = False  # tried once; else once the iterate is close
-            self._store(potential, sparse_only=self.overwrite or self.sparse_only)
+            self._store(potential, sparse_only=self.sparse_only)
         if self.stored is not None and _drifted(self.g_built, potential / self.epsilon, self.drift):
             self._rebuild(potential)
         if self.stored is None:
@@ -987,18 +962,7 @@ class NumbaKernel(Kernel):
         return np.exp(log_v).astype(np.float32)  # v
 
     def _rebuild(self, potential: np.ndarray) -> None:
-        """``G`` again from the scores at ``potential`` (far from where it was built).
-
-        A dense ``G`` built in place of the scores cannot be rebuilt: the scores of
-        its flushed entries are gone.  The solve then goes on in the log domain, on
-        the scores restored (:meth:`restore` says how far)."""
-        if isinstance(self.stored, np.ndarray) and self.overwrite:
-            raise UnstableIteration(
-                "the stored kernel, built in place of the scores, is too far from the "
-                "potential for its flushed entries to be negligible",
-                potential,
-                0,
-            )
+        """``G`` again from the scores at ``potential`` (far from where it was built)."""
         self.stored = None  # freed before the new one is built
         self._try_store(potential)
 
@@ -1084,29 +1048,11 @@ class NumbaKernel(Kernel):
         self._store(potential, sparse_only=True)
         return self.stored if isinstance(self.stored, SparseKernel) else None
 
-    def restore(self) -> None:
-        """The scores again, rebuilt in place of a dense kernel that replaced them (once).
-
-        Kept entries come back up to float32 rounding.  An entry that the kernel
-        flushed (its kernel value fell below float32's normal range, more than
-        ``60 eps`` below its row's best ``S + g``, :data:`FLUSH_EXPONENT`) is not known
-        any more: it comes back as the score whose kernel value would be
-        ``e^(-60 - ln K)``, below the
-        flush threshold, so that the row's flushed entries together still carry
-        less than ``e^-60`` of its largest entry.
-        """
-        if not (isinstance(self.stored, np.ndarray) and self.overwrite):
-            return
-        self.overwrite = False
-        floor = FLUSH_EXPONENT - float(np.log(self.stored.shape[1]))
-        with threads(self.n_threads):
-            _restore_scores(self.stored, self.f_ref, self.g_ref, self.epsilon, floor, self.stored)
-
     def _store(self, g: np.ndarray, *, sparse_only: bool = False) -> None:
         """Build ``G`` at the potential ``g``: sparse when few entries survive the
         flush (at most :data:`SPARSE_DENSITY`), else dense (not with ``sparse_only``,
-        nor from a stream), in place of the scores with ``overwrite`` or in new
-        memory if there is room; else stay in the log domain."""
+        nor from a stream), in new memory if there is room; else stay in the log
+        domain."""
         g_ref, f_ref = g / self.epsilon, np.empty(self.scores.shape[0])
         sparse = self._sparse(g_ref, f_ref)
         if sparse is not None:
@@ -1114,9 +1060,9 @@ class NumbaKernel(Kernel):
         elif sparse_only:
             return
         elif isinstance(self.scores, np.ndarray) and (
-            self.overwrite or self.scores.nbytes < 0.8 * available_memory()
+            self.scores.nbytes < 0.8 * available_memory()
         ):
-            target = self.scores if self.overwrite else np.empty_like(self.scores)
+            target = np.empty_like(self.scores)
             with threads(self.n_threads):
                 _build_dense(self.scores, g_ref, 1.0 / self.epsilon, target, f_ref)
             self.stored = target

@@ -150,12 +150,19 @@ class ReferenceBackend:
         return scaling_is_safe(row_max, row_min, options.epsilon, scores.dtype)
 
     def scaling_kernel(self, head: Any, log_a: Array, options: Any) -> Kernel:
-        overwrite = options.overwrite_scores and _writeable(head.scores)
+        """The scaling-domain kernel; built in place of the scores only where that can be
+        undone (:func:`reversible`), else in new memory."""
+        row_max, row_min = self.extremes_of(head)
+        overwrite = (
+            options.overwrite_scores
+            and _writeable(head.scores)
+            and reversible(row_max, row_min, options.epsilon, head.scores.dtype)
+        )
         return ScalingKernel(
             head.scores,
             log_a,
             options.epsilon,
-            self.extremes_of(head)[0],
+            row_max,
             overwrite=overwrite,
             block_bytes=self.block_bytes_of(head.scores),
         )
@@ -418,6 +425,17 @@ def scaling_is_safe(row_max: Array, row_min: Array, epsilon: float, storage_dtyp
         return False  # half precision cannot hold exp(-spread/eps) for any useful spread
     limit = SCALING_SAFE_SPREAD["float32" if storage_dtype == xp.float32 else "float64"]
     return float(xp.max(row_max - row_min)) / epsilon <= limit
+
+
+def reversible(row_max: Array, row_min: Array, epsilon: float, storage_dtype: Any) -> bool:
+    """Whether ``G = exp((S - m)/eps)``, stored in ``storage_dtype``, gives the scores back
+    as ``m + eps log G`` to that precision's rounding: every entry of ``G`` a normal
+    number (no entry flushed to zero or to a subnormal, whose log is lost)."""
+    xp = namespace(row_max)
+    if storage_dtype not in (xp.float32, xp.float64):
+        return False
+    smallest_normal = float(np.finfo("float32" if storage_dtype == xp.float32 else "float64").tiny)
+    return float(xp.max(row_max - row_min)) / epsilon < -math.log(smallest_normal) - 1.0
 
 
 def _writeable(scores: Any) -> bool:
