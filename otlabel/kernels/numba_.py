@@ -321,9 +321,10 @@ class NumbaLogKernel(Kernel):
         col_sum = np.empty((n_blocks, n_cols))
         col_peak = np.empty((n_blocks, n_cols))
         block_stats = np.empty((n_blocks, 3))
+        block = np.ascontiguousarray(block, dtype=self.storage)
         with threads(self.n_threads):
             _log_sweep(
-                np.ascontiguousarray(block, dtype=self.storage),
+                block,
                 self.log_a[rows],
                 self.a[rows],
                 state,
@@ -338,7 +339,14 @@ class NumbaLogKernel(Kernel):
                 col_peak,
                 block_stats,
             )
-        columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor)
+
+        def exact_log_peaks() -> np.ndarray:  # (sub-blocks, K), for starved columns
+            peaks = np.empty_like(col_peak)
+            with threads(self.n_threads):
+                _log_column_peaks(block, row_potential, state, 1.0 / self.epsilon, peaks)
+            return peaks
+
+        columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor, exact_log_peaks)
         return BlockSweep(row_potential, columns, float(np.sum(block_stats[:, 0])))
 
 
@@ -359,10 +367,21 @@ def _previous_rows(previous: np.ndarray | None) -> np.ndarray:
 
 
 def sub_block_partial(
-    col_sum: np.ndarray, col_peak: np.ndarray, block_stats: np.ndarray, exp_floor: float
+    col_sum: np.ndarray,
+    col_peak: np.ndarray,
+    block_stats: np.ndarray,
+    exp_floor: float,
+    exact_log_peaks: Callable[[], np.ndarray] | None = None,
 ) -> ColumnPartial:
     """Sub-block column partials (blocks, K), each by the starved-column rule, summed
-    in a fixed order into one (K,)."""
+    in a fixed order into one (K,).
+
+    A starved column's peak, read from entries clamped at ``e^exp_floor``, is only a
+    bound far below its largest entry: a column shifted by a constant far beyond
+    ``epsilon`` would then move its potential by about ``-exp_floor eps`` a pass.
+    ``exact_log_peaks`` gives the log of each column's largest entry exactly (computed
+    only when a column is starved), so that the column update lands within
+    ``log rows`` of its mass in one pass, as the log domain's does."""
     # column_partial's limit, summed in its order; log is monotone, so the smallest
     # peak of each block passing the test means every peak passes it: one log per block
     limit = exp_floor + np.log(block_stats[:, 2:3]) + STARVED_MARGIN + block_stats[:, 1:2]
@@ -370,6 +389,8 @@ def sub_block_partial(
         if (np.log(col_peak.min(axis=1, keepdims=True)) > limit).all():  # none starved
             return ColumnPartial(np.zeros(col_sum.shape[1]), col_sum.sum(axis=0))
         log_peak = np.log(col_peak)  # (blocks, K)
+    if exact_log_peaks is not None:
+        log_peak = np.where(log_peak > limit, log_peak, exact_log_peaks())
     partial = column_partial(
         col_sum,
         log_peak,
@@ -380,6 +401,22 @@ def sub_block_partial(
     if not np.any(partial.log_max):  # no starved column: a plain sum
         return ColumnPartial(np.zeros(col_sum.shape[1]), np.sum(col_sum, axis=0))
     return partial.total()
+
+
+@njit(parallel=True, cache=True)
+def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, peaks):
+    """``peaks[b, j] = max_{i in sub-block b} (S_ij + f_i) / eps + g_j / eps`` in float64:
+    the log of each column's largest plan entry, however far below ``exp``'s range."""
+    n_rows, n_cols = scores.shape
+    for b in prange(peaks.shape[0]):
+        out = peaks[b]
+        out[:] = -np.inf
+        for i in range(b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)):
+            row, f_scaled = scores[i], row_potential[i] * inv_eps
+            for j in range(n_cols):
+                out[j] = max(out[j], np.float64(row[j]) * inv_eps + f_scaled)
+        for j in range(n_cols):
+            out[j] += np.float64(g_scaled[j])
 
 
 @njit(parallel=True, cache=True)
