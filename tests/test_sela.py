@@ -239,6 +239,41 @@ def test_labeler_state_round_trip():
         SelfLabeler(41, [4, 6]).load_state_dict(labeler.state_dict())
 
 
+def test_labeler_state_loads_with_plain_torch_load(tmp_path):
+    """The state holds tensors only: torch.load's default weights_only=True reads it."""
+    inputs = torch.randn(50, 6, generator=torch.Generator().manual_seed(11))
+    labeler = SelfLabeler(50, [4, 6], seed=0, mass=0.8, soft_targets=True)
+    labeler.update(_toy_model(), _loader(inputs))
+    torch.save({"labeler": labeler.state_dict()}, tmp_path / "checkpoint.pt")
+    state = torch.load(tmp_path / "checkpoint.pt")  # plain: weights_only=True
+    restored = SelfLabeler(50, [4, 6], seed=3, mass=0.8, soft_targets=True)
+    restored.load_state_dict(state["labeler"])
+    assert torch.equal(restored.labels, labeler.labels)
+    for head in range(2):
+        assert restored.potentials[head].dtype == np.float64
+        assert restored.potentials[head].shape == (labeler.n_clusters[head] + 1,)
+        np.testing.assert_array_equal(restored.potentials[head], labeler.potentials[head])
+    codes = zip(labeler.codes(torch.arange(50)), restored.codes(torch.arange(50)), strict=True)
+    for before, after in codes:
+        assert torch.equal(before, after)
+
+
+def test_labeler_loads_a_state_with_numpy_potentials():
+    """States written before the potentials were tensors still load."""
+    inputs = torch.randn(40, 6, generator=torch.Generator().manual_seed(12))
+    labeler = SelfLabeler(40, [4, 6], seed=0)
+    labeler.update(_toy_model(), _loader(inputs))
+    earlier = {
+        "labels": labeler.labels.clone(),
+        "potentials": [p.copy() for p in labeler.potentials],
+        "soft_codes": None,
+    }
+    restored = SelfLabeler(40, [4, 6], seed=5)
+    restored.load_state_dict(earlier)
+    assert torch.equal(restored.labels, labeler.labels)
+    np.testing.assert_array_equal(restored.potentials[0], labeler.potentials[0])
+
+
 def test_multi_head_loss_is_the_mean_cross_entropy():
     model = _toy_model()
     inputs, labels = torch.randn(5, 6), torch.tensor([[0, 1, 2, 3, 0], [5, 4, 3, 2, 1]])
@@ -559,6 +594,57 @@ def test_soft_target_loss_is_the_cross_entropy_against_the_codes():
     )
 
 
+def test_partial_mass_soft_targets_give_unassigned_samples_no_target():
+    """With mass < 1 an unassigned sample's code is a row of zeros, and the loss leaves
+    it out exactly as it leaves out label -1."""
+    inputs = torch.randn(100, 6, generator=torch.Generator().manual_seed(13))
+    model = _toy_model(n_clusters=(4, 6))
+    labeler = SelfLabeler(100, [4, 6], epsilon=0.2, mass=0.8, soft_targets=True)
+    for _ in range(2):  # the first update builds the codes, the second replaces them
+        labeler.update(model, _loader(inputs))
+        codes = labeler.codes(torch.arange(100))
+        for head in range(2):
+            unassigned = labeler.labels[head] < 0
+            assert int(unassigned.sum()) == 20
+            assert torch.equal(codes[head][unassigned], torch.zeros(20, codes[head].shape[1]))
+            torch.testing.assert_close(codes[head][~unassigned].sum(1), torch.ones(80))
+    logits = model(inputs)
+    assigned = labeler.labels[0] >= 0
+    expected = torch.nn.functional.cross_entropy(
+        logits[0][assigned], codes[0][assigned], reduction="mean"
+    )
+    torch.testing.assert_close(MultiHeadClassifier.loss(logits[:1], codes[:1]), expected)
+
+
+def test_soft_rows_of_zeros_are_left_out_as_label_minus_one_is():
+    torch.manual_seed(1)
+    logits = [torch.randn(9, 4, requires_grad=True), torch.randn(9, 6)]
+    labels = torch.stack([torch.randint(0, 4, (9,)), torch.randint(0, 6, (9,))])
+    labels[0, [1, 5]] = -1
+    labels[1] = -1  # a head whose batch is all unassigned contributes 0
+    one_hot = [
+        torch.nn.functional.one_hot(labels[h].clamp(min=0), k).float()
+        * (labels[h] >= 0).unsqueeze(1)
+        for h, k in enumerate([4, 6])
+    ]
+    soft = MultiHeadClassifier.loss(logits, one_hot)
+    torch.testing.assert_close(soft, MultiHeadClassifier.loss(logits, labels))
+    soft.backward()
+    assert torch.equal(logits[0].grad[[1, 5]], torch.zeros(2, 4))
+
+
+def test_codes_before_an_update_give_unassigned_start_labels_zeros():
+    """Labels with -1 loaded into a labeler that has no codes yet: zeros, not a crash."""
+    inputs = torch.randn(40, 6, generator=torch.Generator().manual_seed(14))
+    hard = SelfLabeler(40, [4, 6], mass=0.75)
+    hard.update(_toy_model(), _loader(inputs))
+    soft = SelfLabeler(40, [4, 6], mass=0.75, soft_targets=True)
+    soft.load_state_dict(hard.state_dict())
+    codes = soft.codes(torch.arange(40))
+    for head in range(2):
+        assert torch.equal(codes[head].sum(1), (hard.labels[head] >= 0).float())
+
+
 def test_known_label_sample_is_stratified_and_drawn_by_the_seed():
     targets = np.repeat(np.arange(4), [100, 60, 30, 10])
     known = known_label_sample(targets, 0.05, seed=1)
@@ -807,3 +893,83 @@ def test_the_true_size_prior_reaches_every_head_the_clustering_may_come_from():
     for head in (0, 1):
         np.testing.assert_array_equal(weights[head], [40.0, 20.0, 10.0])
     np.testing.assert_array_equal(weights[2], np.ones(6))
+
+
+# ---------------------------------------------------------------------------
+# loader formats: the last element of a batch is the sample indices, each once a pass
+# ---------------------------------------------------------------------------
+
+
+def _indexed(inputs, index_batches):
+    return list(zip(inputs.split(7), index_batches, strict=True))
+
+
+def _bad_loaders():
+    inputs = torch.randn(30, 6, generator=torch.Generator().manual_seed(15))
+    indices = list(torch.arange(30).split(7))
+    classes = torch.arange(30) % 3  # a data set's class labels, not sample indices
+    repeated = [*indices[:-1], indices[-1].clone()]
+    repeated[-1][0] = 3
+    within = [*indices[:-1], indices[-1].clone()]
+    within[-1][1] = within[-1][0]
+    shifted = [batch + 1 for batch in indices]
+    negative = [batch - 1 for batch in indices]
+    return {
+        "(x, y) without index": (
+            list(zip(inputs.split(7), classes.split(7), strict=True)),
+            r"sample index 0 came twice in one pass.*\(x, y, index\)",
+        ),
+        "a batch yielded twice": (
+            _loader(inputs) + _loader(inputs)[:1],
+            "sample index 0 came twice in one pass",
+        ),
+        "an index from an earlier batch": (
+            _indexed(inputs, repeated),
+            "sample index 3 came twice",
+        ),
+        "an index twice in one batch": (_indexed(inputs, within), "sample index 28 came twice"),
+        "an index past N": (_indexed(inputs, shifted), r"sample index 30 is outside \[0, 30\)"),
+        "a negative index": (_indexed(inputs, negative), r"sample index -1 is outside"),
+        "float targets last": (
+            list(zip(inputs.split(7), torch.rand(30).split(7), strict=True)),
+            "dtype float32, not one-dimensional integer sample indices",
+        ),
+        "one index short": (
+            _indexed(inputs, [batch[:-1] for batch in indices]),
+            "a batch of 7 inputs came with 6 indices",
+        ),
+        "the last batch dropped": (
+            _loader(inputs)[:4],
+            r"covered 28 of 30 samples \(index 28 never came\)",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_loaders()))
+def test_a_loader_whose_batches_do_not_end_with_each_index_once_is_refused(case):
+    loader, message = _bad_loaders()[case]
+    labeler = SelfLabeler(30, [4, 6], seed=0)
+    before = labeler.labels.clone()
+    with pytest.raises(ValueError, match=message):
+        labeler.update(_toy_model(), loader)
+    assert torch.equal(labeler.labels, before)  # nothing stored
+
+
+def test_indices_in_any_order_and_predict_on_data_of_unknown_size():
+    """Shuffled batches give the labels of ordered ones; predict() sizes new data by its
+    largest index, and refuses a repeated index there too."""
+    inputs = torch.randn(60, 6, generator=torch.Generator().manual_seed(16))
+    model = _toy_model()
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(17))
+    shuffled = list(zip(inputs[order].split(7), order.split(7), strict=True))
+    ordered, mixed = SelfLabeler(60, [4, 6]), SelfLabeler(60, [4, 6])
+    ordered.update(model, _loader(inputs))
+    mixed.update(model, shuffled[::-1])  # the largest index need not come last
+    assert torch.equal(mixed.labels, ordered.labels)
+    unseen = torch.randn(23, 6, generator=torch.Generator().manual_seed(18))
+    backwards = _loader(unseen, batch=5)[::-1]
+    assert torch.equal(ordered.predict(model, backwards), ordered.predict(model, _loader(unseen)))
+    with pytest.raises(ValueError, match="sample index 0 came twice"):
+        ordered.predict(model, _loader(unseen) + _loader(unseen)[:1])
+    with pytest.raises(ValueError, match=r"sample index 20 is outside \[0, 20\)"):
+        ordered.predict(model, _loader(unseen), n_samples=20)

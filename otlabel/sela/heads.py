@@ -79,13 +79,15 @@ class MultiHeadClassifier(nn.Module):
         probabilities per head (:meth:`SelfLabeler.codes`).
         ``class_weights`` (one ``(K_h,)`` tensor per head) weights each sample by
         its label's weight, as :func:`torch.nn.functional.cross_entropy` does.
-        Label -1 (left unassigned by partial mass) takes no part; a batch whose
-        samples are all unassigned contributes 0.
+        Label -1 (left unassigned by partial mass) takes no part, nor does a soft
+        target row of zeros (the code of an unassigned sample): each head's loss
+        is the mean over its other samples, and a batch whose samples are all
+        unassigned contributes 0.
         """
         weights: Sequence[torch.Tensor | None] = class_weights or [None] * len(logits)
         if not isinstance(labels, torch.Tensor):  # soft targets, one (B, K_h) per head
             soft = [
-                nn.functional.cross_entropy(out, target, weight=weights[h])
+                _soft_cross_entropy(out, target, weights[h])
                 for h, (out, target) in enumerate(zip(logits, labels, strict=True))
             ]
             return torch.stack(soft).mean()
@@ -98,3 +100,17 @@ class MultiHeadClassifier(nn.Module):
                 nn.functional.cross_entropy(out, labels[h], weight=weights[h], ignore_index=-1)
             )
         return torch.stack(losses).mean()
+
+
+def _soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy against soft targets ``(B, K)``, the mean over the rows that have
+    one: a row of zeros (an unassigned sample) takes no part; none left gives 0."""
+    has_target = targets.sum(1) > 0
+    if not bool(has_target.any()):
+        return logits.sum() * 0.0  # keeps the graph, adds nothing
+    per_sample = nn.functional.cross_entropy(
+        logits[has_target], targets[has_target], weight=weight, reduction="none"
+    )
+    return per_sample.mean()

@@ -34,6 +34,12 @@ MODES = ("train", "eval")
 #: accuracy (the potential only warm-starts the rounding), so the labeler solves
 #: loosely and does not warn when Sinkhorn stops early; any option can be overridden.
 LABEL_SOLVE = {"rounding": "balanced", "tol": 1e-3, "max_iter": 200}
+#: What the labeler expects of a loader's batches, for its error messages.
+LOADER_FORMAT = (
+    "a loader's batches must end with the sample indices, (inputs, ..., indices), and one "
+    "pass must yield every index 0..N-1 exactly once (a data set that yields (x, y) needs "
+    "its index added: (x, y, index))"
+)
 
 
 class SelfLabeler:
@@ -43,6 +49,8 @@ class SelfLabeler:
     ----------
     n_samples : int
         Size N of the data set; samples are named by their index ``0..N-1``.
+        Loaders yield batches ``(inputs, ..., indices)``: the last element
+        holds the batch's sample indices, and a pass yields each index once.
     n_clusters : int or sequence of int
         Clusters per head (one int for all heads, or one per head).
     n_heads : int, default 1
@@ -69,7 +77,10 @@ class SelfLabeler:
         Also keep each sample's soft code, the row of the transport plan
         ``softmax_k((log p_ik + g_k) / epsilon)`` (SwAV's targets), for
         :meth:`codes`; epsilon then sets how soft they are.  Costs ``N K``
-        floats per head.
+        floats per head.  A sample left unassigned (label -1, partial mass)
+        has a code of zeros, which :meth:`MultiHeadClassifier.loss
+        <otlabel.sela.MultiHeadClassifier.loss>` leaves out as it leaves out
+        label -1.
     **assign_options
         Passed to :func:`otlabel.assign` (``tol``, ``cluster_weights``,
         ``min_size``, ``max_size``, ``rounding``, ``backend``, ...).  Defaults:
@@ -200,27 +211,22 @@ class SelfLabeler:
     def codes(self, indices: Any) -> list[torch.Tensor]:
         """Soft targets of samples ``indices``: one ``(B, K_h)`` tensor per head.
 
-        Rows of the last update's transport plan, normalised (``soft_targets=True``);
-        a known sample's code is its label, one-hot.  Before the first update:
-        the one-hot of the start labels.
+        Rows of the last update's transport plan over the K_h clusters, normalised
+        (``soft_targets=True``); a known sample's code is its label, one-hot; a
+        sample the update left unassigned (label -1) has a row of zeros, which the
+        loss leaves out.  Before the first update: the one-hot of the start labels.
         """
         if not self.soft_targets:
             raise ValueError("codes: construct the labeler with soft_targets=True")
         if self.soft_codes is None:
-            return [
-                torch.nn.functional.one_hot(self.labels[h, indices], k).float()
-                for h, k in enumerate(self.n_clusters)
-            ]
+            return [_one_hot(self.labels[h, indices], k) for h, k in enumerate(self.n_clusters)]
         return [codes[indices] for codes in self.soft_codes]
 
     def _store_codes(self, log_p: list[np.ndarray], heads: list[int]) -> None:
-        """The updated heads' plan rows (one-hot for known samples and unassigned ones)."""
+        """The updated heads' plan rows: one-hot for known samples, zeros for unassigned ones."""
         assert self.potentials is not None
         if self.soft_codes is None:
-            self.soft_codes = [
-                torch.nn.functional.one_hot(self.labels[h], k).float()
-                for h, k in enumerate(self.n_clusters)
-            ]
+            self.soft_codes = [_one_hot(self.labels[h], k) for h, k in enumerate(self.n_clusters)]
         for head in heads:
             k = self.n_clusters[head]
             codes = predict(log_p[head], self.potentials[head][:k], soft=True, epsilon=self.epsilon)
@@ -228,7 +234,8 @@ class SelfLabeler:
             codes = codes / codes.sum(1, keepdim=True).clamp(min=1e-30)
             if self.known is not None:
                 is_known = self.known >= 0
-                codes[is_known] = torch.nn.functional.one_hot(self.known[is_known], k).float()
+                codes[is_known] = _one_hot(self.known[is_known], k)
+            codes[self.labels[head] < 0] = 0.0  # unassigned: no target, as label -1
             self.soft_codes[head] = codes
 
     def _options_for(self, heads: list[int]) -> dict[str, Any]:
@@ -257,14 +264,12 @@ class SelfLabeler:
         partial mass), or the soft codes (``soft=True``).
 
         ``loader`` yields batches ``(inputs, ..., indices)`` over the new data,
-        indices ``0..M-1`` (``n_samples=M``; default: the largest index + 1).
+        indices ``0..M-1``, each once (``n_samples=M``; default: the largest index + 1).
         Returns ``(H, M)`` labels, or a list of H ``(M, K_h)`` code tensors.
         """
         if self.potentials is None:
             raise ValueError("predict: no labels were computed yet; call update() first")
-        batches = self._collect(model, loader, device)
-        if n_samples is None:
-            n_samples = 1 + max((int(np.max(indices)) for indices, _ in batches), default=-1)
+        batches, n_samples = self._collect(model, loader, device, n_samples)
         log_p = self._gathered(batches, n_samples)
         out = []
         for head, scores in enumerate(log_p):
@@ -296,50 +301,57 @@ class SelfLabeler:
         """Log-probabilities of every sample for every head: H arrays ``(N, K_h)`` float32.
 
         ``loader`` yields batches ``(inputs, ..., indices)``: the sample indices
-        come last.  ``model(inputs)`` returns the logits of the heads: a list of
-        ``(B, K_h)`` tensors, a stack ``(H, B, K)``, or one ``(B, K)`` tensor.
-        The model's train/eval mode is set to ``mode`` and restored afterwards.
-        ``n_samples``: the size of the loader's data (default: the training set's).
+        come last, and one pass yields every index ``0..N-1`` exactly once (a
+        batch whose last element is not that, such as a data set's ``(x, y)``
+        without its index, is refused).  ``model(inputs)`` returns the logits of
+        the heads: a list of ``(B, K_h)`` tensors, a stack ``(H, B, K)``, or one
+        ``(B, K)`` tensor.  The model's train/eval mode is set to ``mode`` and
+        restored afterwards.  ``n_samples``: the size of the loader's data
+        (default: the training set's).
         """
-        batches = self._collect(model, loader, device)
-        return self._gathered(batches, self.n_samples if n_samples is None else n_samples)
+        size = self.n_samples if n_samples is None else n_samples
+        batches, size = self._collect(model, loader, device, size)
+        return self._gathered(batches, size)
 
     @torch.no_grad()
     def _collect(
-        self, model: torch.nn.Module, loader: Iterable[Any], device: torch.device | str | None
-    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-        """Each batch's indices and log-probabilities per head, in the labeler's mode."""
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        device: torch.device | str | None,
+        n_samples: int | None,
+    ) -> tuple[list[tuple[np.ndarray, list[np.ndarray]]], int]:
+        """Each batch's indices and log-probabilities per head, in the labeler's mode,
+        and the number of samples of the pass (``n_samples``, or if None the largest
+        index + 1).  Every batch's indices are checked as it comes (:class:`_PassIndices`).
+        """
         was_training = model.training
         model.train(self.mode == "train")
         batches: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        seen = _PassIndices(n_samples)
         try:
             for batch in loader:
-                inputs, indices = batch[0], np.asarray(batch[-1])
+                inputs, indices = batch[0], _batch_indices(batch)
                 if device is not None:
                     inputs = inputs.to(device)
                 heads = [
                     torch.log_softmax(logits.float(), dim=1).cpu().numpy()
                     for logits in self._heads_of(model(inputs))
                 ]
+                seen.add(indices, batch_size=heads[0].shape[0])
                 batches.append((indices, heads))
         finally:
             model.train(was_training)
-        return batches
+        return batches, seen.check_covered()
 
     def _gathered(
         self, batches: list[tuple[np.ndarray, list[np.ndarray]]], n_samples: int
     ) -> list[np.ndarray]:
-        """The batches' log-probabilities in sample order; every index exactly covered."""
-        collected = [np.full((n_samples, k), np.nan, np.float32) for k in self.n_clusters]
+        """The batches' log-probabilities in sample order (indices checked by ``_collect``)."""
+        collected = [np.empty((n_samples, k), np.float32) for k in self.n_clusters]
         for indices, heads in batches:
             for head, log_p in enumerate(heads):
                 collected[head][indices] = log_p
-        missing = np.isnan(collected[0][:, 0]).sum()
-        if missing:
-            raise ValueError(
-                f"loader covered {n_samples - missing} of {n_samples} samples; "
-                "it must yield every sample index once per pass (do not drop the last batch)"
-            )
         return collected
 
     def _heads_of(self, output: Any) -> list[torch.Tensor]:
@@ -354,15 +366,23 @@ class SelfLabeler:
         return output
 
     def state_dict(self) -> dict[str, Any]:
-        """Labels and potentials, for a checkpoint."""
+        """Labels, potentials and soft codes, for a checkpoint: tensors only.
+
+        ``torch.save`` writes it and plain ``torch.load`` (``weights_only=True``)
+        reads it back; the potentials are float64 tensors.
+        """
+        potentials = None
+        if self.potentials is not None:
+            potentials = [torch.tensor(p, dtype=torch.float64) for p in self.potentials]
         return {
             "labels": self.labels.clone(),
-            "potentials": None if self.potentials is None else [p.copy() for p in self.potentials],
+            "potentials": potentials,
             "soft_codes": None if self.soft_codes is None else [c.clone() for c in self.soft_codes],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved (potentials as tensors, or as the NumPy
+        arrays that earlier versions saved)."""
         labels = torch.as_tensor(state["labels"])
         if tuple(labels.shape) != tuple(self.labels.shape):
             raise ValueError(
@@ -371,7 +391,7 @@ class SelfLabeler:
             )
         self.labels = labels.clone()
         potentials = state["potentials"]
-        self.potentials = None if potentials is None else [np.asarray(p) for p in potentials]
+        self.potentials = None if potentials is None else [_float64_array(p) for p in potentials]
         codes = state.get("soft_codes")
         self.soft_codes = None if codes is None else [torch.as_tensor(c).clone() for c in codes]
 
@@ -381,3 +401,99 @@ def _balanced_random_labels(n_samples: int, n_clusters: list[int], seed: int) ->
     generator = np.random.default_rng(seed)
     rows = [generator.permutation(np.arange(n_samples) % k) for k in n_clusters]
     return torch.as_tensor(np.stack(rows), dtype=torch.int64)
+
+
+def _one_hot(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """Float one-hot rows of ``labels``; label -1 (unassigned) gives a row of zeros."""
+    rows = torch.nn.functional.one_hot(labels.clamp(min=0), n_clusters).float()
+    return rows * (labels >= 0).unsqueeze(-1)
+
+
+def _float64_array(potential: Any) -> np.ndarray:
+    """A saved potential (a tensor, or an earlier version's NumPy array) as float64."""
+    if isinstance(potential, torch.Tensor):
+        potential = potential.detach().cpu().numpy()
+    return np.array(potential, dtype=np.float64)
+
+
+def _batch_indices(batch: Any) -> np.ndarray:
+    """The last element of a batch as sample indices: one-dimensional integers."""
+    last = batch[-1]
+    if isinstance(last, torch.Tensor):
+        last = last.detach().cpu().numpy()
+    indices = np.asarray(last)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(
+            f"a batch's last element has shape {indices.shape} and dtype {indices.dtype}, "
+            f"not one-dimensional integer sample indices; {LOADER_FORMAT}"
+        )
+    return indices.astype(np.int64, copy=False)
+
+
+class _PassIndices:
+    """The sample indices one pass over a loader has yielded, in a boolean seen-array.
+
+    Each index must lie in ``[0, n_samples)`` and come once.  With
+    ``n_samples=None`` (new data of unknown size) the size is the largest index
+    + 1, and the seen-array grows with it.
+    """
+
+    def __init__(self, n_samples: int | None) -> None:
+        self.n_samples = n_samples
+        self.seen = np.zeros(0 if n_samples is None else n_samples, dtype=bool)
+        self.count = 0  # indices yielded so far, all distinct
+        self.largest = -1
+
+    def add(self, indices: np.ndarray, batch_size: int) -> None:
+        """Record one batch's indices; raise if they cannot be this pass's sample indices."""
+        if indices.shape[0] != batch_size:
+            raise ValueError(
+                f"a batch of {batch_size} inputs came with {indices.shape[0]} indices; "
+                f"{LOADER_FORMAT}"
+            )
+        if indices.size == 0:
+            return
+        self._check_range(indices)
+        self._grow_to(int(indices.max()) + 1)
+        repeated = _repeated_index(indices, self.seen)
+        if repeated is not None:
+            raise ValueError(f"sample index {repeated} came twice in one pass; {LOADER_FORMAT}")
+        self.seen[indices] = True
+        self.count += indices.size
+        self.largest = max(self.largest, int(indices.max()))
+
+    def _check_range(self, indices: np.ndarray) -> None:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or (self.n_samples is not None and high >= self.n_samples):
+            bad = low if low < 0 else high
+            bound = "N" if self.n_samples is None else self.n_samples
+            raise ValueError(f"sample index {bad} is outside [0, {bound}); {LOADER_FORMAT}")
+
+    def _grow_to(self, size: int) -> None:
+        """Room for indices below ``size`` (unknown size only), doubling."""
+        if size > self.seen.size:
+            grown = np.zeros(max(size, 2 * self.seen.size), dtype=bool)
+            grown[: self.seen.size] = self.seen
+            self.seen = grown
+
+    def check_covered(self) -> int:
+        """The pass's number of samples, once every index ``0..N-1`` came."""
+        n_samples = self.largest + 1 if self.n_samples is None else self.n_samples
+        if self.count < n_samples:
+            first_missing = int(np.flatnonzero(~self.seen[:n_samples])[0])
+            raise ValueError(
+                f"loader covered {self.count} of {n_samples} samples (index {first_missing} "
+                "never came); one pass must yield every sample index 0..N-1 once, as the last "
+                "element of each batch (a loader that drops its last batch falls short)"
+            )
+        return n_samples
+
+
+def _repeated_index(indices: np.ndarray, seen: np.ndarray) -> int | None:
+    """An index of ``indices`` that came in an earlier batch or twice in this one, or None."""
+    earlier = indices[seen[indices]]
+    if earlier.size:
+        return int(earlier[0])
+    ordered = np.sort(indices)
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    return int(twice[0]) if twice.size else None
