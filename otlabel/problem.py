@@ -261,12 +261,22 @@ def make_constraint(
             total=rho,
         )
         _check_known_mass(mass, upper, "max_size", index)
-        lower_free, upper_free = np.maximum(lower - mass, 0.0), upper - mass
+        lower_free, upper_free = np.maximum(lower - mass, 0.0), np.maximum(upper - mass, 0.0)
         given_bounds = (lower, upper)
         if extend:
             lower_free, upper_free = _append(lower_free, 1 - rho), _append(upper_free, 1 - rho)
             given_bounds = (_append(lower, 1 - rho), _append(upper, 1 - rho))
-        return BoundedSizes(lower_free, upper_free, _append_zero(counts, extend), given_bounds)
+        free_mass = 1.0 - float(mass.sum())
+        forced = (
+            "upper"
+            if upper_free.sum() <= free_mass * (1 + 1e-12)
+            else "lower"
+            if lower_free.sum() >= free_mass * (1 - 1e-12)
+            else None
+        )
+        return BoundedSizes(
+            lower_free, upper_free, _append_zero(counts, extend), given_bounds, forced
+        )
     weights = rho * check.weights(
         given["cluster_weights"], n_clusters, _named("cluster_weights", index)
     )
@@ -279,7 +289,7 @@ def make_constraint(
             _append_zero(counts, extend),
         )
     _check_known_mass(mass, weights, "cluster_weights", index)
-    target = weights - mass
+    target = np.maximum(weights - mass, 0.0)
     if extend:
         return FixedSizes(
             _append(target, 1 - rho), _append_zero(counts, True), _append(weights, 1 - rho)
@@ -298,15 +308,15 @@ def _append_zero(counts: np.ndarray | None, extend: bool) -> np.ndarray | None:
 
 
 def _check_known_mass(mass: np.ndarray, room: np.ndarray, argument: str, index: int | None) -> None:
-    """Known samples may not fill (or overfill) a cluster's upper mass."""
-    full = mass >= room * (1 - 1e-12)
-    if np.any(full & (mass > 0)):
-        k = int(np.flatnonzero(full & (mass > 0))[0])
+    """Known samples may fill a cluster's upper mass (it is then closed to the other
+    samples), not overfill it."""
+    over = mass > room * (1 + 1e-12)
+    if np.any(over):
+        k = int(np.flatnonzero(over)[0])
         raise ValueError(
             f"{_named('known_labels', index)}: the known samples of cluster {k} carry "
-            f"{mass[k]:.6g} of the mass, at or above its share {room[k]:.6g} "
-            f"({argument}): no other sample could join it; label fewer samples, or raise "
-            f"the cluster's {argument}"
+            f"{mass[k]:.6g} of the mass, above its share {room[k]:.6g} ({argument}); "
+            f"label fewer samples, or raise the cluster's {argument}"
         )
 
 

@@ -447,3 +447,62 @@ def test_the_cluster_sizes_page_examples_run():
     namespace: dict = {}
     exec(compile("\n".join(blocks), str(page), "exec"), namespace)
     assert (namespace["res"].labels[:50] == namespace["known"][:50]).all()
+
+
+# --------------------------------------------------------------------------
+# known samples that fill a cluster; bounds that force the sizes
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, k, n_known, kwargs",
+    [
+        (100, 10, 10, {}),
+        (100, 10, 10, {"backend": "numpy"}),
+        (100, 10, 10, {"max_size": 0.1}),
+        (100, 10, 10, {"max_size": 0.1, "min_size": 0.05}),
+        (100, 10, 9, {"mass": 0.9}),
+        (5, 5, 1, {}),
+        (100, 10, 10, {"rounding": "argmax"}),
+    ],
+)
+def test_known_samples_that_exactly_fill_a_cluster_close_it(n, k, n_known, kwargs):
+    """A cluster whose known samples carry exactly its share is closed to the others
+    (it was refused): no free sample joins it, the solve converges, and the free
+    labels are the LP optimum with that cluster's count at its known samples."""
+    scores = otlabel.make_scores(n, k, seed=0, dtype=np.float64)
+    known = np.full(n, -1)
+    known[:n_known] = 0
+    res = otlabel.assign(scores, 0.05, known_labels=known, **kwargs)
+    assert res.converged and np.isfinite(res.potential).all()
+    free = known < 0
+    assert not np.any(res.labels[free] == 0) and res.counts[0] == n_known
+    if kwargs.get("rounding") == "argmax" or "mass" in kwargs:
+        return
+    if "min_size" in kwargs:
+        lower, upper = BoundedSizes(np.full(k, 0.05), np.full(k, 0.1)).count_bounds(n)
+    else:
+        lower, upper = otlabel.count_bounds(n, np.ones(k) / k)
+    counts = np.bincount(known[~free], minlength=k)
+    optimum = bounded_lp_optimum(scores[free], np.maximum(lower - counts, 0), upper - counts)
+    achieved = scores[free][np.arange(free.sum()), res.labels[free]].sum()
+    assert achieved == pytest.approx(optimum, rel=1e-10) and res.gap <= 1e-9
+
+
+@pytest.mark.parametrize("bound", ["max_size", "min_size"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_bounds_that_sum_to_the_whole_mass_solve_as_fixed_sizes(bound, backend):
+    """Upper (lower) bounds summing to 1 force every size onto them: the solve takes
+    about the fixed sizes' passes (it took none in 5 000), the same labels, and a
+    potential of the bounded sign (the fixed one up to a constant)."""
+    scores = otlabel.make_scores(100, 10, seed=0, dtype=np.float64)
+    fixed = otlabel.assign(scores, 0.05, backend=backend)
+    res = otlabel.assign(scores, 0.05, backend=backend, **{bound: 0.1})
+    assert res.converged and res.n_iter <= 1.2 * fixed.n_iter
+    np.testing.assert_array_equal(res.labels, fixed.labels)
+    fixed = otlabel.sinkhorn(scores, 0.05, backend=backend, tol=1e-10)
+    res = otlabel.sinkhorn(scores, 0.05, backend=backend, tol=1e-10, **{bound: 0.1})
+    shift = res.potential - fixed.potential
+    np.testing.assert_allclose(shift, shift.mean(), atol=1e-8)
+    edge = res.potential.max() if bound == "max_size" else res.potential.min()
+    assert abs(edge) <= 1e-9
