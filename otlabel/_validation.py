@@ -79,6 +79,8 @@ def matrix(value: Any, name: str) -> Any:
         return array.astype(np.float64)  # integers are read as float64
     if array.dtype.type is np.float16 and numpy:  # either byte order
         return array.astype(np.float32)  # NumPy's float16 arithmetic is emulated: too slow
+    if array.dtype.itemsize > 8 and numpy:  # long double: no kernel computes in it
+        return array.astype(np.float64)
     if numpy and not array.dtype.isnative:
         return array.astype(array.dtype.newbyteorder("="))  # the kernels read native order
     return array  # float32, float64; CuPy float16 is read block by block in float32

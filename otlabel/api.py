@@ -302,6 +302,7 @@ def predict(
     unassigned: float | None = None,
     unassigned_scores: Any = None,
     backend: str = "auto",
+    head: int | None = None,
 ) -> Any:
     r"""Labels, or soft codes, for samples that were not in the solved problem.
 
@@ -328,6 +329,10 @@ def predict(
         Partial mass's ``g0`` (default: the result's) and ``s0``.
     backend : str, default "auto"
         Who reads the matrix (as in :func:`assign`).
+    head : int or None
+        Which head of a several-head solve (a stack or a list) the scores belong
+        to: its potential (and unassigned potential) is used.  Required for a
+        several-head result or potential, refused for a one-head one.
 
     Returns
     -------
@@ -345,11 +350,16 @@ def predict(
     >>> codes = res.predict(new, soft=True)
     >>> codes.shape, bool(abs(codes.sum(axis=1) - 1).max() < 1e-5)
     ((200, 10), True)
+    >>> heads = otlabel.assign([train, train[:, :5]], 0.05)  # two heads
+    >>> otlabel.predict(new[:, :5], heads, head=1).shape
+    (200,)
     """
     if isinstance(potential, Result):
         epsilon = potential.epsilon if epsilon is None else epsilon
-        unassigned = potential.unassigned_potential if unassigned is None else unassigned
-        potential = potential.potential
+        potential, result_unassigned = _one_head(potential, head)
+        unassigned = result_unassigned if unassigned is None else unassigned
+    elif head is not None or _several_heads(potential):
+        potential = _head_of(potential, head, _count_heads(potential))
     problem = build_problem(
         scores, 1.0 if epsilon is None else epsilon, backend=backend, rounding=None
     )
@@ -404,3 +414,38 @@ def solve_and_label(
     if outcome.labels is not None:
         outcome.counts = np.bincount(outcome.labels[outcome.labels >= 0], minlength=potential.size)
     return outcome
+
+
+def _one_head(result: Result, head: int | None) -> tuple[Any, Any]:
+    """The potential and unassigned potential of head ``head`` of ``result``."""
+    potential, unassigned = result.potential, result.unassigned_potential
+    if np.ndim(result.n_iter) == 0:  # one head
+        if head is not None:
+            raise ValueError(f"head: the result has one head, so no head= is needed; got {head!r}")
+        return potential, unassigned
+    n_heads = len(result.n_iter)
+    chosen = _head_of(potential, head, n_heads)
+    return chosen, None if unassigned is None else _head_of(unassigned, head, n_heads)
+
+
+def _several_heads(potential: Any) -> bool:
+    """Whether a potential given as an array or list holds several heads' potentials."""
+    return isinstance(potential, (list, tuple)) or len(getattr(potential, "shape", ())) == 2
+
+
+def _count_heads(potential: Any) -> int:
+    return len(potential) if isinstance(potential, (list, tuple)) else int(potential.shape[0])
+
+
+def _head_of(values: Any, head: int | None, n_heads: int) -> Any:
+    """``values[head]``, with ``head`` checked against ``n_heads``."""
+    if head is None:
+        raise ValueError(
+            f"head: the potential holds {n_heads} heads; pass head=0..{n_heads - 1} "
+            "with the scores of that head (one matrix per call)"
+        )
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)):
+        raise TypeError(f"head: expected an integer, got {type(head).__name__}")
+    if not 0 <= int(head) < n_heads:
+        raise ValueError(f"head: expected 0..{n_heads - 1}, got {head}")
+    return values[int(head)]

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validation as check
 from ._arrays import device_of, from_host, namespace, to_numpy
 
 Array = Any
@@ -327,8 +328,15 @@ def count_bounds(n_samples: int, cluster_weights: Any) -> tuple[np.ndarray, np.n
     >>> lower, upper = count_bounds(10, np.full(4, 0.25))
     >>> lower.tolist(), upper.tolist()
     ([2, 2, 2, 2], [3, 3, 3, 3])
+
+    Weights are normalised as :func:`otlabel.assign` normalises them:
+
+    >>> count_bounds(10, np.ones(4))[1].tolist()
+    [3, 3, 3, 3]
     """
-    weights = np.asarray(cluster_weights, dtype=np.float64)
+    n_samples = check.positive_int(n_samples, "n_samples")
+    size = int(np.size(cluster_weights))
+    weights = check.weights(cluster_weights, size, "cluster_weights")  # normalised
     return _integer_bounds(n_samples, weights, weights)
 
 

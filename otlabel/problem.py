@@ -182,6 +182,11 @@ def _head(
     """One head: its constraint, its start, and one read of its scores (finite rows)."""
     n_local, n_clusters = scores.shape
     rho = check.fraction(given["mass"], _named("mass", index))
+    if rho == 1.0 and given["unassigned_scores"] is not None:
+        raise ValueError(
+            f"{_named('unassigned_scores', index)}: the scores of the unassigned column "
+            "are only used with partial mass; pass mass < 1, or leave them out"
+        )
     known = _known_labels(given["known_labels"], n_local, n_clusters, log_a, index)
     counts, mass = (None, None) if known is None else (known.counts, known.mass)
     constraint = make_constraint(given, n_clusters, rho, counts, mass, index)
@@ -280,8 +285,10 @@ def make_constraint(
     weights = rho * check.weights(
         given["cluster_weights"], n_clusters, _named("cluster_weights", index)
     )
+    penalty = None
     if relaxed:
         penalty = check.penalty(given["size_penalty"], n_clusters, _named("size_penalty", index))
+    if penalty is not None and not np.all(np.isinf(penalty)):  # all inf: fixed sizes
         return RelaxedSizes(
             _append(weights, 1 - rho) if extend else weights,
             _append(penalty, np.inf) if extend else penalty,

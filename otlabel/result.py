@@ -239,13 +239,24 @@ def _column(values: list[Any]) -> Any:
 
 def _warn_not_converged(head: int | None, solved: Any, tol: float) -> None:
     where = "" if head is None else f" (head {head})"
+    error, tolerance = _distinct(float(solved.error), tol)
     warnings.warn(
         f"Sinkhorn stopped after max_iter={solved.n_iter} passes{where} with marginal error "
-        f"{solved.error:.3g} > tol={tol:.3g}; raise max_iter, raise epsilon, or warm-start "
+        f"{error} > tol={tolerance}; raise max_iter, raise epsilon, or warm-start "
         "with init=<previous result>.potential",
         ConvergenceWarning,
         stacklevel=4,  # _warn_not_converged <- assemble <- assign <- caller
     )
+
+
+def _distinct(error: float, tol: float) -> tuple[str, str]:
+    """``error`` and ``tol`` with the fewest significant digits (at least 3) that tell
+    them apart: 1.0028e-4 against 1e-4 is ``0.00010028 > 0.0001``, not ``0.0001 > 0.0001``."""
+    for digits in range(3, 18):
+        shown = f"{error:.{digits}g}", f"{tol:.{digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown
 
 
 def _short(value: Any) -> str:

@@ -217,3 +217,83 @@ def test_auto_start_on_a_large_float32_matrix_is_a_subsample():
     scores = otlabel.make_scores(60_000, 10, kind="head", seed=3)
     res = otlabel.assign(scores, 0.05)
     assert res.start == "subsample" and res.phases["start"] > 0 and res.converged
+
+
+# --------------------------------------------------------------------------
+# predict on a several-head result; the smaller contract items
+# --------------------------------------------------------------------------
+
+
+def test_predict_takes_one_head_of_a_several_head_result():
+    """A stack's or a list's result (K may differ) predicts for one head, named by
+    ``head=``: that head's potential (and unassigned potential) is used."""
+    stack = np.stack([otlabel.make_scores(60, 4, seed=s, dtype=np.float64) for s in range(3)])
+    res = otlabel.assign(stack, 0.05, mass=0.8)
+    for h in range(3):
+        expected = otlabel.predict(
+            stack[h], res.potential[h], unassigned=res.unassigned_potential[h]
+        )
+        np.testing.assert_array_equal(otlabel.predict(stack[h], res, head=h), expected)
+        np.testing.assert_array_equal(res.predict(stack[h], head=h), expected)
+    ragged = [otlabel.make_scores(60, 4, seed=0), otlabel.make_scores(60, 6, seed=1)]
+    listed = otlabel.assign(ragged, 0.05, rounding="argmax")
+    np.testing.assert_array_equal(otlabel.predict(ragged[1], listed, head=1), listed.labels[1])
+    np.testing.assert_array_equal(
+        otlabel.predict(ragged[1], listed.potential, head=1), listed.labels[1]
+    )
+
+
+@pytest.mark.parametrize(
+    "head, error, match",
+    [
+        (None, ValueError, r"head: the potential holds 3 heads; pass head=0..2"),
+        (3, ValueError, r"head: expected 0..2, got 3"),
+        (1.0, TypeError, "head: expected an integer"),
+    ],
+)
+def test_predict_names_a_missing_or_bad_head(head, error, match):
+    stack = np.stack([otlabel.make_scores(30, 4, seed=s) for s in range(3)])
+    res = otlabel.assign(stack, 0.05)
+    with pytest.raises(error, match=match):
+        otlabel.predict(stack[0], res, head=head)
+    one = otlabel.assign(stack[0], 0.05)
+    with pytest.raises(ValueError, match="head: the result has one head"):
+        otlabel.predict(stack[0], one, head=0)
+
+
+def test_convergence_warning_tells_error_and_tol_apart():
+    scores = otlabel.make_scores(100, 10, seed=0, dtype=np.float64)
+    options = {"overrelaxation": 1.0, "backend": "numpy"}
+    with pytest.warns(otlabel.ConvergenceWarning):
+        full = otlabel.sinkhorn(scores, 0.05, tol=1e-12, max_iter=41, **options)
+    tol = full.errors[40] * (1 - 1e-5)  # just below the error after 41 passes
+    with pytest.warns(otlabel.ConvergenceWarning) as caught:
+        otlabel.sinkhorn(scores, 0.05, tol=tol, max_iter=41, **options)
+    message = str(caught[0].message)
+    error_text, tol_text = message.split("marginal error ")[1].split(";")[0].split(" > tol=")
+    assert error_text != tol_text and float(error_text) > float(tol_text)
+
+
+def test_long_double_scores_are_read_as_float64():
+    scores = otlabel.make_scores(200, 5, seed=0, dtype=np.float64)
+    res = otlabel.assign(scores.astype(np.longdouble), 0.05)
+    np.testing.assert_array_equal(res.labels, otlabel.assign(scores, 0.05).labels)
+
+
+def test_count_bounds_normalise_the_weights_as_assign_does():
+    lower, upper = otlabel.count_bounds(10, np.ones(4))
+    assert lower.tolist() == [2, 2, 2, 2] and upper.tolist() == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match="cluster_weights"):
+        otlabel.count_bounds(10, np.array([1.0, -1.0]))
+
+
+def test_an_infinite_size_penalty_is_fixed_sizes():
+    scores = otlabel.make_scores(200, 5, seed=0, dtype=np.float64)
+    res = otlabel.assign(scores, 0.05, size_penalty=np.inf)  # no RuntimeWarning (errors)
+    np.testing.assert_array_equal(res.labels, otlabel.assign(scores, 0.05).labels)
+
+
+def test_unassigned_scores_without_partial_mass_are_refused():
+    scores = otlabel.make_scores(20, 4, seed=0)
+    with pytest.raises(ValueError, match=r"unassigned_scores: .* only used with partial mass"):
+        otlabel.assign(scores, 0.05, unassigned_scores=np.zeros(20))
