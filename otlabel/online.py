@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _validation as check
 from ._arrays import library_of, namespace
-from .problem import Options, build_problem
+from .problem import Options, Problem, build_problem
 from .solver import ColumnPartial, iterate, plan_of
 
 __all__ = ["soft_assign"]
@@ -69,12 +69,17 @@ def soft_assign(
     group : torch.distributed.ProcessGroup or None
         Share the equipartition over the ranks of a group (SwAV's
         ``world_size > 1``): each rank passes its own batch and gets its own
-        codes, computed as for all ranks' batches together.  None: this process.
+        codes, computed as for all ranks' batches together.  The scores' library,
+        K and dtype, ``epsilon``, ``n_iter``, ``tol``, ``cluster_weights`` and
+        ``size_penalty`` must be the same on every rank; a difference, or a bad
+        argument on any rank, raises the same error on every rank.  None: this
+        process.
 
     Returns
     -------
     array (B, K)
-        In the library, device and dtype of ``scores``; every row sums to 1.
+        In the library, device and dtype of ``scores`` (NumPy's float16 too, solved
+        in float32); every row sums to 1.
 
     Examples
     --------
@@ -88,6 +93,52 @@ def soft_assign(
     >>> bool(np.isfinite(otlabel.soft_assign(huge)).all())
     True
     """
+    collective = _collective(group)
+    try:
+        given = _validated(scores, epsilon, n_iter, tol, queue, cluster_weights, size_penalty)
+        report = None if collective is None else _report(given, cluster_weights, size_penalty)
+    except Exception as error:
+        if collective is None:
+            raise
+        collective.agree(error, None)  # raises this rank's error on every rank
+        raise  # pragma: no cover (agree raised)
+    n_total = given.rows.shape[0]
+    if collective is not None:  # every rank's verdict and arguments, compared
+        n_total = sum(other.n_rows for other in collective.agree(None, report))
+    problem = given.problem
+    with _quiet(given.batch), problem.options.backend.context(None):
+        codes = _codes(
+            problem.heads[0],
+            problem.options,
+            given.batch.shape[0],
+            given.n_iter,
+            given.tol,
+            collective,
+            n_total,
+        )
+    return _in_dtype_of(codes, scores)
+
+
+class _Given(NamedTuple):
+    """soft_assign's validated arguments."""
+
+    n_iter: int
+    tol: float | None
+    batch: Any  # (B, K) the scores, as the solve reads them
+    rows: Any  # (Q + B, K) the queue's rows, then the batch's
+    problem: Problem  # of ``rows``
+
+
+def _validated(
+    scores: Any,
+    epsilon: float,
+    n_iter: int,
+    tol: float | None,
+    queue: Any,
+    cluster_weights: Any,
+    size_penalty: Any,
+) -> _Given:
+    """Every check of :func:`soft_assign`'s arguments (each error names its argument)."""
     n_iter = check.positive_int(n_iter, "n_iter")  # type: ignore[assignment]
     if tol is not None:
         tol = check.positive_float(tol, "tol")
@@ -101,17 +152,37 @@ def soft_assign(
         method="log",
         rounding=None,
     )  # the one validation path: finite scores, weights, epsilon, sizes
-    collective = _collective(group)
-    with _quiet(batch), problem.options.backend.context(None):
-        return _codes(problem.heads[0], problem.options, batch.shape[0], n_iter, tol, collective)
+    return _Given(n_iter, tol, batch, rows, problem)
+
+
+def _report(given: _Given, cluster_weights: Any, size_penalty: Any) -> Any:
+    """What this rank tells the others: its number of rows, and the arguments that
+    must be the same on every rank (they set the steps and the answer)."""
+    from .distributed import Report, fingerprint
+
+    compared = {
+        "epsilon": given.problem.options.epsilon,
+        "n_iter": given.n_iter,
+        "tol": given.tol,
+        "cluster_weights": cluster_weights,
+        "size_penalty": size_penalty,
+    }
+    rows = given.rows
+    return Report(fingerprint(rows, rows.shape[1], "scores", compared), rows.shape[0])
 
 
 def _codes(
-    head: Any, options: Options, n_batch: int, n_iter: int, tol: float | None, collective: Any
+    head: Any,
+    options: Options,
+    n_batch: int,
+    n_iter: int,
+    tol: float | None,
+    collective: Any,
+    n_total: int,
 ) -> Any:
+    """The codes of the batch (the last ``n_batch`` rows); ``n_total``: every rank's rows."""
     rows, epsilon = head.scores, options.epsilon
     n_local = rows.shape[0]
-    n_total = n_local if collective is None else int(collective.sum(np.array([n_local]))[0])
     backend = options.backend
     # float64 throughout (a precise kernel): a minibatch is small, and rows then sum
     # to 1 to the last bit of the output precision however large scores / eps is
@@ -183,6 +254,14 @@ def _collective(group: Any) -> Any:
     from .distributed import TorchCollective
 
     return TorchCollective(group)
+
+
+def _in_dtype_of(codes: Any, scores: Any) -> Any:
+    """NumPy codes in the dtype of NumPy ``scores`` (float16 is solved in float32);
+    other libraries keep their dtype themselves."""
+    if library_of(scores) != "numpy" or not np.issubdtype(scores.dtype, np.floating):
+        return codes
+    return codes.astype(scores.dtype.type, copy=False)  # native byte order
 
 
 def _quiet(batch: Any) -> Any:

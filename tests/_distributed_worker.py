@@ -28,8 +28,9 @@ def run(rank: int, world: int, folder: str, cases: list[dict], backend: str = "g
     try:
         for case in cases:
             scores = case["shards"][rank]
-            if case.get("torch") or backend == "nccl":
+            if _of_rank(case.get("torch"), rank) or backend == "nccl":
                 scores = torch.as_tensor(scores, device=device)
+            epsilon = _of_rank(case["epsilon"], rank)
             kwargs = dict(case.get("kwargs", {}))
             if "sample_weights" in case:
                 kwargs["sample_weights"] = case["sample_weights"][rank]
@@ -37,12 +38,10 @@ def run(rank: int, world: int, folder: str, cases: list[dict], backend: str = "g
                 kwargs[name] = shards[rank]
             try:
                 if case.get("soft"):
-                    codes = otlabel.soft_assign(
-                        scores, case["epsilon"], group=dist.group.WORLD, **kwargs
-                    )
+                    codes = otlabel.soft_assign(scores, epsilon, group=dist.group.WORLD, **kwargs)
                     outcomes.append({"codes": np.asarray(codes)})
                     continue
-                result = otlabel.distributed.assign(scores, case["epsilon"], **kwargs)
+                result = otlabel.distributed.assign(scores, epsilon, **kwargs)
                 outcomes.append({"result": _host(result)})
             except (ValueError, TypeError) as error:
                 outcomes.append({"error": (type(error).__name__, str(error))})
@@ -51,6 +50,11 @@ def run(rank: int, world: int, folder: str, cases: list[dict], backend: str = "g
     finally:
         dist.destroy_process_group()
         Path(folder, f"rank{rank}.pkl").write_bytes(pickle.dumps(outcomes))
+
+
+def _of_rank(value, rank: int):
+    """A case's setting: one for all ranks, or a list with one per rank."""
+    return value[rank] if isinstance(value, list) else value
 
 
 def _host(result):

@@ -37,6 +37,8 @@ def launch(world: int, cases: list[dict], folder: Path, backend: str = "gloo") -
     for process in alive:
         process.kill()
     assert not alive, "a rank did not finish: deadlock in a collective"
+    died = {r: process.exitcode for r, process in enumerate(ranks) if process.exitcode != 0}
+    assert not died, f"ranks died (rank: exit code): {died}"
     outcomes = [pickle.loads(Path(folder, f"rank{r}.pkl").read_bytes()) for r in range(world)]
     for rank_outcomes in outcomes:
         crashes = [o["crash"] for o in rank_outcomes if "crash" in o]
@@ -123,7 +125,7 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
     for outcome in k_case:
         assert outcome["error"] == (
             "ValueError",
-            "local_scores: every rank needs the same K, got [7, 5]",
+            "local_scores: every rank needs the same K, got 7 on rank 0, 5 on rank 1",
         )
 
 
@@ -208,15 +210,157 @@ def test_every_constraint_on_two_and_three_ranks_equals_one_process(tmp_path, rn
         outcomes = launch(world, cases, folder)
         for kwargs, per_rank in zip(constraints, outcomes, strict=True):
             single = otlabel.assign(scores, 0.1, tol=1e-9, method="log", backend="numpy", **kwargs)
-            offsets = np.cumsum([0, *sizes])
-            for rank, outcome in enumerate(per_rank):
-                assert "result" in outcome, outcome
-                result = outcome["result"]
-                own = slice(offsets[rank], offsets[rank + 1])
-                np.testing.assert_array_equal(result["labels"], single.labels[own])
-                np.testing.assert_array_equal(result["counts"], single.counts)
-                np.testing.assert_allclose(result["potential"], single.potential, atol=1e-7)
-                if single.unassigned_potential is not None:
-                    assert result["unassigned_potential"] == pytest.approx(
-                        single.unassigned_potential, abs=1e-7
-                    )
+            assert_same_solution(per_rank, single, sizes)
+
+
+def assert_same_solution(per_rank, single, sizes):
+    """Each rank's labels those of its rows in ``single``; counts and potentials global."""
+    offsets = np.cumsum([0, *sizes])
+    for rank, outcome in enumerate(per_rank):
+        assert "result" in outcome, outcome
+        result = outcome["result"]
+        own = slice(offsets[rank], offsets[rank + 1])
+        np.testing.assert_array_equal(result["labels"], single.labels[own])
+        np.testing.assert_array_equal(result["counts"], single.counts)
+        np.testing.assert_allclose(result["potential"], single.potential, atol=1e-7)
+        if single.unassigned_potential is not None:
+            assert result["unassigned_potential"] == pytest.approx(
+                single.unassigned_potential, abs=1e-7
+            )
+
+
+def test_known_labels_are_checked_over_the_group(tmp_path, rng):
+    """Known labels are counted over the group: a rank whose every label is known, or
+    whose known samples alone would fill a cluster of its own rows, solves with the
+    others; only the group's labels can leave nothing to solve or fill a cluster."""
+    scores = rng.normal(size=(10, 3))
+    sizes = {"all known": [2, 8], "full here": [3, 7], "none free": [2, 8], "full": [5, 5]}
+    known = {
+        "all known": [0, 1] + [-1] * 8,  # rank 0: its 2 rows, both known
+        "full here": [0, 0] + [-1] * 8,  # rank 0: 2 of its 3 rows in cluster 0
+        "none free": [0, 1, 2, 0, 1, 2, 0, 1, 2, 0],
+        "full": [0, 0, 0, -1, -1, 0, 0, -1, -1, -1],  # 5 of 10 in cluster 0
+    }
+    cases = [
+        {
+            "shards": shards_of(scores, sizes[name]),
+            "epsilon": 0.1,
+            "kwargs": {"tol": 1e-9},
+            "per_rank": {"known_labels": shards_of(np.array(labels), sizes[name])},
+        }
+        for name, labels in known.items()
+    ]
+    all_known, full_here, none_free, full = launch(2, cases, tmp_path)
+
+    for name, per_rank in (("all known", all_known), ("full here", full_here)):
+        single = otlabel.assign(
+            scores, 0.1, tol=1e-9, method="log", backend="numpy", known_labels=known[name]
+        )
+        assert_same_solution(per_rank, single, sizes[name])
+    first = all_known[0]["result"]
+    assert first["labels"].tolist() == [0, 1] and np.isnan(first["row_potential"]).all()
+    assert all_known[1]["result"]["n_iter"] == first["n_iter"]
+    nothing = (
+        "known_labels: every sample's label is given, on every rank; there is nothing to solve"
+    )
+    with pytest.raises(ValueError) as too_many:
+        otlabel.assign(scores, 0.1, known_labels=np.array(known["full"]))
+    for outcome in none_free:
+        assert outcome == {"error": ("ValueError", nothing)}
+    for outcome in full:  # the single-process message: the group's sums
+        assert outcome == {"error": ("ValueError", str(too_many.value))}
+
+
+def test_a_rank_without_free_rows_takes_every_step(tmp_path, rng):
+    """Three ranks, the middle one's labels all known, the first's none: every
+    constraint, both roundings, a given start and Torch give the one-process solve."""
+    scores = rng.normal(size=(150, 4)) * 2 + np.linspace(1, -1, 4)
+    sizes = [50, 12, 88]
+    known = np.full(150, -1)
+    known[50:62] = np.argmax(scores[50:62], axis=1)  # rank 1: every row known
+    known[100:110] = rng.integers(0, 4, 10)
+    options = [
+        {},
+        {"rounding": "argmax"},
+        {"min_size": 0.15, "max_size": 0.4},
+        {"size_penalty": 0.5},
+        {"mass": 0.9},
+        {"init": np.array([0.2, -0.1, 0.0, -0.1])},
+    ]
+    cases = [
+        {
+            "shards": shards_of(scores, sizes),
+            "epsilon": 0.1,
+            "kwargs": {"tol": 1e-9, **kwargs},
+            "per_rank": {"known_labels": [None, known[50:62], known[62:]]},
+        }
+        for kwargs in options
+    ]
+    cases.append({**cases[0], "torch": True})
+    outcomes = launch(3, cases, tmp_path)
+    for kwargs, per_rank in zip([*options, {}], outcomes, strict=True):
+        single = otlabel.assign(
+            scores, 0.1, tol=1e-9, method="log", backend="numpy", known_labels=known, **kwargs
+        )
+        assert_same_solution(per_rank, single, sizes)
+    assert outcomes[-1][1]["result"]["labels_type"] == "torch"
+
+
+def test_arguments_that_differ_between_ranks_raise_on_every_rank(tmp_path, rng):
+    """Every argument that sets the steps or the answer is compared in one exchange:
+    the same error on every rank, naming the argument and each rank's value."""
+    scores = rng.normal(size=(40, 4))
+    shards = shards_of(scores, [15, 25])
+    batches = [rng.normal(size=(8, 5)), rng.normal(size=(8, 4))]
+    with_nan = [shards[0], shards[1].copy()]
+    with_nan[1][3, 2] = np.nan
+
+    def differing(name, values, **kwargs):
+        return {"shards": shards, "epsilon": 0.1, "kwargs": kwargs, "per_rank": {name: values}}
+
+    expected = {
+        "rounding: every rank needs the same value, got 'balanced' on rank 0, 'argmax' "
+        "on rank 1": differing("rounding", ["balanced", "argmax"]),
+        "max_iter: every rank needs the same value, got 3 on rank 0, 50 on rank 1": differing(
+            "max_iter", [3, 50], tol=1e-12
+        ),
+        "epsilon: every rank needs the same value, got 0.1 on rank 0, 0.05 on rank 1": {
+            "shards": shards,
+            "epsilon": [0.1, 0.05],
+        },
+        "local_scores: every rank needs the same array library, got 'numpy' on rank 0, "
+        "'torch' on rank 1; backend: every rank needs the same value, got 'numba' on rank 0, "
+        "'torch' on rank 1": {"shards": shards, "epsilon": 0.1, "torch": [False, True]},
+        "local_scores: every rank needs the same dtype, got 'float64' on rank 0, 'float32' "
+        "on rank 1": {"shards": [shards[0], shards[1].astype(np.float32)], "epsilon": 0.1},
+        "cluster_weights: every rank needs the same value, got [1., 2., 3., 4.] on rank 0, "
+        "[1., 2., 3., 5.] on rank 1": differing("cluster_weights", [[1, 2, 3, 4], [1, 2, 3, 5]]),
+        "size_penalty: every rank needs the same value, got None on rank 0, 0.5 on rank 1": (
+            differing("size_penalty", [None, 0.5])
+        ),
+        "init: every rank needs the same value, got None on rank 0, [0., 0., 0., 0.] on rank 1": (
+            differing("init", [None, np.zeros(4)])
+        ),
+        "scores: every rank needs the same K, got 5 on rank 0, 4 on rank 1": {
+            "shards": batches,
+            "epsilon": 0.1,
+            "soft": True,
+        },
+        "tol: every rank needs the same value, got None on rank 0, 1e-06 on rank 1": {
+            "shards": shards,
+            "epsilon": 0.1,
+            "soft": True,
+            "per_rank": {"tol": [None, 1e-6]},
+        },
+        "rank 1: scores: contains NaN or infinite values; scores must be finite": {
+            "shards": with_nan,
+            "epsilon": 0.1,
+            "soft": True,
+        },
+    }
+    agreed = {"shards": shards, "epsilon": 0.1, "kwargs": {"tol": 1e-9, "rounding": "argmax"}}
+    *refused, solved = launch(2, [*expected.values(), agreed], tmp_path)
+    for message, per_rank in zip(expected, refused, strict=True):
+        for outcome in per_rank:
+            assert outcome == {"error": ("ValueError", message)}
+    assert_equals_single(solved, scores, [15, 25], 0.1, tol=1e-9, rounding="argmax")

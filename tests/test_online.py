@@ -80,6 +80,18 @@ def test_half_precision_and_no_gradient(cosine):
     torch.testing.assert_close(codes.float(), reference, rtol=0, atol=1e-2)
 
 
+def test_numpy_codes_keep_the_scores_dtype(cosine):
+    """NumPy float16 is solved in float32 (as assign reads it); the codes come back in
+    float16, as Torch's do."""
+    half = cosine.astype(np.float16)
+    codes = otlabel.soft_assign(half)
+    assert codes.dtype == np.float16
+    solved = otlabel.soft_assign(half.astype(np.float32))
+    np.testing.assert_array_equal(codes, solved.astype(np.float16))
+    assert otlabel.soft_assign(cosine.astype(">f8")).dtype == np.float64  # native order
+    assert otlabel.soft_assign(cosine.astype(np.float32)).dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
