@@ -151,10 +151,13 @@ class ReferenceBackend:
 
     def scaling_kernel(self, head: Any, log_a: Array, options: Any) -> Kernel:
         """The scaling-domain kernel; built in place of the scores only where that can be
-        undone (:func:`reversible`), else in new memory."""
+        undone (:func:`reversible`), else in new memory.  Not over the copy of the free
+        rows that known labels make: given back to rounding, it would no longer be what
+        the caller holds, and the finish and the labels read it."""
         row_max, row_min = self.extremes_of(head)
         overwrite = (
             options.overwrite_scores
+            and head.known is None
             and _writeable(head.scores)
             and reversible(row_max, row_min, options.epsilon, head.scores.dtype)
         )
