@@ -45,11 +45,11 @@ from .problem import (
     KnownLabels,
     Options,
     Problem,
-    _known_score_sum,
-    _rows,
     build_problem,
     check_known_counts,
+    known_score_sum,
     make_constraint,
+    rows_of,
 )
 from .result import HeadOutcome, Result, assemble, with_known_rows
 from .solver import ColumnPartial
@@ -296,11 +296,11 @@ def _free_rows(head: Head, labels: np.ndarray) -> Head:
         np.bincount(labels[is_known], weights=np.exp(head.log_a[is_known]), minlength=n_clusters),
         head.log_a,
     )
-    known.score_sum = _known_score_sum(head.scores, known)
+    known.score_sum = known_score_sum(head.scores, known)
     rows = free if free.size else np.arange(1)
     return replace(
         head,
-        scores=_rows(head.scores, rows),
+        scores=rows_of(head.scores, rows),
         log_a=head.log_a[rows],
         row_max=_take(head.row_max, rows),
         row_min=_take(head.row_min, rows),

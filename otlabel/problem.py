@@ -205,8 +205,8 @@ def _head(
     start = _start(given["init"], n_clusters, n_columns, _named("init", index))
     free_scores, free_log_a = scores, log_a
     if known is not None:
-        free_scores, free_log_a = _rows(scores, known.free), log_a[known.free]
-        known.score_sum = _known_score_sum(scores, known)
+        free_scores, free_log_a = rows_of(scores, known.free), log_a[known.free]
+        known.score_sum = known_score_sum(scores, known)
         n_free = n_samples - (n_local - known.free.size)
         check_known_counts(constraint, known.counts, n_free, index)
     row_max, row_min = options.backend.validate(free_scores, name)  # one read of the matrix
@@ -361,10 +361,10 @@ def _known_labels(
     return KnownLabels(labels, free, counts, mass, log_a)
 
 
-def _known_score_sum(scores: Any, known: KnownLabels) -> float:
+def known_score_sum(scores: Any, known: KnownLabels) -> float:
     """``sum_{i known} S_{i, y_i}`` (the known rows' part of the labels' cost)."""
     rows = np.flatnonzero(known.labels >= 0)
-    picked = _rows(scores, rows)  # (n_known, K)
+    picked = rows_of(scores, rows)  # (n_known, K)
     xp = namespace(picked) if not isinstance(picked, ChunkedScores) else picked.namespace()
     if isinstance(picked, ChunkedScores):
         picked = picked[0 : rows.size]
@@ -375,7 +375,7 @@ def _known_score_sum(scores: Any, known: KnownLabels) -> float:
     return float(xp.sum(xp.astype(own, xp.float64)))
 
 
-def _rows(scores: Any, rows: np.ndarray) -> Any:
+def rows_of(scores: Any, rows: np.ndarray) -> Any:
     """The rows ``rows`` of the scores: a copy of them if it fits in half the available
     memory (NumPy; always for device arrays), else a stream that gathers them."""
     if isinstance(scores, ChunkedScores):
