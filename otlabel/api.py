@@ -15,6 +15,7 @@ import numpy as np
 
 from ._arrays import like, to_numpy
 from ._validation import finite_vector, initial_potential
+from .initializers import start_of
 from .problem import DEFAULT_MAX_ITER, DEFAULT_TOL, Head, Options, build_problem
 from .result import HeadOutcome, Result, assemble, with_known_rows
 from .rounding import hard_labels, predicted
@@ -391,7 +392,8 @@ def solve_and_label(
     ranks of a group (:mod:`otlabel.distributed`), the group (which also reduces
     each pass) and the number of iterated samples over all ranks.
     """
-    solved = solve_head(head, options, reducer=collective)
+    start = start_of(head, options, reducer=collective)
+    solved = solve_head(head, options, start, reducer=collective)
     potential = to_numpy(solved.potential)
     labels = hard_labels(
         head.scores,

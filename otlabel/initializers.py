@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._arrays import to_numpy
+from .solver import Iterate, Kernel, Record, UnstableIteration, quiet, solve
 
 if TYPE_CHECKING:
     from .problem import Head, Options
-    from .solver import Iterate, Kernel
 
 #: Large problems solved cold start from a solve on about this many rows (at
 #: least 20 per cluster), to this tolerance; it pays from twice its size on
@@ -52,7 +52,7 @@ class Start:
     weight: float = 1.0
 
 
-def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> Start:
+def start_of(head: Head, options: Options, *, reducer: Any = None) -> Start:
     """The start of ``head``'s solve, as its ``init`` asks (see the module docstring)."""
     n_clusters = head.scores.shape[1] + (head.virtual is not None)  # + partial mass's column
     if isinstance(head.init, np.ndarray):
@@ -71,8 +71,6 @@ def initial_potential(head: Head, options: Options, *, reducer: Any = None) -> S
 
 def subsample_start(head: Head, options: Options, stride: int, reducer: Any = None) -> Start:
     """The potential of the solve on rows ``0, stride, 2 stride, ...`` of ``head``."""
-    from .solver import Record, UnstableIteration, quiet, solve
-
     backend = options.backend
     rows = backend.subsample_rows(head.scores, stride)  # the kernels read it once per pass
     sub_weights = np.exp(head.log_a[::stride])

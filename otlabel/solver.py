@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import initializers
 from ._arrays import namespace
 
 if TYPE_CHECKING:
+    from .initializers import Start
     from .problem import Head, Options
 
 Array = Any
@@ -65,10 +65,14 @@ INEXACT_MARGIN = 0.1
 STALL_PASSES = 25
 
 
-def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) -> SolveOutput:
+def solve_head(
+    head: Head, options: Options, start: Start, *, reducer: Reducer | None = None
+) -> SolveOutput:
     """Every phase of one head's solve; returns the last iterate and its record.
 
-    1. **start**: the initialiser's potential (:mod:`otlabel.initializers`);
+    1. **start**: ``start``, the initialiser's potential
+       (:func:`otlabel.initializers.start_of`, which the caller runs: the
+       initialiser runs this loop on a subsample, so the loop does not import it);
     2. **log / stored**: the backend's first kernel (a stored or scaling-domain
        kernel where it is safe and faster, else the log domain), falling back,
        warm, to the log domain if the iterate leaves the floating-point range;
@@ -81,7 +85,6 @@ def solve_head(head: Head, options: Options, *, reducer: Reducer | None = None) 
     """
     backend = options.backend
     record = Record(options.callback)
-    start = initializers.initial_potential(head, options, reducer=reducer)
     record.phases["start"] = start.passes
     log_a, potential = backend.vectors(head.scores, head.log_a, start.potential)
     virtual = None if head.virtual is None else backend.vectors(head.scores, head.virtual)[0]
