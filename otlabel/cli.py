@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -96,6 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _as_options(str(error), getattr(args, "option_of", OPTION_OF))
         print(f"otlabel {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, the shell's status 130
+        where = ""
+        if isinstance(interrupt, Interrupted) and interrupt.n_iter:
+            where = f" after {interrupt.n_iter} passes, error {interrupt.error:.3g}"
+        print(f"otlabel {args.command}: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
+
+
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+INTERRUPTED = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a solve, with how far it had come."""
+
+    def __init__(self, n_iter: int, error: float) -> None:
+        super().__init__(n_iter, error)
+        self.n_iter, self.error = n_iter, error
 
 
 def _as_options(message: str, option_of: dict[str, str] = OPTION_OF) -> str:
@@ -478,13 +496,13 @@ def _assign(args: argparse.Namespace) -> int:
         known = np.count_nonzero(np.asarray(options["known_labels"]) >= 0, axis=-1)
         print(f"known      {_n(known)} of {scores.shape[-2]} samples kept their given label")
     if args.output:
-        with _writing(args.output, "--output"):
-            np.save(args.output, np.asarray(result.labels))
+        with _writing(args.output, "--output") as handle:
+            np.save(handle, np.asarray(result.labels))
         print(f"labels     written to {args.output}")
     if written is not None:
         arrays: dict[str, Any] = result_arrays(result)
-        with _writing(written, "--save"):
-            np.savez(written, **arrays)
+        with _writing(written, "--save") as handle:
+            np.savez(handle, **arrays)
         print(f"result     written to {written}")
     return 0 if np.all(result.converged) else 3
 
@@ -510,12 +528,21 @@ def _check_writable(path: str | None, option: str) -> None:
 
 
 @contextmanager
-def _writing(path: str, option: str) -> Iterator[None]:
-    """OSErrors while writing ``path`` as messages naming ``option``."""
+def _writing(path: str, option: str) -> Iterator[BinaryIO]:
+    """A file beside ``path`` to write to, moved onto ``path`` once written whole (an
+    interruption or an error leaves no partial file); OSErrors as messages naming
+    ``option``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".{name}.partial")
     try:
-        yield
+        with open(partial, "wb") as handle:
+            yield handle
+        os.replace(partial, path)
     except OSError as error:
         raise OSError(f"{option}: cannot write {path}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def _open_scores(
@@ -762,8 +789,8 @@ def _predict(args: argparse.Namespace) -> int:
         if saved.unassigned is not None:
             left = int(np.count_nonzero(predicted < 0))
             print(f"unassigned {left} of {n_samples} samples (label -1)")
-    with _writing(args.output, "--output"):
-        np.save(args.output, predicted)
+    with _writing(args.output, "--output") as handle:
+        np.save(handle, predicted)
     print(f"{'codes' if args.soft else 'labels':<10} written to {args.output}")
     return 0
 
@@ -892,7 +919,7 @@ def _timed_assign(scores: Any, args: argparse.Namespace, **options: Any) -> tupl
 
     A live progress line goes to stderr while it runs (see :class:`Progress`).
     """
-    progress = Progress(sys.stderr) if _progress_wanted(args) else None
+    progress = Progress(sys.stderr if _progress_wanted(args) else None)
     started = time.perf_counter()
     try:
         result = assign(
@@ -905,9 +932,10 @@ def _timed_assign(scores: Any, args: argparse.Namespace, **options: Any) -> tupl
             callback=progress,
             **options,
         )
+    except KeyboardInterrupt:
+        raise Interrupted(progress.n_iter, progress.error) from None
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     return result, time.perf_counter() - started
 
 
@@ -927,15 +955,20 @@ class Progress:
 
     Silent for the first :data:`PROGRESS_AFTER` seconds, then redrawn in place
     (``\\r``) at most once per :data:`PROGRESS_INTERVAL`; :meth:`close` erases it.
+    With no stream it only keeps the last pass and error (for an interruption's line).
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
         self.started = time.perf_counter()
         self.shown = -math.inf
         self.width = 0
+        self.n_iter, self.error = 0, math.nan
 
     def __call__(self, n_iter: int, error: float) -> None:
+        self.n_iter, self.error = n_iter, error
+        if self.stream is None:
+            return
         now = time.perf_counter()
         if now - self.started < PROGRESS_AFTER or now - self.shown < PROGRESS_INTERVAL:
             return
@@ -947,7 +980,7 @@ class Progress:
 
     def close(self) -> None:
         """Erase the line (if one was drawn), leaving the cursor at its start."""
-        if self.width:
+        if self.width and self.stream is not None:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
             self.width = 0

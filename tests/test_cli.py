@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -590,3 +593,25 @@ def test_predict_bad_input_fails_naming_the_option_or_file(scores_file, tmp_path
     with pytest.raises(SystemExit) as usage:  # --result is required: a usage error
         main(["predict", path, "-o", out])
     assert usage.value.code == 2
+
+
+def test_ctrl_c_mid_solve_exits_130_with_one_line_and_no_output(tmp_path):
+    """SIGINT while ``otlabel assign`` iterates: one line naming the passes and the
+    error, exit status 130, no output file (nor a partial one), the input untouched."""
+    path, out = str(tmp_path / "scores.npy"), tmp_path / "labels.npy"
+    scores = otlabel.make_scores(200_000, 50, seed=0, dtype=np.float64)
+    np.save(path, scores)
+    argv = [sys.executable, "-m", "otlabel", "assign", path, "-o", str(out)]
+    argv += ["--epsilon", "0.0005", "--tol", "1e-14", "--max-iter", "1000000", "--no-progress"]
+    argv += ["--backend", "numpy"]  # no compiling: the interruption lands in the passes
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("scores")  # the solve starts next
+    time.sleep(4.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr
+    assert re.fullmatch(r"otlabel assign: interrupted after \d+ passes, error \S+", lines[0])
+    assert list(tmp_path.iterdir()) == [tmp_path / "scores.npy"]
+    np.testing.assert_array_equal(np.load(path), scores)
