@@ -5,8 +5,8 @@ Every constraint is one column update of the one Sinkhorn loop
 (:mod:`otlabel.rounding`).  The loop hands the update the current cluster
 potential ``g`` and the log column masses ``log m`` of the iterate ``(f, g)``;
 ``W_k = m_k exp(-g_k / eps)`` is what the mass would be at ``g = 0``.  Each
-update is the exact minimisation of the dual over ``g`` (SPEC §6), written
-once as :meth:`exact_update`:
+update is the exact minimisation of the dual over ``g`` (docs/theory.md, section
+"Column constraints"), written once as :meth:`exact_update`:
 
 =========  ==============================  ==========================================
 kind       column term                     exact update

@@ -52,7 +52,8 @@ class Result:
         the start's (which runs on a subsample).
     error : float
         L1 marginal violation of the returned plan, rows and columns together
-        (SPEC's error of an iterate under the column constraint), computed in
+        (the error of an iterate under the column constraint: docs/theory.md,
+        section "The error of an iterate"), computed in
         float64 from the scores themselves.
     converged : bool
         Whether ``error <= tol``.

@@ -1,4 +1,5 @@
-"""Cluster sizes beyond fixed: relaxed (KL), partial mass, known labels (SPEC §6).
+"""Cluster sizes beyond fixed: relaxed (KL), partial mass, known labels
+(docs/theory.md, sections "Column constraints", "Partial mass" and "Known labels").
 
 Each is checked against its optimality conditions in float64, an independent
 solver (POT for the relaxed entropic problem, HiGHS for the exact labels), or
