@@ -83,7 +83,9 @@ class NumbaBackend(ReferenceBackend):
         if not isinstance(scores, np.ndarray):
             return super().validate(scores, name)
         bad = np.empty(scores.shape[0], dtype=np.bool_)
-        for rows, block in row_blocks(scores, max(1, CHUNK_BYTES // scores.strides[0])):
+        for rows, block in row_blocks(
+            scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
+        ):
             _nonfinite_rows(np.ascontiguousarray(block), bad[rows])
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -469,7 +471,9 @@ def _zero_probe(row):
 def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parallel row maxima and minima (one read), float64."""
     maxima, minima = np.empty(scores.shape[0]), np.empty(scores.shape[0])
-    for rows, block in row_blocks(scores, max(1, CHUNK_BYTES // scores.strides[0])):
+    for rows, block in row_blocks(
+        scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
+    ):
         _row_extremes(np.ascontiguousarray(block), maxima[rows], minima[rows])
     return maxima, minima
 
@@ -1099,7 +1103,7 @@ class NumbaKernel(Kernel):
         elif isinstance(self.scores, np.ndarray) and (
             self.scores.nbytes < 0.8 * available_memory()
         ):
-            target = np.empty_like(self.scores)
+            target = np.empty(self.scores.shape, dtype=self.scores.dtype)  # C order
             with threads(self.n_threads):
                 _build_dense(self.scores, g_ref, 1.0 / self.epsilon, target, f_ref)
             self.stored = target
