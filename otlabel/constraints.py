@@ -334,10 +334,10 @@ def count_bounds(n_samples: int, cluster_weights: Any) -> tuple[np.ndarray, np.n
     >>> count_bounds(10, np.ones(4))[1].tolist()
     [3, 3, 3, 3]
     """
-    n_samples = check.positive_int(n_samples, "n_samples")
+    n_checked = int(check.positive_int(n_samples, "n_samples") or 0)  # never None here
     size = int(np.size(cluster_weights))
     weights = check.weights(cluster_weights, size, "cluster_weights")  # normalised
-    return _integer_bounds(n_samples, weights, weights)
+    return _integer_bounds(n_checked, weights, weights)
 
 
 def _open(target: Array) -> Array:

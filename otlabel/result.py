@@ -11,6 +11,7 @@ import numpy as np
 from array_api_compat import device
 
 from ._arrays import like, namespace, to_numpy
+from .prediction import predict
 
 Array = Any
 
@@ -107,8 +108,6 @@ class Result:
     def predict(self, scores: Any, *, soft: bool = False, **options: Any) -> Any:
         """Labels (or soft codes) for new samples from this result's potential:
         :func:`otlabel.predict` ``(scores, self, soft=soft, **options)``."""
-        from .api import predict
-
         return predict(scores, self, soft=soft, **options)
 
     def __repr__(self) -> str:

@@ -116,3 +116,107 @@ def test_no_private_names_taken_from_other_modules(path):
 def test_the_private_name_check_would_catch_both_forms():
     tree = ast.parse("from .api import _options\nfrom . import solver\nsolver._sweep(1)\n")
     assert _private_uses(tree) == ["line 1: imports _options", "line 3: uses solver._sweep"]
+
+
+# --------------------------------------------------------------------------
+# the import graph has no cycle
+# --------------------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    """``otlabel.kernels.reference`` for ``otlabel/kernels/reference.py``."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    """The otlabel modules that ``node`` (in ``module``, at ``path``) imports at run time."""
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for _ in range(node.level - 1):
+            package = package.rpartition(".")[0]
+        base = ".".join(part for part in (package, node.module or "") if part)
+    if not base.startswith("otlabel"):
+        return []
+    # ``from .x import y``: the module x, and y itself where y is a module of x
+    return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+
+def _runtime_imports(tree: ast.Module) -> list[ast.AST]:
+    """Import statements that run: at module level, in functions, not under
+    ``if TYPE_CHECKING:`` (annotations only)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in _identifiers(node.test):
+            skipped |= {id(child) for child in ast.walk(node)}
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skipped
+    ]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each otlabel module and the otlabel modules it imports when it runs."""
+    modules = {_module_name(path): path for path in MODULES}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets: set[str] = set()
+        for node in _runtime_imports(_tree(path)):
+            if isinstance(node, ast.ImportFrom):
+                targets |= {name for name in _resolve(module, path, node) if name in modules}
+            else:
+                targets |= {alias.name for alias in node.names if alias.name in modules}
+        graph[module] = targets - {module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` (as a path that ends where it starts), or []."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target) :], target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        state[node] = "done"
+        stack.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def test_the_import_graph_has_no_cycle():
+    """A package's own ``__init__`` re-exports its modules (an edge down, never up);
+    every other import between two modules goes one way only."""
+    graph = import_graph()
+    for package in [module for module, path in _paths().items() if path.name == "__init__.py"]:
+        for module in graph:  # a module importing its own package's __init__ is not a cycle
+            if module.startswith(package + "."):
+                graph[module].discard(package)
+    assert find_cycle(graph) == []
+
+
+def _paths() -> dict[str, Path]:
+    return {_module_name(path): path for path in MODULES}
+
+
+def test_the_cycle_check_would_catch_a_lazy_import():
+    graph = {"otlabel.api": {"otlabel.result"}, "otlabel.result": {"otlabel.api"}}
+    assert find_cycle(graph) == ["otlabel.api", "otlabel.result", "otlabel.api"]
+    tree = ast.parse("def f():\n    from .api import predict\nif TYPE_CHECKING:\n    import x\n")
+    assert len(_runtime_imports(tree)) == 1
