@@ -181,6 +181,8 @@ class BoundedSizes(ColumnConstraint):
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """``floor(N lo_k)..ceil(N hi_k)`` less the known samples (N: all samples)."""
         lower, upper = self.given or (to_numpy(self.lower), to_numpy(self.upper))
+        if self.forced is not None:  # the forcing bounds are the sizes: floor..ceil of them
+            lower = upper = upper if self.forced == "upper" else lower
         known = _known(self.known_counts, lower.size)
         lower_count, upper_count = _integer_bounds(n_samples + int(known.sum()), lower, upper)
         return np.maximum(lower_count - known, 0), upper_count - known
@@ -335,8 +337,12 @@ def count_bounds(n_samples: int, cluster_weights: Any) -> tuple[np.ndarray, np.n
     [3, 3, 3, 3]
     """
     n_checked = int(check.positive_int(n_samples, "n_samples") or 0)  # never None here
-    size = int(np.size(cluster_weights))
-    weights = check.weights(cluster_weights, size, "cluster_weights")  # normalised
+    given = check.as_host(cluster_weights)
+    if given.ndim != 1 or given.size == 0:
+        raise ValueError(
+            f"cluster_weights: expected a 1-D array of K >= 1 weights, got shape {given.shape}"
+        )
+    weights = check.weights(given, given.size, "cluster_weights")  # normalised
     return _integer_bounds(n_checked, weights, weights)
 
 

@@ -98,6 +98,11 @@ def predict(
     if soft and epsilon is None:
         raise ValueError("epsilon: soft codes need the solve's epsilon (or pass its Result)")
     virtual = None
+    if unassigned is None and unassigned_scores is not None:
+        raise ValueError(
+            "unassigned_scores: the potential has no unassigned column (it was solved with "
+            "all the mass, mass=1), so no sample is left unassigned; drop this argument"
+        )
     if unassigned is not None:
         s0 = unassigned_scores
         if s0 is None:

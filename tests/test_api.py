@@ -297,3 +297,17 @@ def test_unassigned_scores_without_partial_mass_are_refused():
     scores = otlabel.make_scores(20, 4, seed=0)
     with pytest.raises(ValueError, match=r"unassigned_scores: .* only used with partial mass"):
         otlabel.assign(scores, 0.05, unassigned_scores=np.zeros(20))
+
+
+def test_count_bounds_refuse_what_is_not_one_weight_per_cluster():
+    torch = pytest.importorskip("torch")
+    assert otlabel.count_bounds(10, torch.ones(4))[1].tolist() == [3, 3, 3, 3]
+    for bad in ([], 1.0, np.ones((2, 2))):
+        with pytest.raises(ValueError, match="cluster_weights: expected a 1-D array"):
+            otlabel.count_bounds(10, bad)
+
+
+def test_predict_refuses_unassigned_scores_without_an_unassigned_column():
+    scores = otlabel.make_scores(30, 4, seed=0)
+    with pytest.raises(ValueError, match="unassigned_scores: the potential has no unassigned"):
+        otlabel.predict(scores, otlabel.assign(scores, 0.05), unassigned_scores=np.zeros(30))

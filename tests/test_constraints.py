@@ -507,3 +507,13 @@ def test_bounds_that_sum_to_the_whole_mass_solve_as_fixed_sizes(bound, backend):
     np.testing.assert_allclose(shift, shift.mean(), atol=1e-8)
     edge = res.potential.max() if bound == "max_size" else res.potential.min()
     assert abs(edge) <= 1e-9
+
+
+@pytest.mark.parametrize("bound", ["min_size", "max_size"])
+def test_forcing_bounds_round_to_their_floor_and_ceiling(bound):
+    """min_size = 1/7 for every cluster forces the sizes: 300 samples give counts 42 or
+    43 each (one cluster took the rounding slack of 6 before: 48)."""
+    scores = otlabel.make_scores(300, 7, seed=0, dtype=np.float64)
+    res = otlabel.assign(scores, 0.05, **{bound: 1 / 7})
+    assert set(res.counts.tolist()) <= {42, 43}
+    np.testing.assert_array_equal(res.labels, otlabel.assign(scores, 0.05).labels)
