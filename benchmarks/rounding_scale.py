@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("numpy", "numba"), default="numpy")
     args = parser.parse_args()
     if args.backend == "numba":
-        from otlabel.kernels.numba_ import CHUNK_BYTES
+        from otlabel.kernels.numba import CHUNK_BYTES
         from otlabel.kernels.rounding_numba import NumbaPasses
 
         passes, rows = NumbaPasses(), lambda k: CHUNK_BYTES // (4 * k)

@@ -22,7 +22,7 @@ import numpy as np
 import otlabel
 from otlabel.bench import read_bandwidth
 from otlabel.constraints import FixedSizes
-from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+from otlabel.kernels.numba import NumbaKernel, SparseKernel
 from otlabel.solver import iterate
 
 

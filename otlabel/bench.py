@@ -277,7 +277,7 @@ def kept_fraction(scores: np.ndarray, potential: np.ndarray, epsilon: float) -> 
     """The share of entries whose exponent ``(S_ik + g_k) / eps`` lies within
     ``-FLUSH_EXPONENT`` of its row's largest: those a sparse kernel built at the
     potential ``g`` keeps (the rule of the Numba backend's build)."""
-    from .kernels.numba_ import FLUSH_EXPONENT
+    from .kernels.numba import FLUSH_EXPONENT
 
     exponent = (scores + potential) / epsilon  # (n, K)
     kept = exponent > exponent.max(axis=1, keepdims=True) + FLUSH_EXPONENT

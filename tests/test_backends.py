@@ -183,10 +183,10 @@ def test_bounded_sizes_meet_their_optimality_conditions(backend, dtype):
 def test_overwritten_scores_come_back_when_a_pass_raises(backend, monkeypatch):
     """An interrupt in the middle of a stored-kernel solve leaves the caller's scores."""
     if backend.name == "numba":
-        from otlabel.kernels import numba_
+        from otlabel.kernels.numba import NumbaKernel, sparse
 
-        monkeypatch.setattr(numba_, "SPARSE_DENSITY", 0.0)  # the dense kernel, in place
-        kernel_type: Any = numba_.NumbaKernel
+        monkeypatch.setattr(sparse, "SPARSE_DENSITY", 0.0)  # the dense kernel, in place
+        kernel_type: Any = NumbaKernel
     else:
         from otlabel.kernels import reference
 

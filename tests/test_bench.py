@@ -133,10 +133,9 @@ def test_kept_fraction_counts_what_the_sparse_kernel_keeps(monkeypatch):
     """The streams' reported density: the share of entries that the Numba backend's
     sparse kernel built at the same potential holds (to float32 rounding at the
     flush threshold)."""
-    from otlabel.kernels import numba_
-    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+    from otlabel.kernels.numba import NumbaKernel, SparseKernel, sparse
 
-    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0)
+    monkeypatch.setattr(sparse, "SPARSE_DENSITY", 1.0)
     scores = otlabel.make_scores(3000, 40, kind="sela", seed=2)
     potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
     kernel = NumbaKernel(scores, np.full(3000, -np.log(3000)), 0.04, None, store_at_start=True)

@@ -13,8 +13,11 @@ import otlabel
 numba = pytest.importorskip("numba")
 from otlabel import kernels  # noqa: E402
 from otlabel.kernels import _fastmath  # noqa: E402
-from otlabel.kernels import numba_ as numba_module  # noqa: E402
-from otlabel.kernels.numba_ import NumbaLogKernel  # noqa: E402
+from otlabel.kernels import numba as numba_module  # noqa: E402
+from otlabel.kernels.numba import NumbaLogKernel  # noqa: E402
+from otlabel.kernels.numba import dense as numba_dense  # noqa: E402
+from otlabel.kernels.numba import sparse as numba_sparse  # noqa: E402
+from otlabel.kernels.numba import sparse_log as numba_sparse_log  # noqa: E402
 
 
 def both(scores, epsilon, **kwargs):
@@ -156,9 +159,7 @@ def test_missing_numba_is_a_clear_error(rng, monkeypatch):
 @pytest.fixture(params=["dense", "sparse"])
 def storage(request, monkeypatch):
     """Force the stored kernel dense or sparse (the choice goes by its density)."""
-    from otlabel.kernels import numba_
-
-    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0 if request.param == "sparse" else 0.0)
+    monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", 1.0 if request.param == "sparse" else 0.0)
     return request.param
 
 
@@ -196,12 +197,10 @@ def test_hybrid_gives_the_exact_optimum(overwrite, storage):
 @pytest.mark.parametrize("overrelaxation", [1.0, "auto"])
 def test_sparse_stored_kernel_equals_the_dense_one(rng, monkeypatch, overrelaxation):
     """Same stored values, only the zeros skipped: the same iterates up to float32 sums."""
-    from otlabel.kernels import numba_
-
     scores = otlabel.make_scores(5000, 60, kind="head", seed=3)
     results = {}
     for storage, density in (("dense", 0.0), ("sparse", 1.0)):
-        monkeypatch.setattr(numba_, "SPARSE_DENSITY", density)
+        monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", density)
         results[storage] = otlabel.assign(
             scores, 0.04, tol=1e-6, overrelaxation=overrelaxation, n_threads=2
         )
@@ -217,7 +216,7 @@ def test_sparse_stored_kernel_equals_the_dense_one(rng, monkeypatch, overrelaxat
 @pytest.mark.parametrize("stride", [1, 2, 7, 1000])
 def test_subsample_rows_are_numpys_strided_rows(stride):
     """The parallel row copy gives ``scores[::stride]``, contiguous; other layouts too."""
-    from otlabel.kernels.numba_ import NumbaBackend
+    from otlabel.kernels.numba import NumbaBackend
 
     scores = np.random.default_rng(stride).normal(size=(999, 13)).astype(np.float32)
     for source in (scores, np.asfortranarray(scores), scores[:, ::2]):
@@ -246,11 +245,9 @@ def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
     each row's ``f`` (score units, over-relaxed or not), the row error and the column
     mass, as NumPy computes them in float64; a row whose sum leaves [e^-ABSORB,
     e^ABSORB] is rescaled in place before its group's columns are summed, and counted."""
-    from otlabel.kernels import numba_
-
     rng = np.random.default_rng(7)
-    n_rows = numba_.TASK_ROWS + 2 * numba_.FLUSH_ROWS + 3
-    n_cols = numba_.GROUP_COLS + 5 if grouped else 37
+    n_rows = numba_module.TASK_ROWS + 2 * numba_dense.FLUSH_ROWS + 3
+    n_cols = numba_dense.GROUP_COLS + 5 if grouped else 37
     epsilon, omega = 0.25, 1.4
     kernel = rng.random((n_rows, n_cols), dtype=np.float32) + np.float32(0.01)
     kernel[5] *= np.float32(1e10)  # its row sum is past e^ABSORB
@@ -262,10 +259,10 @@ def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
     new = (1 - omega) * previous / epsilon + omega * exact if relaxed else exact
     factor = a * np.exp(new - exact) / row_sum  # (N,)
     expected_col = kernel.astype(np.float64).T @ factor  # (K,)
-    n_tasks = -(-n_rows // numba_.TASK_ROWS)
+    n_tasks = -(-n_rows // numba_module.TASK_ROWS)
     row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
     task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
-    numba_._dense_sweep(
+    numba_dense.dense_sweep(
         kernel, v, np.log(a), a, f_ref, previous if relaxed else np.zeros(1), epsilon,
         omega if relaxed else 1.0, relaxed, np.zeros(1), False,
         row_potential, col_sum, task_stats, q_scale,
@@ -285,10 +282,8 @@ def test_one_sparse_stored_pass_equals_numpy(relaxed):
     rows of 1 to 40 entries: each row's ``f`` (over-relaxed or not), its row error
     and the column mass, as NumPy computes them in float64 from the same entries; a
     row whose sum leaves [e^-ABSORB, e^ABSORB] is rescaled in place and counted."""
-    from otlabel.kernels import numba_
-
     rng = np.random.default_rng(11)
-    n_rows, n_cols, epsilon, omega = numba_.TASK_ROWS + 77, 53, 0.25, 1.4
+    n_rows, n_cols, epsilon, omega = numba_module.TASK_ROWS + 77, 53, 0.25, 1.4
     counts = rng.integers(1, 41, size=n_rows)
     counts[:300] = 1  # runs of one-entry rows
     indptr = np.concatenate([[0], np.cumsum(counts)])
@@ -305,11 +300,11 @@ def test_one_sparse_stored_pass_equals_numpy(relaxed):
     exact = np.log(a) - np.log(row_sum) + f_ref  # f / eps
     new = (1 - omega) * previous / epsilon + omega * exact if relaxed else exact
     factor = a * np.exp(new - exact) / row_sum  # (N,)
-    n_tasks = -(-n_rows // numba_.TASK_ROWS)
+    n_tasks = -(-n_rows // numba_module.TASK_ROWS)
     row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
     task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
-    task_rows = (rows % numba_.TASK_ROWS).astype(np.int16)
-    numba_._sparse_sweep(
+    task_rows = (rows % numba_module.TASK_ROWS).astype(np.int16)
+    numba_sparse.sparse_sweep(
         indptr, indices.astype(np.int16), values, task_rows, v, np.log(a), a, f_ref,
         previous if relaxed else np.zeros(1), epsilon, omega if relaxed else 1.0, relaxed,
         np.zeros(1), False, row_potential, col_sum, task_stats, q_scale,
@@ -324,10 +319,9 @@ def test_one_sparse_stored_pass_equals_numpy(relaxed):
 
 
 def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
-    from otlabel.kernels import numba_
-    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+    from otlabel.kernels.numba import NumbaKernel, SparseKernel
 
-    monkeypatch.setattr(numba_, "SPARSE_DENSITY", 1.0)
+    monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", 1.0)
     scores = otlabel.make_scores(2000, 50, kind="head", seed=1)
     potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
     log_a = np.full(2000, -np.log(2000))
@@ -335,7 +329,7 @@ def test_sparse_kernel_holds_only_the_entries_above_the_flush(monkeypatch):
     kernel.column_state(potential)
     assert isinstance(kernel.stored, SparseKernel)
     dense = np.exp(scores / 0.04 + kernel.g_ref + kernel.f_ref[:, None]).astype(np.float32)
-    kept = dense > np.float32(np.exp(numba_.FLUSH_EXPONENT))
+    kept = dense > np.float32(np.exp(numba_module.FLUSH_EXPONENT))
     # the kernel works out exponents ~1e2 in float32: 1e-5 relative, and at the
     # threshold a handful of entries may fall on either side of it
     assert abs(kernel.stored.values.size - kept.sum()) <= 1e-3 * kept.sum()
@@ -350,36 +344,36 @@ def test_sparse_fill_keeps_what_the_dense_kernel_keeps_with_long_and_short_runs(
     no run length divides it).  Rows that keep few and rows that keep many, each
     after either kind: every path gives the dense kernel's values at every kept
     position, and every entry the dense kernel keeps, in column order."""
-    from otlabel.kernels import numba_
-
     rng = np.random.default_rng(4)
-    n_rows, n_cols = 2 * numba_.COLLECT_ROWS + 5, 700  # two tasks and a part one
+    n_rows, n_cols = 2 * numba_sparse.COLLECT_ROWS + 5, 700  # two tasks and a part one
     few = (np.arange(n_rows) // 2) % 2 == 0  # few, few, many, many, ...
     spread = np.where(few, 400.0, 0.3)[:, None]
     scores = (spread * rng.normal(size=(n_rows, n_cols))).astype(np.float32)
     g_ref = rng.normal(size=n_cols)
     dense, f_dense = np.empty_like(scores), np.empty(n_rows)
-    numba_._build_dense(scores, g_ref, 1.0, dense, f_dense)
+    numba_dense.build_dense(scores, g_ref, 1.0, dense, f_dense)
     f_ref, counts = np.empty(n_rows), np.zeros(n_rows + 1, dtype=np.int64)
     stage = (
         np.empty(n_rows * n_cols, dtype=np.int16),
         np.empty(n_rows * n_cols, dtype=np.float32),
         np.empty(n_rows * n_cols, dtype=np.float32),
     )
-    numba_._collect_kept(scores, g_ref, 1.0, f_ref, counts[1:], *stage)
+    numba_sparse._collect_kept(scores, g_ref, 1.0, f_ref, counts[1:], *stage)
     np.testing.assert_array_equal(f_ref, f_dense)
     np.testing.assert_array_equal(counts[1:], (dense > 0).sum(axis=1))
-    long_after = counts[1:-1] * numba_.LONG_RUN < n_cols  # the path of the next row
+    long_after = counts[1:-1] * numba_sparse.LONG_RUN < n_cols  # the path of the next row
     assert long_after[few[:-1]].all() and not long_after[~few[:-1]].any()  # both kinds
     indptr = np.cumsum(counts)
     indices = np.empty(indptr[-1], dtype=np.int16)
     values = np.empty(indptr[-1], dtype=np.float32)
     kept_scores = np.empty(indptr[-1], dtype=np.float32)
     task_rows = np.empty(indptr[-1], dtype=np.int16)
-    first_row = numba_.TASK_ROWS - 5  # the block's rows cross into the next pass task
-    numba_._gather_kept(indptr, n_cols, first_row, *stage, indices, values, kept_scores, task_rows)
+    first_row = numba_module.TASK_ROWS - 5  # the block's rows cross into the next pass task
+    numba_sparse._gather_kept(
+        indptr, n_cols, first_row, *stage, indices, values, kept_scores, task_rows
+    )
     rows = np.repeat(np.arange(n_rows), np.diff(indptr))
-    np.testing.assert_array_equal(task_rows, (first_row + rows) % numba_.TASK_ROWS)
+    np.testing.assert_array_equal(task_rows, (first_row + rows) % numba_module.TASK_ROWS)
     np.testing.assert_array_equal(values, dense[rows, indices])
     np.testing.assert_array_equal(kept_scores, scores[rows, indices])
     held = np.zeros(scores.shape, dtype=bool)
@@ -392,15 +386,14 @@ def test_sparse_kernel_is_built_in_blocks_identically(monkeypatch):
     """The kernel is collected and gathered block by block in one read: blocks of one
     sub-block of rows give the very same arrays as one block of everything; and past
     SPARSE_DENSITY the read stops and the kernel is dense."""
-    from otlabel.kernels import numba_
-    from otlabel.kernels.numba_ import NumbaKernel, SparseKernel
+    from otlabel.kernels.numba import NumbaKernel, SparseKernel
 
     scores = otlabel.make_scores(3000, 40, kind="head", seed=2)
     potential = otlabel.sinkhorn(scores, 0.04, tol=1e-3).potential
     log_a = np.full(3000, -np.log(3000))
     built = {}
     for name, block_bytes in (("one block", 1 << 40), ("many blocks", 1)):
-        monkeypatch.setattr(numba_, "BUILD_BYTES", block_bytes)
+        monkeypatch.setattr(numba_sparse, "BUILD_BYTES", block_bytes)
         kernel = NumbaKernel(scores, log_a, 0.04, None, store_at_start=True)
         kernel.column_state(potential)
         built[name] = kernel
@@ -411,7 +404,7 @@ def test_sparse_kernel_is_built_in_blocks_identically(monkeypatch):
         np.testing.assert_array_equal(getattr(many, field), getattr(one, field))
     np.testing.assert_array_equal(built["many blocks"].f_ref, built["one block"].f_ref)
     density = one.values.size / scores.size
-    monkeypatch.setattr(numba_, "SPARSE_DENSITY", density / 2)  # too dense now
+    monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", density / 2)  # too dense now
     kernel = NumbaKernel(scores, log_a, 0.04, None, store_at_start=True)
     kernel.column_state(potential)
     assert isinstance(kernel.stored, np.ndarray) and kernel.stored.shape == scores.shape
@@ -557,7 +550,7 @@ def test_sparse_finisher_without_entries_in_a_column_goes_on_over_every_entry(mo
     it cannot update that cluster, so it reads every entry of the scores instead."""
     from otlabel.solver import RowUpdate, sweep_all
 
-    monkeypatch.setattr(numba_module, "SPARSE_DENSITY", 1.0)  # sparse at any density
+    monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", 1.0)  # sparse at any density
     scores = otlabel.make_scores(500, 8, kind="head", seed=3)
     log_a = np.full(500, -np.log(500))
     potential = np.zeros(8)
@@ -581,7 +574,7 @@ def test_labels_start_from_the_sparse_kernels_argmax_without_a_read(monkeypatch,
     were chosen it reads."""
     from otlabel.kernels.rounding_numba import NumbaPasses
 
-    monkeypatch.setattr(numba_module, "SPARSE_DENSITY", 1.0)
+    monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", 1.0)
     scores = otlabel.make_scores(3000, 40, kind="head", seed=5)
     reads = []
     dense_argmax = NumbaPasses.argmax
@@ -615,7 +608,7 @@ def test_sparse_argmax_takes_the_first_of_tied_entries():
     indptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
     rows, cols = np.nonzero(kept)
     labels = np.empty(3, dtype=np.int64)
-    numba_module._sparse_argmax(
+    numba_sparse_log._sparse_argmax(
         indptr, cols.astype(np.int16), dense[rows, cols].astype(np.float32), potential, labels
     )
     np.testing.assert_array_equal(labels, np.argmax(dense + potential, axis=1))
@@ -651,7 +644,7 @@ def test_subsample_start_builds_a_sparse_kernel_and_lands_where_the_log_domain_d
     """The subsample's solve stores its sparse kernel once the error is below
     SUBSAMPLE_SWITCH_ERROR and rebuilds it as the potential moves: the same passes
     and the same potential, to float32 rounding, as the log domain throughout."""
-    from otlabel.kernels.numba_ import NumbaBackend, NumbaKernel, SparseKernel
+    from otlabel.kernels.numba import NumbaBackend, NumbaKernel, SparseKernel
     from otlabel.kernels.reference import ReferenceBackend
 
     scores = otlabel.make_scores(50_000, 200, kind="sela", seed=4)
@@ -689,7 +682,7 @@ def test_subsample_start_goes_on_after_its_stored_kernel_starves_a_cluster(monke
     the log domain; it reaches its tolerance (float64 error recomputed), without a
     warning."""
     from otlabel import initializers
-    from otlabel.kernels.numba_ import NumbaBackend, NumbaKernel
+    from otlabel.kernels.numba import NumbaBackend, NumbaKernel
 
     assert initializers.STARVED_RETRIES == 2
     scores = otlabel.make_scores(50_000, 200, kind="sela", seed=4)

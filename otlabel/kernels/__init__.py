@@ -37,7 +37,7 @@ class Entry:
 #: The table of backends.
 BACKENDS: dict[str, Entry] = {
     "numpy": Entry("otlabel.kernels.reference", "NumpyBackend", None, "numpy"),
-    "numba": Entry("otlabel.kernels.numba_", "NumbaBackend", "numba", "numpy", "pip install numba"),
+    "numba": Entry("otlabel.kernels.numba", "NumbaBackend", "numba", "numpy", "pip install numba"),
     "torch": Entry(
         "otlabel.kernels.torch_", "TorchBackend", "torch", "torch", "pip install 'otlabel[torch]'"
     ),

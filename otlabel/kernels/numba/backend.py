@@ -1,0 +1,182 @@
+"""The Numba backend object: which kernel runs what, and its row-wise helpers
+(validation, extremes, the subsample's rows) on NumPy arrays."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from ...solver import Kernel, row_blocks
+from ...streaming import ChunkedScores
+from ..reference import ReferenceBackend
+from ..rounding_numba import NumbaPasses
+from .common import CHUNK_BYTES, SUB_BLOCK_ROWS, threads
+from .log import NumbaLogKernel
+from .stored import SUBSAMPLE_SWITCH_ERROR, NumbaKernel
+
+
+class NumbaBackend(ReferenceBackend):
+    """Fused parallel kernels for NumPy input; the reference for what is not fused."""
+
+    name = "numba"
+    subsample_start = True
+
+    def context(self, n_threads: int | None) -> Any:
+        return threads(n_threads)
+
+    def array_extremes(self, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+        return row_extremes(scores)
+
+    def validate(self, scores: Any, name: str) -> tuple[Any, Any]:
+        """Finite scores, checked by a vectorised sum per row (3 to 4 times faster than
+        the extremes, which only the scaling domain needs: :meth:`extremes_of`)."""
+        if not isinstance(scores, np.ndarray):
+            return super().validate(scores, name)
+        bad = np.empty(scores.shape[0], dtype=np.bool_)
+        for rows, block in row_blocks(
+            scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
+        ):
+            _nonfinite_rows(np.ascontiguousarray(block), bad[rows])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{name}: contains NaN or infinite values (first in row {row}); "
+                "scores must be finite"
+            )
+        return None, None
+
+    def subsample_rows(self, scores: Any, stride: int) -> Any:
+        """The rows copied in parallel: at 1 281 167 x 3 000 (stride 21, 732 MB) 1.1-1.9 s
+        against 2.1-3.1 s for NumPy's copy into memory this process had not touched yet
+        (the cost is the first touch; 0.07 against 0.13 s into reused memory)."""
+        if not (isinstance(scores, np.ndarray) and scores.flags.c_contiguous):
+            return super().subsample_rows(scores, stride)
+        rows = np.empty((-(-scores.shape[0] // stride), scores.shape[1]), dtype=scores.dtype)
+        _strided_rows(scores, stride, rows)
+        return rows
+
+    def rounding_passes(self, scores: Any) -> tuple[Any, int]:
+        row_bytes = scores.shape[1] * scores.dtype.itemsize
+        return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
+
+    def log_kernel(
+        self, scores: Any, log_a: np.ndarray, options: Any, *, precise: bool = False
+    ) -> Kernel:
+        return NumbaLogKernel(scores, log_a, options.epsilon, options.n_threads, precise=precise)
+
+    def first_kernel(self, head: Any, log_a: np.ndarray, options: Any, *, warm: bool) -> Kernel:
+        """float32 arrays (``method="auto"``): the log domain, then a stored kernel
+        (:class:`NumbaKernel`); otherwise as the reference backend chooses."""
+        scores = head.scores
+        if options.method == "auto" and (_float32_array(scores) or _float32_stream(scores)):
+            return NumbaKernel(
+                scores,
+                log_a,
+                options.epsilon,
+                options.n_threads,
+                store_at_start=warm,
+                tol=options.tol,
+            )
+        return super().first_kernel(head, log_a, options, warm=warm)
+
+    def subsample_kernel(self, rows: Any, log_a: np.ndarray, options: Any, tol: float) -> Kernel:
+        """float32 rows (``method="auto"``): a :class:`NumbaKernel` that stores its sparse
+        kernel at :data:`SUBSAMPLE_SWITCH_ERROR`; the rows are the subsample's own
+        copy, but its kernel stays sparse (built again as often as the potential
+        moves, each build a fraction of a log-domain pass)."""
+        if not (options.method == "auto" and _float32_array(rows)):
+            return self.log_kernel(rows, log_a, options)
+        return NumbaKernel(
+            rows,
+            log_a,
+            options.epsilon,
+            options.n_threads,
+            tol=tol,
+            switch_error=SUBSAMPLE_SWITCH_ERROR,
+            sparse_only=True,
+        )
+
+    def wants_subsample(self, head: Any, options: Any) -> bool:
+        """A stream, or a float32 array that a stored kernel will take over."""
+        scores = head.scores
+        return isinstance(scores, ChunkedScores) or (
+            options.method == "auto" and _float32_array(scores)
+        )
+
+
+def _float32_array(scores: Any) -> bool:
+    return isinstance(scores, np.ndarray) and scores.dtype == np.float32
+
+
+def _float32_stream(scores: Any) -> bool:
+    """A stream of NumPy float32 blocks: its stored kernel is built in one read of it."""
+    return (
+        isinstance(scores, ChunkedScores)
+        and scores.library == "numpy"
+        and np.dtype(scores.dtype) == np.float32
+    )
+
+
+# --------------------------------------------------------------------------
+# Row-wise helpers: validation, extremes, the subsample's rows
+# --------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _row_extremes(scores, maxima, minima):
+    """Each row's maximum and minimum in float64; NaN or inf shows as non-finite."""
+    for i in prange(scores.shape[0]):
+        row = scores[i]
+        high, low = _max_min(row)
+        bad = not math.isfinite(_zero_probe(row))
+        maxima[i] = np.nan if bad else np.float64(high)
+        minima[i] = np.nan if bad else np.float64(low)
+
+
+@njit(parallel=True, cache=True)
+def _strided_rows(scores, stride, rows):
+    """``rows[r] = scores[r * stride]``, parallel over rows (2-D indices: no view per row)."""
+    for r in prange(rows.shape[0]):
+        source = r * stride
+        for j in range(rows.shape[1]):
+            rows[r, j] = scores[source, j]
+
+
+@njit(parallel=True, cache=True)
+def _nonfinite_rows(scores, bad):
+    """``bad[i]``: row i holds a NaN or an infinite score."""
+    for i in prange(scores.shape[0]):
+        bad[i] = not math.isfinite(_zero_probe(scores[i]))
+
+
+@njit(fastmath=True, cache=True)
+def _max_min(row):
+    """The row's largest and smallest entries (vectorised; finiteness checked apart)."""
+    high = low = row[0]
+    for j in range(row.size):
+        high = max(high, row[j])
+        low = min(low, row[j])
+    return high, low
+
+
+@njit(fastmath={"reassoc"}, cache=True)
+def _zero_probe(row):
+    """``sum_j (x_j - x_j)``: 0 for finite entries, NaN as soon as one is NaN or
+    infinite (only ``reassoc``, so that the compiler may not assume them finite)."""
+    probe = row[0] - row[0]
+    for j in range(row.size):
+        probe += row[j] - row[j]
+    return np.float64(probe)
+
+
+def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parallel row maxima and minima (one read), float64."""
+    maxima, minima = np.empty(scores.shape[0]), np.empty(scores.shape[0])
+    for rows, block in row_blocks(
+        scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
+    ):
+        _row_extremes(np.ascontiguousarray(block), maxima[rows], minima[rows])
+    return maxima, minima

@@ -1,0 +1,174 @@
+"""The log domain: one pass over the scores, one ``exp`` per entry, always finite."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from ...solver import FLOAT32_ERROR_FLOOR, BlockSweep, Kernel, RowUpdate, row_blocks
+from .._fastmath import exp_neg, shifted_max
+from ..reference import EXP_FLOOR
+from .common import (
+    CHUNK_BYTES,
+    ELEMENTS,
+    SUB_BLOCK_ROWS,
+    float64_sum,
+    previous_rows,
+    row_update,
+    sub_block_partial,
+    threads,
+    virtual_args,
+)
+
+
+@njit(parallel=True, fastmath=ELEMENTS, cache=True)
+def _log_sweep(
+    scores,
+    log_a,
+    a,
+    g_scaled,
+    inv_eps,
+    previous,
+    epsilon,
+    omega,
+    relaxed,
+    virtual,
+    has_virtual,
+    row_potential,
+    col_sum,
+    col_peak,
+    block_stats,
+):
+    """One log-domain pass over ``scores`` (n, K), parallel over sub-blocks.
+
+    Arithmetic in the precision of ``g_scaled`` and ``inv_eps`` (float32 or
+    float64, whatever the scores').  Writes ``f`` per row (score units), and per sub-block
+    ``b``: ``col_sum[b]`` (float64 sums of the plan entries), ``col_peak[b]``
+    (their maxima), ``block_stats[b] = (row error, max log row scale, rows)``.
+    """
+    n_rows, n_cols = scores.shape
+    for b in prange(col_sum.shape[0]):
+        values = np.empty(n_cols, dtype=g_scaled.dtype)
+        sums, peaks = col_sum[b], col_peak[b]
+        sums[:] = 0.0
+        peaks[:] = 0.0
+        row_error, max_scale = 0.0, 0.0
+        first, last = b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)
+        for i in range(first, last):
+            row = scores[i]
+            row_max = shifted_max(row, inv_eps, g_scaled)
+            for j in range(n_cols):
+                values[j] = exp_neg(row[j] * inv_eps + g_scaled[j] - row_max)
+            f, error, scale = row_update(
+                float64_sum(values),
+                -row_max,
+                log_a[i],
+                a[i],
+                previous[i] / epsilon if relaxed else 0.0,
+                omega,
+                relaxed,
+                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
+                has_virtual,
+            )
+            row_potential[i] = epsilon * f
+            row_error += error
+            max_scale = max(max_scale, scale)
+            for j in range(n_cols):
+                entry = values[j] * scale
+                sums[j] += entry
+                peaks[j] = max(peaks[j], entry)
+        block_stats[b, 0] = row_error
+        block_stats[b, 1] = math.log(max_scale) if max_scale > 0 else -np.inf
+        block_stats[b, 2] = last - first
+
+
+class NumbaLogKernel(Kernel):
+    """Log-domain kernel, fused and parallel; always finite for finite scores.
+
+    ``precise``: float64 arithmetic on float32 scores (read as they are, no
+    float64 copy): the exact kernel of the finish phase.
+    """
+
+    def __init__(
+        self,
+        scores: Any,
+        log_a: np.ndarray,
+        epsilon: float,
+        n_threads: int | None,
+        *,
+        precise: bool = False,
+    ) -> None:
+        self.scores, self.log_a, self.epsilon = scores, log_a, epsilon  # array or ChunkedScores
+        self.a = np.exp(log_a)  # (N,) the row masses themselves: no exp per row per pass
+        self.n_threads = n_threads
+        self.storage = np.float32 if scores.dtype == np.float32 else np.float64
+        self.dtype = np.float64 if precise else self.storage  # of the arithmetic
+        self.exact = self.dtype == np.float64
+        self.floor = 0.0 if self.exact else FLOAT32_ERROR_FLOOR
+        self.exp_floor = EXP_FLOOR["float32" if self.dtype == np.float32 else "float64"]
+        row_bytes = scores.shape[1] * scores.dtype.itemsize
+        self.rows_per_chunk = max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
+
+    def column_state(self, potential: np.ndarray) -> np.ndarray:
+        return (potential / self.epsilon).astype(self.dtype)  # (K,) g / eps
+
+    def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        return row_blocks(self.scores, self.rows_per_chunk)
+
+    def sweep(
+        self, block: np.ndarray, rows: slice, state: np.ndarray, update: RowUpdate
+    ) -> BlockSweep:
+        n_rows, n_cols = block.shape
+        n_blocks = -(-n_rows // SUB_BLOCK_ROWS)
+        previous = update.rows(rows)
+        row_potential = np.empty(n_rows)  # f, score units
+        col_sum = np.empty((n_blocks, n_cols))
+        col_peak = np.empty((n_blocks, n_cols))
+        block_stats = np.empty((n_blocks, 3))
+        block = np.ascontiguousarray(block, dtype=self.storage)
+        with threads(self.n_threads):
+            _log_sweep(
+                block,
+                self.log_a[rows],
+                self.a[rows],
+                state,
+                self.dtype(1.0 / self.epsilon),
+                previous_rows(previous),
+                self.epsilon,
+                float(update.omega),
+                previous is not None,
+                *virtual_args(update, rows),
+                row_potential,
+                col_sum,
+                col_peak,
+                block_stats,
+            )
+
+        def exact_log_peaks() -> np.ndarray:  # (sub-blocks, K), for starved columns
+            peaks = np.empty_like(col_peak)
+            with threads(self.n_threads):
+                _log_column_peaks(block, row_potential, state, 1.0 / self.epsilon, peaks)
+            return peaks
+
+        columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor, exact_log_peaks)
+        return BlockSweep(row_potential, columns, float(np.sum(block_stats[:, 0])))
+
+
+@njit(parallel=True, cache=True)
+def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, peaks):
+    """``peaks[b, j] = max_{i in sub-block b} (S_ij + f_i) / eps + g_j / eps`` in float64:
+    the log of each column's largest plan entry, however far below ``exp``'s range."""
+    n_rows, n_cols = scores.shape
+    for b in prange(peaks.shape[0]):
+        out = peaks[b]
+        out[:] = -np.inf
+        for i in range(b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)):
+            row, f_scaled = scores[i], row_potential[i] * inv_eps
+            for j in range(n_cols):
+                out[j] = max(out[j], np.float64(row[j]) * inv_eps + f_scaled)
+        for j in range(n_cols):
+            out[j] += np.float64(g_scaled[j])

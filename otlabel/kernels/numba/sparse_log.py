@@ -1,0 +1,217 @@
+"""The exact finish: float64 log-domain passes on the sparse stored kernel's entries,
+from their scores, and the labels they give."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from ...solver import BlockSweep, Kernel, RowUpdate, sweep_all
+from .._fastmath import exp_neg
+from ..reference import EXP_FLOOR
+from .common import (
+    ELEMENTS,
+    FLUSH_EXPONENT,
+    TASK_ROWS,
+    drifted,
+    previous_rows,
+    row_update,
+    sub_block_partial,
+    threads,
+    virtual_args,
+)
+from .log import NumbaLogKernel
+from .sparse import SparseKernel
+
+
+@njit(parallel=True, fastmath=ELEMENTS, cache=True)
+def _sparse_log_sweep(
+    indptr,
+    indices,
+    kept_scores,
+    log_a,
+    a,
+    g_scaled,
+    inv_eps,
+    previous,
+    epsilon,
+    omega,
+    relaxed,
+    virtual,
+    has_virtual,
+    row_potential,
+    col_sum,
+    col_peak,
+    task_stats,
+):
+    """The log-domain sweep in float64 on the kept entries' scores, parallel over tasks."""
+    n_rows, n_cols = indptr.size - 1, g_scaled.size
+    for t in prange(col_sum.shape[0]):
+        sums, peaks = col_sum[t], col_peak[t]
+        sums[:] = 0.0
+        peaks[:] = 0.0
+        values = np.empty(n_cols)
+        row_error, max_scale = 0.0, 0.0
+        first_row, last_row = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
+        for i in range(first_row, last_row):
+            first, last = indptr[i], indptr[i + 1]
+            row_max = -np.inf
+            for e in range(first, last):
+                x = kept_scores[e] * inv_eps + g_scaled[indices[e]]
+                values[e - first] = x
+                row_max = max(row_max, x)
+            total = 0.0
+            for e in range(last - first):
+                values[e] = exp_neg(values[e] - row_max)
+                total += values[e]
+            f, error, scale = row_update(
+                total,
+                -row_max,
+                log_a[i],
+                a[i],
+                previous[i] / epsilon if relaxed else 0.0,
+                omega,
+                relaxed,
+                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
+                has_virtual,
+            )
+            row_potential[i] = epsilon * f
+            row_error += error
+            max_scale = max(max_scale, scale)
+            for e in range(first, last):
+                entry = values[e - first] * scale
+                k = indices[e]
+                sums[k] += entry
+                peaks[k] = max(peaks[k], entry)
+        task_stats[t, 0] = row_error
+        task_stats[t, 1] = math.log(max_scale) if max_scale > 0 else -np.inf
+        task_stats[t, 2] = last_row - first_row
+
+
+@njit(parallel=True, cache=True)
+def _sparse_argmax(indptr, indices, kept_scores, potential, labels):
+    """``argmax_k (S_ik + g_k)`` over each row's kept entries (in column order: the
+    first index on ties), in float64 as the dense passes of the rounding."""
+    for i in prange(labels.size):
+        best, arg = -np.inf, -1
+        for e in range(indptr[i], indptr[i + 1]):
+            value = np.float64(kept_scores[e]) + potential[indices[e]]
+            if value > best:
+                best, arg = value, indices[e]
+        labels[i] = arg
+
+
+class SparseLogKernel(Kernel):
+    """Exact log-domain passes on the sparse stored kernel's entries, from their scores.
+
+    Float64 arithmetic on the very scores of the kept entries, so its error is
+    the plan's error recomputed from the scores, except for the entries the
+    stored kernel dropped: each was below ``e^-60`` of its row's largest at the
+    potential the kernel was built at, and the entries are chosen again once the
+    potential drifts so far that the dropped mass could reach a tenth of ``tol``
+    (``drift``, :func:`rebuild_drift`).  A column none of whose entries
+    was kept has no mass to update from: the passes then go on, exact, over
+    every entry of the scores.  Costs one ``exp`` per kept entry: a few percent
+    of a dense log pass.
+    """
+
+    method = "log"
+
+    def __init__(
+        self,
+        stored: SparseKernel,
+        scores: Any,
+        log_a: np.ndarray,
+        epsilon: float,
+        n_threads: int | None,
+        rebuild: Callable[[np.ndarray], SparseKernel | None],
+        drift: float,
+    ) -> None:
+        self.stored, self.log_a, self.epsilon, self.n_threads = stored, log_a, epsilon, n_threads
+        self.drift = drift  # rebuild_drift
+        self.scores = scores  # (N, K), intact: a sparse kernel never replaces them
+        self.rebuild = rebuild  # the entries chosen again at a potential (None: not sparse)
+        self.dense: Kernel | None = None  # the precise log kernel, once entries won't do
+        self.a = np.exp(log_a)
+
+    def column_state(self, potential: np.ndarray) -> np.ndarray:
+        if self.dense is None and drifted(
+            self.stored.built_at, potential / self.epsilon, self.drift
+        ):
+            rebuilt = self.rebuild(potential)
+            if rebuilt is None:  # too dense now, or no room: every entry
+                self._go_dense()
+            else:
+                self.stored = rebuilt
+        if self.dense is not None:
+            return self.dense.column_state(potential)
+        return potential / self.epsilon  # (K,) g / eps, float64
+
+    def blocks(self) -> Iterator[tuple[slice, Any]]:
+        if self.dense is not None:
+            return self.dense.blocks()
+        return iter([(slice(0, self.stored.shape[0]), self.stored)])
+
+    def sweep(self, block: Any, rows: slice, state: np.ndarray, update: RowUpdate) -> BlockSweep:
+        if self.dense is not None:
+            return self.dense.sweep(block, rows, state, update)
+        n_rows, n_cols = block.shape
+        n_tasks = -(-n_rows // TASK_ROWS)
+        previous = update.rows(rows)
+        row_potential = np.empty(n_rows)  # f, score units
+        col_sum = np.empty((n_tasks, n_cols))
+        col_peak = np.empty((n_tasks, n_cols))
+        task_stats = np.empty((n_tasks, 3))
+        with threads(self.n_threads):
+            _sparse_log_sweep(
+                block.indptr,
+                block.indices,
+                block.scores,
+                self.log_a[rows],
+                self.a[rows],
+                state,
+                1.0 / self.epsilon,
+                previous_rows(previous),
+                self.epsilon,
+                float(update.omega),
+                previous is not None,
+                *virtual_args(update, rows),
+                row_potential,
+                col_sum,
+                col_peak,
+                task_stats,
+            )
+        if not np.all(np.max(col_peak, axis=0) > 0):  # a column without a kept entry
+            dense = self._go_dense()
+            f, columns, row_error = sweep_all(dense, state, update)  # state: g / eps, float64
+            return BlockSweep(f, columns, row_error)
+        columns = sub_block_partial(col_sum, col_peak, task_stats, EXP_FLOOR["float64"])
+        return BlockSweep(row_potential, columns, float(np.sum(task_stats[:, 0])))
+
+    def argmax(self, potential: np.ndarray) -> np.ndarray | None:
+        """``argmax_k (S_ik + g_k)`` from the kept entries alone, exact while ``g`` is
+        within ``-FLUSH_EXPONENT - 1`` (in units of eps, spread of the change) of where
+        they were chosen: a dropped entry was ``60 eps`` below its row's best then,
+        so it cannot have caught up.  Float64 sums of the very scores, in column
+        order: the same labels, ties included, as a read of every entry."""
+        change = np.asarray(potential, dtype=np.float64) / self.epsilon - self.stored.built_at
+        if self.dense is not None or np.max(change) - np.min(change) >= -FLUSH_EXPONENT - 1:
+            return None
+        block = self.stored
+        labels = np.empty(block.shape[0], dtype=np.int64)
+        with threads(self.n_threads):
+            _sparse_argmax(
+                block.indptr, block.indices, block.scores, np.asarray(potential, np.float64), labels
+            )
+        return labels
+
+    def _go_dense(self) -> Kernel:
+        """Every entry of the scores from now on, in float64: the exact log kernel."""
+        self.dense = NumbaLogKernel(
+            self.scores, self.log_a, self.epsilon, self.n_threads, precise=True
+        )
+        return self.dense
