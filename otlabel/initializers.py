@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: Large problems solved cold start from a solve on about this many rows (at
 #: least 20 per cluster), to this tolerance; it pays from twice its size on
-#: (docs/benchmarks.md, "subsample start").
+#: (docs/benchmarks-history.md, "subsample start").
 SUBSAMPLE_ROWS = 20_000
 SUBSAMPLE_TOL = 3e-2
 #: Times the subsample's solve goes back to a stored kernel after one starved a

@@ -70,7 +70,7 @@ class ChunkedScores:
     in the log domain.  Exact labels read the rows of the samples they move:
     a C-contiguous ``.npy`` file's or array's in place when the stream delivers
     NumPy rows (the compiled repair reads the file's pages, no copy; figures in
-    docs/benchmarks.md); chunks' through gathers in Python; a callable's by
+    docs/benchmarks-history.md); chunks' through gathers in Python; a callable's by
     recomputing the blocks that hold those rows.
     """
 
