@@ -18,6 +18,7 @@ from otlabel.kernels.numba import NumbaLogKernel  # noqa: E402
 from otlabel.kernels.numba import dense as numba_dense  # noqa: E402
 from otlabel.kernels.numba import sparse as numba_sparse  # noqa: E402
 from otlabel.kernels.numba import sparse_log as numba_sparse_log  # noqa: E402
+from otlabel.kernels.numba.common import Frame, RowTerms  # noqa: E402
 
 
 def both(scores, epsilon, **kwargs):
@@ -262,11 +263,12 @@ def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
     n_tasks = -(-n_rows // numba_module.TASK_ROWS)
     row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
     task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
-    numba_dense.dense_sweep(
-        kernel, v, np.log(a), a, f_ref, previous if relaxed else np.zeros(1), epsilon,
-        omega if relaxed else 1.0, relaxed, np.zeros(1), False,
-        row_potential, col_sum, task_stats, q_scale,
+    terms = RowTerms(
+        np.log(a), a, previous if relaxed else np.zeros(1), epsilon, omega if relaxed else 1.0,
+        relaxed, np.zeros(1), False,
     )  # fmt: skip
+    frame = Frame(row_potential, col_sum, np.empty((0, n_cols)), task_stats)
+    numba_dense.dense_sweep(kernel, v, f_ref, q_scale, terms, frame)
     np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
     # float32 partials flushed every FLUSH_ROWS rows: ~4e-8 relative; unflushed ~3e-6
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=5e-7)
@@ -304,11 +306,13 @@ def test_one_sparse_stored_pass_equals_numpy(relaxed):
     row_potential, col_sum = np.empty(n_rows), np.empty((n_tasks, n_cols))
     task_stats, q_scale = np.zeros((n_tasks, 2)), float(n_rows * n_cols)
     task_rows = (rows % numba_module.TASK_ROWS).astype(np.int16)
-    numba_sparse.sparse_sweep(
-        indptr, indices.astype(np.int16), values, task_rows, v, np.log(a), a, f_ref,
-        previous if relaxed else np.zeros(1), epsilon, omega if relaxed else 1.0, relaxed,
-        np.zeros(1), False, row_potential, col_sum, task_stats, q_scale,
+    terms = RowTerms(
+        np.log(a), a, previous if relaxed else np.zeros(1), epsilon, omega if relaxed else 1.0,
+        relaxed, np.zeros(1), False,
     )  # fmt: skip
+    frame = Frame(row_potential, col_sum, np.empty((0, n_cols)), task_stats)
+    entries = (indptr, indices.astype(np.int16), values, task_rows)
+    numba_sparse.sparse_sweep(*entries, v, f_ref, q_scale, terms, frame)
     np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, dense.T @ factor, rtol=1e-5)
     expected_error = np.sum(a * np.abs(np.expm1(new - exact)))

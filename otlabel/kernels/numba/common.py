@@ -3,7 +3,8 @@ the sub-block column partials, the thread count, and the constants they agree on
 
 Every sweep (log domain, dense stored kernel, sparse stored kernel, and the
 exact float64 sweep on the sparse kernel's entries) computes its row update
-with :func:`row_update`; the two stored sweeps share :func:`stored_row` (the
+with :func:`update_row` (:func:`row_update` on the block's :class:`RowTerms`) and
+writes into a :class:`Frame`; the two stored sweeps share :func:`stored_row` (the
 row's sum and the absorption of its scaling).
 
 Numba's cache (``cache=True``) keys each compiled function on its own file only:
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -121,12 +123,32 @@ def float64_sum(values):
     return total
 
 
+@njit(inline="always", cache=True)
+def update_row(terms, i, row_sum, frame, row_potential):
+    """Row ``i``'s :func:`row_update` with its terms from the block's :class:`RowTerms`:
+    writes its ``f`` (score units) to ``row_potential[i]``, returns ``(row error, scale)``.
+    For the log sweeps, compiled without ``reassoc`` (the stored ones: :func:`stored_row`)."""
+    f, error, scale = row_update(
+        row_sum,
+        frame,
+        terms.log_a[i],
+        terms.a[i],
+        terms.previous[i] / terms.epsilon if terms.relaxed else 0.0,
+        terms.omega,
+        terms.relaxed,
+        terms.virtual[i] if terms.has_virtual else 0.0,  # a placeholder of size 1 otherwise
+        terms.has_virtual,
+    )
+    row_potential[i] = terms.epsilon * f
+    return error, scale
+
+
 @njit(fastmath=NO_EXP, cache=True, inline="always")
 def stored_row(
-    values, first, last, row_sum, f_ref, i, log_a, a, previous, omega, relaxed, virtual,
-    has_virtual, q_scale,
-):  # fmt: skip
-    """Row ``i``'s update on the stored kernel: ``(q_i C, f_i / eps, row error, absorbed)``.
+    values, first, last, row_sum, f_ref, i, q_scale, terms, epsilon, omega, row_potential
+):
+    """Row ``i``'s update on the stored kernel: writes its ``f`` (score units) to
+    ``row_potential[i]``, returns ``(q_i C, row error, absorbed)``.
 
     The row's plan is ``G_ik v_k exp(f_i/eps - f_ref_i)`` for its entries
     ``values[first:last]``, and ``row_sum`` is ``sum_k G_ik v_k``.  If that left
@@ -136,7 +158,16 @@ def stored_row(
     is of order ``a_i``); the kernel divides the column sums by ``C``.  Scalars
     and index ranges only: no array views per row (each would touch a shared
     reference count from every thread).
+
+    ``epsilon`` and ``omega`` are the sweep's own scalars, read from ``terms`` before
+    its parallel loop, and the row's terms are read before the absorption: under
+    the stored sweeps' ``reassoc``, LLVM orders a sum's or a product's operands by
+    where they are defined, and read from the bundle inside the loop they gave ``f``
+    (relaxed) other last bits than the arguments they replace.
     """
+    log_a, a = terms.log_a[i], terms.a[i]
+    previous = terms.previous[i] / epsilon if terms.relaxed else 0.0
+    virtual = terms.virtual[i] if terms.has_virtual else 0.0
     absorbed = 0
     if not _ABSORB_LOW <= row_sum <= _ABSORB_HIGH:
         scale = np.float32(1.0 / row_sum)
@@ -147,9 +178,10 @@ def stored_row(
         f_ref[i] -= math.log(row_sum)
         row_sum, absorbed = 1.0, 1
     f, error, factor = row_update(
-        row_sum, f_ref[i], log_a, a, previous, omega, relaxed, virtual, has_virtual
+        row_sum, f_ref[i], log_a, a, previous, omega, terms.relaxed, virtual, terms.has_virtual
     )
-    return np.float32(factor * q_scale), f, error, absorbed
+    row_potential[i] = epsilon * f
+    return np.float32(factor * q_scale), error, absorbed
 
 
 # --------------------------------------------------------------------------
@@ -157,20 +189,66 @@ def stored_row(
 # --------------------------------------------------------------------------
 
 
-def virtual_args(update: RowUpdate, rows: slice) -> tuple[np.ndarray, bool]:
-    """The virtual column's log entries of the rows (a placeholder when there is none)."""
-    virtual = update.virtual_rows(rows)
-    if virtual is None:
-        return np.zeros(1), False
-    return np.ascontiguousarray(virtual, dtype=np.float64), True
+class RowTerms(NamedTuple):
+    """The terms of a block's row updates besides each row's sum and frame: one
+    argument of every sweep (:func:`row_terms`, read by :func:`update_row`)."""
+
+    log_a: np.ndarray  # (n,) log of the row masses
+    a: np.ndarray  # (n,) the row masses
+    previous: np.ndarray  # (n,) previous f, score units (a placeholder of size 1 if unrelaxed)
+    epsilon: float
+    omega: float
+    relaxed: bool
+    virtual: np.ndarray  # (n,) the virtual column's log entries (a placeholder of size 1)
+    has_virtual: bool
 
 
-def previous_rows(previous: np.ndarray | None) -> np.ndarray:
-    """The rows' previous f in score units (the kernels divide by eps as they read
-    it), or a placeholder of size 1 when the update is not relaxed."""
-    if previous is None:
+def row_terms(
+    log_a: np.ndarray, a: np.ndarray, epsilon: float, rows: slice, update: RowUpdate
+) -> RowTerms:
+    """The :class:`RowTerms` of the rows ``rows`` (the kernels divide the previous f
+    by eps as they read it)."""
+    previous, virtual = update.rows(rows), update.virtual_rows(rows)
+    return RowTerms(
+        log_a[rows],
+        a[rows],
+        _float64_or_placeholder(previous),
+        epsilon,
+        float(update.omega),
+        previous is not None,
+        _float64_or_placeholder(virtual),
+        virtual is not None,
+    )
+
+
+def _float64_or_placeholder(values: np.ndarray | None) -> np.ndarray:
+    if values is None:
         return np.zeros(1)
-    return np.ascontiguousarray(previous, dtype=np.float64)
+    return np.ascontiguousarray(values, dtype=np.float64)
+
+
+class Frame(NamedTuple):
+    """What a sweep writes: each row's ``f`` (score units) and, per task of rows, its
+    column sums, column peaks and statistics; one argument of every sweep."""
+
+    row_potential: np.ndarray  # (n,)
+    col_sum: np.ndarray  # (tasks, K)
+    col_peak: np.ndarray  # (tasks, K); (0, K) where the sweep keeps none
+    stats: np.ndarray  # (tasks, statistics)
+
+
+def sweep_frame(
+    shape: tuple[int, int], task_rows: int, n_stats: int, *, peaks: bool = True
+) -> Frame:
+    """The :class:`Frame` of a sweep over ``shape`` (n, K) in tasks of ``task_rows``."""
+    n_rows, n_cols = shape
+    n_tasks = -(-n_rows // task_rows)
+    return Frame(
+        np.empty(n_rows),
+        np.empty((n_tasks, n_cols)),
+        np.empty((n_tasks if peaks else 0, n_cols)),
+        np.zeros((n_tasks, n_stats)),
+    )
 
 
 def sub_block_partial(

@@ -76,26 +76,10 @@ def _group_columns(partial, values, first, width, n_cols, factors):
 
 
 @njit(parallel=True, fastmath=NO_EXP, cache=True)
-def dense_sweep(
-    kernel,
-    v,
-    log_a,
-    a,
-    f_ref,
-    previous,
-    epsilon,
-    omega,
-    relaxed,
-    virtual,
-    has_virtual,
-    row_potential,
-    col_sum,
-    task_stats,
-    q_scale,
-):
+def dense_sweep(kernel, v, f_ref, q_scale, terms, frame):
     """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
 
-    Writes ``f`` (score units); per task its column sums of ``G_ik q_i`` and
+    Writes ``f`` (score units) and, in ``frame``, per task its column sums of ``G_ik q_i`` and
     ``(row error, rows absorbed)``.  Rows of GROUP_COLS or more go in groups of
     ROW_GROUP (the task's last rows one by one): the group's dots read its rows
     from memory side by side, then its column accumulation reads them from the
@@ -105,6 +89,8 @@ def dense_sweep(
     the same outputs).  Offsets are unsigned (see :func:`_row_dot`);
     the float32 column partials are flushed to float64 every FLUSH_ROWS rows.
     """
+    row_potential, col_sum, _, task_stats = frame
+    epsilon, omega = terms.epsilon, terms.omega  # see stored_row
     n_rows, n_cols = kernel.shape
     flat = kernel.reshape(kernel.size)  # rows as index ranges: no view per row
     width = np.uint64(n_cols)
@@ -126,13 +112,10 @@ def dense_sweep(
             n_group = ROW_GROUP if grouped else 1
             for k in range(n_group):
                 i, row_first = row + k, start + np.uint64(k) * width
-                factors[k], f, error, was_absorbed = stored_row(
-                    flat, row_first, row_first + width, dots[k],
-                    f_ref, i, log_a[i], a[i], previous[i] / epsilon if relaxed else 0.0,
-                    omega, relaxed,
-                    virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
+                factors[k], error, was_absorbed = stored_row(
+                    flat, row_first, row_first + width, dots[k], f_ref, i, q_scale,
+                    terms, epsilon, omega, row_potential,
                 )  # fmt: skip
-                row_potential[i] = epsilon * f
                 row_error += error
                 absorbed += was_absorbed
             if grouped:

@@ -17,32 +17,16 @@ from .common import (
     ELEMENTS,
     SUB_BLOCK_ROWS,
     float64_sum,
-    previous_rows,
-    row_update,
+    row_terms,
     sub_block_partial,
+    sweep_frame,
     threads,
-    virtual_args,
+    update_row,
 )
 
 
 @njit(parallel=True, fastmath=ELEMENTS, cache=True)
-def _log_sweep(
-    scores,
-    log_a,
-    a,
-    g_scaled,
-    inv_eps,
-    previous,
-    epsilon,
-    omega,
-    relaxed,
-    virtual,
-    has_virtual,
-    row_potential,
-    col_sum,
-    col_peak,
-    block_stats,
-):
+def _log_sweep(scores, g_scaled, inv_eps, terms, frame):
     """One log-domain pass over ``scores`` (n, K), parallel over sub-blocks.
 
     Arithmetic in the precision of ``g_scaled`` and ``inv_eps`` (float32 or
@@ -50,6 +34,7 @@ def _log_sweep(
     ``b``: ``col_sum[b]`` (float64 sums of the plan entries), ``col_peak[b]``
     (their maxima), ``block_stats[b] = (row error, max log row scale, rows)``.
     """
+    row_potential, col_sum, col_peak, block_stats = frame
     n_rows, n_cols = scores.shape
     for b in prange(col_sum.shape[0]):
         values = np.empty(n_cols, dtype=g_scaled.dtype)
@@ -63,18 +48,7 @@ def _log_sweep(
             row_max = shifted_max(row, inv_eps, g_scaled)
             for j in range(n_cols):
                 values[j] = exp_neg(row[j] * inv_eps + g_scaled[j] - row_max)
-            f, error, scale = row_update(
-                float64_sum(values),
-                -row_max,
-                log_a[i],
-                a[i],
-                previous[i] / epsilon if relaxed else 0.0,
-                omega,
-                relaxed,
-                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
-                has_virtual,
-            )
-            row_potential[i] = epsilon * f
+            error, scale = update_row(terms, i, float64_sum(values), -row_max, row_potential)
             row_error += error
             max_scale = max(max_scale, scale)
             for j in range(n_cols):
@@ -122,31 +96,12 @@ class NumbaLogKernel(Kernel):
     def sweep(
         self, block: np.ndarray, rows: slice, state: np.ndarray, update: RowUpdate
     ) -> BlockSweep:
-        n_rows, n_cols = block.shape
-        n_blocks = -(-n_rows // SUB_BLOCK_ROWS)
-        previous = update.rows(rows)
-        row_potential = np.empty(n_rows)  # f, score units
-        col_sum = np.empty((n_blocks, n_cols))
-        col_peak = np.empty((n_blocks, n_cols))
-        block_stats = np.empty((n_blocks, 3))
+        frame = sweep_frame(block.shape, SUB_BLOCK_ROWS, 3)
+        terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
         block = np.ascontiguousarray(block, dtype=self.storage)
         with threads(self.n_threads):
-            _log_sweep(
-                block,
-                self.log_a[rows],
-                self.a[rows],
-                state,
-                self.dtype(1.0 / self.epsilon),
-                previous_rows(previous),
-                self.epsilon,
-                float(update.omega),
-                previous is not None,
-                *virtual_args(update, rows),
-                row_potential,
-                col_sum,
-                col_peak,
-                block_stats,
-            )
+            _log_sweep(block, state, self.dtype(1.0 / self.epsilon), terms, frame)
+        row_potential, col_sum, col_peak, block_stats = frame
 
         def exact_log_peaks() -> np.ndarray:  # (sub-blocks, K), for starved columns
             peaks = np.empty_like(col_peak)

@@ -39,26 +39,7 @@ class SparseKernel:
 
 
 @njit(parallel=True, fastmath=NO_EXP, cache=True)
-def sparse_sweep(
-    indptr,
-    indices,
-    values,
-    task_rows,
-    v,
-    log_a,
-    a,
-    f_ref,
-    previous,
-    epsilon,
-    omega,
-    relaxed,
-    virtual,
-    has_virtual,
-    row_potential,
-    col_sum,
-    task_stats,
-    q_scale,
-):
+def sparse_sweep(indptr, indices, values, task_rows, v, f_ref, q_scale, terms, frame):
     """:func:`dense_sweep` on the kept entries only: the same row update, the same tasks.
 
     A task's entries are contiguous: its rows' dots are taken in one loop over them
@@ -67,6 +48,8 @@ def sparse_sweep(
     exit branch on about every row: 31.3 -> 23.4 ms per pass on the 1 281 167 x
     3 000 ImageNet sela kernel (3.5 entries per row).  Unsigned entry offsets and
     column indices: signed ones get a negative-index test per access."""
+    row_potential, col_sum, _, task_stats = frame
+    epsilon, omega = terms.epsilon, terms.omega  # see stored_row
     n_rows = indptr.size - 1
     for t in prange(col_sum.shape[0]):
         sums = col_sum[t]
@@ -80,12 +63,10 @@ def sparse_sweep(
         row_error, absorbed = 0.0, 0
         for i in range(first_row, last_row):
             first, last = np.uint64(indptr[i]), np.uint64(indptr[i + 1])  # no sign tests
-            q, f, error, was_absorbed = stored_row(
-                values, first, last, row_sums[i - first_row], f_ref, i, log_a[i], a[i],
-                previous[i] / epsilon if relaxed else 0.0, omega, relaxed,
-                virtual[i] if has_virtual else 0.0, has_virtual, q_scale,
+            q, error, was_absorbed = stored_row(
+                values, first, last, row_sums[i - first_row], f_ref, i, q_scale,
+                terms, epsilon, omega, row_potential,
             )  # fmt: skip
-            row_potential[i] = epsilon * f
             factors[i - first_row] = q
             row_error += error
             absorbed += was_absorbed

@@ -18,37 +18,20 @@ from .common import (
     FLUSH_EXPONENT,
     TASK_ROWS,
     drifted,
-    previous_rows,
-    row_update,
+    row_terms,
     sub_block_partial,
+    sweep_frame,
     threads,
-    virtual_args,
+    update_row,
 )
 from .log import NumbaLogKernel
 from .sparse import SparseKernel
 
 
 @njit(parallel=True, fastmath=ELEMENTS, cache=True)
-def _sparse_log_sweep(
-    indptr,
-    indices,
-    kept_scores,
-    log_a,
-    a,
-    g_scaled,
-    inv_eps,
-    previous,
-    epsilon,
-    omega,
-    relaxed,
-    virtual,
-    has_virtual,
-    row_potential,
-    col_sum,
-    col_peak,
-    task_stats,
-):
+def _sparse_log_sweep(indptr, indices, kept_scores, g_scaled, inv_eps, terms, frame):
     """The log-domain sweep in float64 on the kept entries' scores, parallel over tasks."""
+    row_potential, col_sum, col_peak, task_stats = frame
     n_rows, n_cols = indptr.size - 1, g_scaled.size
     for t in prange(col_sum.shape[0]):
         sums, peaks = col_sum[t], col_peak[t]
@@ -68,18 +51,7 @@ def _sparse_log_sweep(
             for e in range(last - first):
                 values[e] = exp_neg(values[e] - row_max)
                 total += values[e]
-            f, error, scale = row_update(
-                total,
-                -row_max,
-                log_a[i],
-                a[i],
-                previous[i] / epsilon if relaxed else 0.0,
-                omega,
-                relaxed,
-                virtual[i] if has_virtual else 0.0,  # a placeholder of size 1 otherwise
-                has_virtual,
-            )
-            row_potential[i] = epsilon * f
+            error, scale = update_row(terms, i, total, -row_max, row_potential)
             row_error += error
             max_scale = max(max_scale, scale)
             for e in range(first, last):
@@ -159,32 +131,12 @@ class SparseLogKernel(Kernel):
     def sweep(self, block: Any, rows: slice, state: np.ndarray, update: RowUpdate) -> BlockSweep:
         if self.dense is not None:
             return self.dense.sweep(block, rows, state, update)
-        n_rows, n_cols = block.shape
-        n_tasks = -(-n_rows // TASK_ROWS)
-        previous = update.rows(rows)
-        row_potential = np.empty(n_rows)  # f, score units
-        col_sum = np.empty((n_tasks, n_cols))
-        col_peak = np.empty((n_tasks, n_cols))
-        task_stats = np.empty((n_tasks, 3))
+        frame = sweep_frame(block.shape, TASK_ROWS, 3)
+        terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
+        entries = (block.indptr, block.indices, block.scores)
         with threads(self.n_threads):
-            _sparse_log_sweep(
-                block.indptr,
-                block.indices,
-                block.scores,
-                self.log_a[rows],
-                self.a[rows],
-                state,
-                1.0 / self.epsilon,
-                previous_rows(previous),
-                self.epsilon,
-                float(update.omega),
-                previous is not None,
-                *virtual_args(update, rows),
-                row_potential,
-                col_sum,
-                col_peak,
-                task_stats,
-            )
+            _sparse_log_sweep(*entries, state, 1.0 / self.epsilon, terms, frame)
+        row_potential, col_sum, col_peak, task_stats = frame
         if not np.all(np.max(col_peak, axis=0) > 0):  # a column without a kept entry
             dense = self._go_dense()
             f, columns, row_error = sweep_all(dense, state, update)  # state: g / eps, float64

@@ -14,10 +14,10 @@ from .common import (
     ABSORB,
     TASK_ROWS,
     drifted,
-    previous_rows,
     rebuild_drift,
+    row_terms,
+    sweep_frame,
     threads,
-    virtual_args,
 )
 from .dense import build_dense, dense_sweep, scale_columns
 from .log import NumbaLogKernel
@@ -141,34 +141,18 @@ class NumbaKernel(Kernel):
     def sweep(self, block: Any, rows: slice, state: np.ndarray, update: RowUpdate) -> BlockSweep:
         if self.stored is None:
             return self.log_kernel.sweep(block, rows, state, update)
-        n_rows, n_cols = block.shape
-        n_tasks = -(-n_rows // TASK_ROWS)
-        previous = update.rows(rows)
-        row_potential = np.empty(n_rows)  # f, score units
-        col_sum = np.empty((n_tasks, n_cols))
-        task_stats = np.zeros((n_tasks, 2))
-        row_args = (
-            state,
-            self.log_a[rows],
-            self.a[rows],
-            self.f_ref,
-            previous_rows(previous),
-            self.epsilon,
-            float(update.omega),
-            previous is not None,
-            *virtual_args(update, rows),
-            row_potential,
-            col_sum,
-            task_stats,
-            self.q_scale,
-        )
+        frame = sweep_frame(block.shape, TASK_ROWS, 2, peaks=False)
+        terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
+        kernel = (state, self.f_ref, self.q_scale)  # v, the rows' references, C
         with threads(self.n_threads):
             if isinstance(block, SparseKernel):
-                sparse_sweep(block.indptr, block.indices, block.values, block.task_rows, *row_args)
+                entries = (block.indptr, block.indices, block.values, block.task_rows)
+                sparse_sweep(*entries, *kernel, terms, frame)
             else:
-                dense_sweep(block, *row_args)
+                dense_sweep(block, *kernel, terms, frame)
+        row_potential, col_sum, _, task_stats = frame
         col_mass = col_sum.sum(axis=0) * state / self.q_scale  # (K,) column mass of the plan
-        columns = ColumnPartial(np.zeros(n_cols), col_mass)
+        columns = ColumnPartial(np.zeros(block.shape[1]), col_mass)
         return BlockSweep(row_potential, columns, float(task_stats[:, 0].sum()))
 
     def observe(self, current: Any) -> None:
