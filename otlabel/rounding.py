@@ -50,6 +50,7 @@ import numpy as np
 from array_api_compat import device
 
 from ._arrays import device_of, from_host, namespace, to_numpy
+from ._labels import cluster_order, place_dummies
 
 
 @dataclass
@@ -227,7 +228,8 @@ class BalancedLabels:
     labels: np.ndarray  # (N,) int64
     gap: float  # certified (optimum - achieved) / N, score units
     prices: np.ndarray  # (K,) cluster prices p of the certificate (pi = -p + level)
-    n_moves: int  # samples of excess moved by shortest paths
+    n_moves: int  # units (samples or dummies) moved by shortest paths
+    n_paths: int = 0  # the paths they took (tied samples move together)
 
 
 class Passes(Protocol):
@@ -364,6 +366,8 @@ def balanced_labels(
     passes: Passes | None = None,
     group: Collective | None = None,
     argmax: np.ndarray | None = None,
+    compiled: bool = True,
+    merge_rows: bool | None = None,
 ) -> BalancedLabels:
     """Exact labels under count bounds, optimal with a dual certificate; see the
     module docstring.
@@ -387,22 +391,45 @@ def balanced_labels(
         bounds and the certificate are global).  None: the whole problem.
     argmax : (N,) int array or None
         ``argmax_k (S_ik + g_k)`` at ``potential``, if already known exactly.
+    compiled : bool
+        Repair in Numba (:func:`otlabel.kernels.rounding_numba.repair`) where it
+        can: a NumPy matrix (or ``.npy`` pages) held whole by one process, whoever
+        the passes are.  False: in Python (:class:`_Transfers`), as streams and
+        sharded problems always are; the same paths on one entry per sample.
+    merge_rows : bool or None
+        The compiled repair's identical rows as one entry each: None when the
+        start leaves a large excess, or always (True) or never (False).
     """
     passes = passes or NumpyPasses()
     group = group or Alone()
     lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
     labels = argmax_labels(scores, -prices, rows_per_block, passes, argmax)
-    transfers = _Transfers(scores, labels, prices, (lower, upper), rows_per_block, passes, group)
-    fast_balance = getattr(passes, "balance", None)
-    whole = isinstance(group, Alone)
-    if fast_balance and _in_memory(scores) and whole:
-        n_moves = fast_balance(transfers)
+    repair = _compiled_repair(scores, group) if compiled else None
+    if repair is not None:
+        prices, move_cost, n_moves, n_paths = repair(
+            scores, labels, prices, (lower, upper), rows_per_block, passes, merge_rows
+        )
     else:
+        transfers = _Transfers(
+            scores, labels, prices, (lower, upper), rows_per_block, passes, group
+        )
         n_moves = transfers.balance()
+        prices, move_cost, n_paths = transfers.prices, transfers.move_cost, transfers.n_paths
     counts = group.sum(np.bincount(labels, minlength=prices.size))
-    gap = gap_from_move_costs(transfers.move_cost, counts, transfers.prices, lower, upper)
-    return BalancedLabels(labels, gap, transfers.prices, n_moves)
+    gap = gap_from_move_costs(move_cost, counts, prices, lower, upper)
+    return BalancedLabels(labels, gap, prices, n_moves, n_paths)
+
+
+def _compiled_repair(scores: Any, group: Collective) -> Any:
+    """The Numba repair where it applies (an in-memory NumPy matrix, one process), else None."""
+    if not (_in_memory(scores) and isinstance(group, Alone)):
+        return None
+    try:
+        from .kernels.rounding_numba import repair
+    except ImportError:  # pragma: no cover - Numba is a dependency
+        return None
+    return repair
 
 
 def gap_from_move_costs(
@@ -476,16 +503,6 @@ def _gap(
     return max(0.0, (row_terms + price_term) / n_samples)
 
 
-def cluster_order(labels: np.ndarray) -> np.ndarray:
-    """The rows in cluster order, in row order within a cluster (a stable argsort).
-
-    Labels below 2^16 are sorted as 16-bit integers, which NumPy radix-sorts
-    (1 281 167 labels: 23 against 195 ms as int64)."""
-    if labels.size and int(labels.min()) >= 0 and int(labels.max()) <= np.iinfo(np.uint16).max:
-        return np.argsort(labels.astype(np.uint16), kind="stable")
-    return np.argsort(labels, kind="stable")
-
-
 class _Transfers:
     """Successive shortest paths on the cluster graph; mutates ``labels`` in place."""
 
@@ -514,6 +531,7 @@ class _Transfers:
         self.dummies = place_dummies(self.prices, self.spare, upper - counts, n_dummies)
         self.occupancy = counts + self.dummies
         self.move_cost = group.min(self._move_costs(rows_per_block))  # (K, K) C
+        self.n_paths = 0  # paths taken by :meth:`balance`
 
     def _move_costs(self, rows_per_block: int) -> np.ndarray:
         """``C[k, l] = min_{i in k} (S_ik - S_il)``; ``inf`` for an empty cluster k.
@@ -535,73 +553,135 @@ class _Transfers:
         return move_cost
 
     def balance(self) -> int:
-        """Move along shortest paths until no cluster is over-full; returns the units moved."""
-        n_moves = 0
+        """Move along shortest paths until no cluster is over-full; returns the units moved.
+
+        One Dijkstra per path, except after a path that moved tied samples in
+        bulk: the same Dijkstra then goes on to the next cluster with room, as
+        long as its paths stay tight (see the module docstring).
+        """
+        n_moves = self.n_paths = 0
         while True:
             over_full = np.flatnonzero(self.occupancy > self.upper)
             if over_full.size == 0:
                 return n_moves
             source = int(over_full[0])
-            path = self._shortest_path(source)
-            amount = self._capacity(source, path)
-            for giver, taker, by_dummy in path:
-                self._move(giver, taker, by_dummy, amount)
-            n_moves += amount
+            search = _Search(source, self.upper.size)
+            limit = None  # the distance of the last path's end
+            while True:
+                end = self._nearest_room(search)
+                if end < 0:
+                    if limit is None:
+                        raise RuntimeError("exact labels: no cluster with room (infeasible bounds)")
+                    break
+                path = search.path(end)
+                if limit is not None and not self._tight_sample_path(search, path):
+                    break
+                rows: dict[int, Any] = {}
+                amount = self._capacity(source, path, rows)
+                for giver, taker, by_dummy in path:
+                    self._move(giver, taker, by_dummy, amount, rows.get(giver))
+                n_moves += amount
+                self.n_paths += 1
+                limit = float(search.distance[end])
+                samples_only = not any(by_dummy for _, _, by_dummy in path)
+                if amount == 1 or not samples_only or self.occupancy[source] <= self.upper[source]:
+                    break
+                if self.occupancy[end] < self.upper[end]:
+                    break
+                self._settle(search, end)
+            # every path's edges cost nothing now, and every edge at least zero
+            self.prices = self.prices - np.minimum(search.distance, limit)
 
-    def _capacity(self, source: int, path: list[tuple[int, int, bool]]) -> int:
-        """Units that can follow ``path`` at once: one sample, or as many dummies as
-        the source's excess, every giver's dummies and the end's room allow."""
-        if not all(by_dummy for _, _, by_dummy in path):
-            return 1
-        end = path[0][1]  # the path is listed last edge first
+    def _capacity(self, source: int, path: list[tuple[int, int, bool]], rows: dict) -> int:
+        """Units that can follow ``path`` at once (listed last edge first).
+
+        The source's excess and the end's room bound them; on a dummy edge, the
+        giver's dummies and, unless the taker passes dummies on, its room for
+        more; on a sample edge, the giver's samples of least loss towards the
+        taker (each moves at no reduced cost: ties of the scores move together),
+        one when sharded.  So one unit on untied scores, as many dummies as fit
+        on a path of dummy edges.  ``rows`` gets each sample edge's giver's rows
+        (for :meth:`_move`).
+        """
+        end = path[0][1]
         amount = min(
             int(self.occupancy[source] - self.upper[source]),
             int(self.upper[end] - self.occupancy[end]),
-            int(self.spare[end] - self.dummies[end]),
         )
-        return max(1, min(amount, *(int(self.dummies[giver]) for giver, _, _ in path)))
+        passes_dummies = False  # the end passes nothing on
+        for giver, taker, by_dummy in path:
+            if by_dummy:
+                amount = min(amount, int(self.dummies[giver]))
+                if not passes_dummies:
+                    amount = min(amount, int(self.spare[taker] - self.dummies[taker]))
+            else:
+                amount = min(amount, self._least_loss_units(giver, taker, rows))
+            passes_dummies = by_dummy
+        return max(1, amount)
 
-    def _shortest_path(self, source: int) -> list[tuple[int, int, bool]]:
-        """Dijkstra from an over-full cluster to the nearest one with room (its end).
+    def _least_loss_units(self, giver: int, taker: int, rows: dict) -> int:
+        """The giver's samples whose loss towards ``taker`` is least (1 when sharded:
+        samples move one at a time there); keeps the giver's rows in ``rows``."""
+        if not isinstance(self.group, Alone):
+            return 1
+        members = np.asarray(self.members[giver], dtype=np.int64)
+        rows[giver] = gathered = self.passes.gather(self.scores, members)
+        xp = namespace(gathered)
+        loss = gathered[:, giver] - gathered[:, taker]
+        return int(xp.sum(xp.astype(loss == xp.min(loss), xp.int64)))
 
-        Updates the prices so that the path's edges cost nothing and every
-        edge still costs at least zero (from any source, so one at a time:
-        starting from all over-full clusters at once would settle them all);
-        returns the path's edges, last first.
+    def _nearest_room(self, search: _Search) -> int:
+        """Dijkstra on, from where ``search`` stands, to the nearest cluster with room
+        (-1: none); of the clusters nearest, the first with room, so that tied scores
+        do not settle every full cluster at the same distance first.
+
+        From one source at a time: starting from all over-full clusters at once
+        would settle them all.
         """
-        prices, n_clusters = self.prices, self.upper.size
-        distance = np.full(n_clusters, np.inf)
-        distance[source] = 0.0
-        parent = np.full(n_clusters, -1)
-        by_dummy = np.zeros(n_clusters, dtype=bool)
-        settled = np.zeros(n_clusters, dtype=bool)
+        distance, settled = search.distance, search.settled
         while True:
             node = int(np.argmin(np.where(settled, np.inf, distance)))
             if not np.isfinite(distance[node]):
-                raise RuntimeError("exact labels: no cluster with room (infeasible bounds)")
+                return -1
+            if self.occupancy[node] >= self.upper[node]:  # one with room as near ends it
+                near = ~settled & (distance == distance[node]) & (self.occupancy < self.upper)
+                node = int(np.flatnonzero(near)[0]) if near.any() else node
             if self.occupancy[node] < self.upper[node]:
-                break
-            settled[node] = True
-            edge = self.move_cost[node] - prices[node] + prices  # (K,) reduced costs
-            dummy_edge = np.full(n_clusters, np.inf)
-            if self.dummies[node] > 0:
-                room = self.dummies < self.spare
-                dummy_edge[room] = prices[room] - prices[node]
-            use_dummy = dummy_edge < edge
-            reach = distance[node] + np.maximum(np.minimum(edge, dummy_edge), 0.0)
-            better = (reach < distance) & ~settled
-            distance[better] = reach[better]
-            parent[better] = node
-            by_dummy[better] = use_dummy[better]
-        self.prices = prices - np.minimum(distance, distance[node])
-        path = []
-        while node != source:
-            path.append((int(parent[node]), node, bool(by_dummy[node])))
-            node = int(parent[node])
-        return path
+                return node
+            self._settle(search, node)
 
-    def _move(self, giver: int, taker: int, by_dummy: bool, amount: int) -> None:
-        """Move ``amount`` dummies, or the sample that loses least, from ``giver`` to ``taker``."""
+    def _settle(self, search: _Search, node: int) -> None:
+        """Settle ``node``: relax its edges, sample and dummy, at the current prices."""
+        prices, n_clusters = self.prices, self.upper.size
+        distance, settled = search.distance, search.settled
+        settled[node] = True
+        edge = self.move_cost[node] - prices[node] + prices  # (K,) reduced costs
+        dummy_edge = np.full(n_clusters, np.inf)
+        if self.dummies[node] > 0:
+            room = self.dummies < self.spare
+            dummy_edge[room] = prices[room] - prices[node]
+        use_dummy = dummy_edge < edge
+        reach = distance[node] + np.maximum(np.minimum(edge, dummy_edge), 0.0)
+        better = (reach < distance) & ~settled
+        distance[better] = reach[better]
+        search.parent[better] = node
+        search.by_dummy[better] = use_dummy[better]
+
+    def _tight_sample_path(self, search: _Search, path: list[tuple[int, int, bool]]) -> bool:
+        """Whether ``path`` has sample edges only, each still as cheap as when it was
+        relaxed (a giver's least loss only grows, when its last sample of least loss
+        has left)."""
+        prices, distance = self.prices, search.distance
+        for giver, taker, by_dummy in path:
+            edge = self.move_cost[giver, taker] - prices[giver] + prices[taker]
+            if by_dummy or distance[giver] + max(edge, 0.0) != distance[taker]:
+                return False
+        return True
+
+    def _move(self, giver: int, taker: int, by_dummy: bool, amount: int, rows: Any = None) -> None:
+        """Move ``amount`` dummies, or the ``amount`` samples that lose least (the first
+        ones in member order), from ``giver`` to ``taker`` (``rows``: the giver's, if
+        already gathered)."""
         self.occupancy[giver] -= amount
         self.occupancy[taker] += amount
         if by_dummy:
@@ -611,7 +691,11 @@ class _Transfers:
         n_clusters = self.upper.size
         members = np.asarray(self.members[giver], dtype=np.int64)  # this shard's
         # the members' rows (m, K), float64, where the passes keep them (Torch: the device)
-        rows = self.passes.gather(self.scores, members) if members.size else None
+        if rows is None and members.size:
+            rows = self.passes.gather(self.scores, members)
+        if amount > 1:  # tied samples (one process only)
+            self._move_tied(giver, taker, members, rows, amount)
+            return
         best, pick = np.inf, -1
         if rows is not None:
             xp = namespace(rows)
@@ -634,35 +718,47 @@ class _Transfers:
         self.move_cost[giver] = both[:n_clusters]
         self.move_cost[taker] = np.minimum(self.move_cost[taker], both[n_clusters:])
 
+    def _move_tied(
+        self, giver: int, taker: int, members: np.ndarray, rows: Any, amount: int
+    ) -> None:
+        """:meth:`_move` of ``amount`` samples, the first of least loss in member order."""
+        xp, where = namespace(rows), device_of(rows)
+        loss = rows[:, giver] - rows[:, taker]  # (m,)
+        picks = np.flatnonzero(to_numpy(loss == xp.min(loss)))[:amount]
+        keep = np.ones(members.size, dtype=bool)
+        keep[picks] = False
+        moved = members[picks]
+        self.members[giver] = members[keep].tolist()
+        self.members[taker].extend(moved.tolist())
+        self.labels[moved] = taker
+        taken = xp.take(rows, from_host(picks, xp, where), axis=0)  # (amount, K)
+        moved_cost = to_numpy(xp.min(taken[:, taker][:, None] - taken, axis=0))
+        left = rows[from_host(keep, xp, where)]
+        remaining = np.full(self.upper.size, np.inf)
+        if left.shape[0]:
+            remaining = to_numpy(xp.min(left[:, giver][:, None] - left, axis=0))
+        self.move_cost[giver] = remaining
+        self.move_cost[taker] = np.minimum(self.move_cost[taker], moved_cost)
 
-def place_dummies(
-    prices: np.ndarray, spare: np.ndarray, room: np.ndarray, n_dummies: int
-) -> np.ndarray:
-    """Where the dummies start: (K,) counts, at most ``spare_k`` each, summing to ``n_dummies``.
 
-    They fill the cheapest clusters first, so that every dummy sits where it is
-    at its best (no dummy move has a negative reduced cost); among clusters of
-    the threshold price, where they may go anywhere, first into free room
-    (``room_k = upper_k - n_k``), so that fewer clusters start over-full.
-    """
-    dummies = np.zeros(spare.size, dtype=np.int64)
-    left = n_dummies
-    order = np.argsort(prices, kind="stable")
-    for price in np.unique(prices[order]):
-        if left == 0:
-            break
-        group = order[prices[order] == price]
-        if spare[group].sum() <= left:
-            dummies[group] = spare[group]
-            left -= int(spare[group].sum())
-            continue
-        for capacity in (np.minimum(spare, np.maximum(room, 0)), spare):
-            for k in group:
-                take = min(left, int(capacity[k] - dummies[k]))
-                if take > 0:
-                    dummies[k] += take
-                    left -= take
-    return dummies
+class _Search:
+    """The state of one Dijkstra on the cluster graph from ``source``."""
+
+    def __init__(self, source: int, n_clusters: int) -> None:
+        self.source = source
+        self.distance = np.full(n_clusters, np.inf)
+        self.distance[source] = 0.0
+        self.parent = np.full(n_clusters, -1)
+        self.by_dummy = np.zeros(n_clusters, dtype=bool)
+        self.settled = np.zeros(n_clusters, dtype=bool)
+
+    def path(self, end: int) -> list[tuple[int, int, bool]]:
+        """The edges ``(giver, taker, by dummy)`` from the source to ``end``, last first."""
+        path, node = [], end
+        while node != self.source:
+            path.append((int(self.parent[node]), node, bool(self.by_dummy[node])))
+            node = int(self.parent[node])
+        return path
 
 
 @dataclass

@@ -248,3 +248,250 @@ def test_cluster_order_is_a_stable_argsort(high):
     labels[7] = -1
     np.testing.assert_array_equal(cluster_order(labels), np.argsort(labels, kind="stable"))
     assert cluster_order(labels[:0]).size == 0
+
+
+# --------------------------------------------------------------------------
+# tied scores: a collapsed network's identical rows, rows from a few vectors,
+# small integers (many samples of one loss move together, not one per path)
+# --------------------------------------------------------------------------
+
+TIED = ["all equal", "identical rows", "few vectors", "small integers", "few integer vectors"]
+
+
+def tied_scores(rng, kind, n, k, dtype=np.float64):
+    """``n x k`` scores with exact ties of the given kind."""
+    if kind == "all equal":
+        scores = np.full((n, k), rng.normal())
+    elif kind == "identical rows":
+        scores = np.tile(rng.normal(size=k), (n, 1))
+    elif kind == "few vectors":  # 3 to 5 distinct rows
+        scores = rng.normal(size=(int(rng.integers(3, 6)), k))[rng.integers(0, 3, n)]
+    elif kind == "small integers":
+        scores = rng.integers(0, 3, (n, k)).astype(float)
+    else:
+        scores = rng.integers(0, 4, (int(rng.integers(3, 6)), k)).astype(float)
+        scores = scores[rng.integers(0, 3, n)]
+    return scores.astype(dtype)
+
+
+def tied_problem(seed, kind):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(20, 240)), int(rng.integers(2, 8))
+    return rng, tied_scores(rng, kind, n, k, rng.choice([np.float32, np.float64])), n, k
+
+
+def exact_objective(scores, labels):
+    return float(np.asarray(scores, np.float64)[np.arange(labels.size), labels].sum())
+
+
+@pytest.mark.parametrize("kind", TIED)
+@pytest.mark.parametrize("sizes", ["fixed", "bounded"])
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_tied_scores_give_the_exact_lp_optimum(kind, sizes, backend):
+    """Fixed sizes (weighted) and size bounds: counts within the bounds, the HiGHS
+    optimum, a certified gap of 0."""
+    for seed in range(4):
+        rng, scores, n, k = tied_problem(seed, kind)
+        if sizes == "fixed":
+            weights = rng.random(k) + 0.2
+            weights /= weights.sum()
+            res = otlabel.assign(scores, 0.05, cluster_weights=weights, backend=backend)
+            lower, upper = otlabel.count_bounds(n, weights)
+        else:
+            lo, hi = np.full(k, 0.3 / k), np.full(k, 1.8 / k)
+            res = otlabel.assign(scores, 0.05, min_size=lo, max_size=hi, backend=backend)
+            lower, upper = otlabel.constraints.BoundedSizes(lo, hi).count_bounds(n)
+        counts = np.bincount(res.labels, minlength=k)
+        assert np.all((counts >= lower) & (counts <= upper)) and counts.sum() == n
+        optimum = bounded_lp_optimum(np.asarray(scores, np.float64), lower, upper)
+        assert exact_objective(scores, res.labels) == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+        assert res.gap <= 1e-9
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_tied_scores_with_partial_mass_give_the_exact_lp_optimum(kind):
+    """mass=0.8: the virtual column (its scores tied too) takes its share exactly."""
+    for seed in range(4):
+        _, scores, n, k = tied_problem(10 + seed, kind)
+        res = otlabel.assign(scores, 0.05, mass=0.8)
+        wide = np.asarray(scores, np.float64)
+        s0 = np.log(np.exp(wide).sum(axis=1))
+        extended = np.column_stack([wide, s0])
+        bounds = otlabel.count_bounds(n, np.append(np.full(k, 0.8 / k), 0.2))
+        labels = np.where(res.labels < 0, k, res.labels)
+        counts = np.bincount(labels, minlength=k + 1)
+        assert np.all((counts >= bounds[0]) & (counts <= bounds[1]))
+        optimum = bounded_lp_optimum(extended, *bounds)
+        assert exact_objective(extended, labels) == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+        assert res.gap <= 1e-9
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_tied_scores_with_known_labels_give_the_exact_lp_optimum(kind):
+    """Known labels kept; the free rows' labels the optimum under the reduced bounds."""
+    for seed in range(4):
+        rng, scores, n, k = tied_problem(20 + seed, kind)
+        known = np.full(n, -1)
+        chosen = rng.choice(n, size=n // 10, replace=False)
+        known[chosen] = rng.integers(0, k, chosen.size)
+        res = otlabel.assign(scores, 0.05, known_labels=known)
+        free = known < 0
+        np.testing.assert_array_equal(res.labels[~free], known[~free])
+        lower, upper = otlabel.count_bounds(n, np.full(k, 1 / k))
+        counts = np.bincount(res.labels, minlength=k)
+        assert np.all((counts >= lower) & (counts <= upper))
+        taken = np.bincount(known[~free], minlength=k)
+        wide = np.asarray(scores, np.float64)[free]
+        optimum = bounded_lp_optimum(wide, np.maximum(lower - taken, 0), upper - taken)
+        achieved = exact_objective(wide, res.labels[free])
+        assert achieved == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+        assert res.gap <= 1e-9
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_merged_rows_one_entry_per_sample_and_the_reference_agree(kind):
+    """The compiled repair with identical rows merged, with one entry per sample, and
+    the Python reference (streams, shards): the same optimum, counts and certificate;
+    the reference and the compiled per-sample repair the same paths, bit for bit."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+
+    for seed in range(6):
+        rng, scores, n, k = tied_problem(30 + seed, kind)
+        weights = rng.random(k) + 0.2
+        weights /= weights.sum()
+        bounds = otlabel.count_bounds(n, weights)
+        if seed % 2:
+            lo, hi = weights * 0.4, np.minimum(weights * 2, 1)
+            bounds = otlabel.constraints.BoundedSizes(lo, hi).count_bounds(n)
+        potential = rng.normal(size=k) * 1e-3 if seed % 3 else np.zeros(k)
+        runs = {
+            name: rounding.balanced_labels(
+                scores, potential, bounds, rows_per_block=int(rng.integers(7, 90)), **options
+            )
+            for name, options in {
+                "merged": {"passes": NumbaPasses(), "merge_rows": True},
+                "per sample": {"passes": NumbaPasses(), "merge_rows": False},
+                "numpy passes": {"merge_rows": False},
+                "automatic": {"passes": NumbaPasses()},
+                "reference": {"compiled": False},
+            }.items()
+        }
+        optimum = bounded_lp_optimum(np.asarray(scores, np.float64), *bounds)
+        for name, out in runs.items():
+            counts = np.bincount(out.labels, minlength=k)
+            assert np.all((counts >= bounds[0]) & (counts <= bounds[1])), name
+            achieved = exact_objective(scores, out.labels)
+            assert achieved == pytest.approx(optimum, rel=1e-9, abs=1e-9), name
+            assert out.gap <= 1e-9, name
+        reference = runs["reference"]
+        for name in ("per sample", "numpy passes"):
+            np.testing.assert_array_equal(runs[name].labels, reference.labels)
+            np.testing.assert_array_equal(runs[name].prices, reference.prices)
+            assert runs[name].n_moves == reference.n_moves
+
+
+def test_tied_samples_move_together():
+    """All-equal rows, all in cluster 0 at the start: the N (K - 1) / K units of excess
+    take K - 1 paths (one per cluster filled), not one each, merged, per sample or in
+    the reference; rows from a few vectors and integer rows take few paths too."""
+    from otlabel.kernels import rounding_numba
+
+    n, k = 6_000, 12
+    bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
+    variants = {"merged": {"merge_rows": True}, "per sample": {"merge_rows": False}}
+    variants["reference"] = {"compiled": False}
+    for name, options in variants.items():
+        out = rounding.balanced_labels(
+            np.zeros((n, k), np.float32), np.zeros(k), bounds, rows_per_block=1000, **options
+        )
+        np.testing.assert_array_equal(np.bincount(out.labels, minlength=k), n // k)
+        assert out.n_moves == n - n // k and out.n_paths == k - 1 and out.gap == 0.0, name
+    reps, sizes, class_of = rounding_numba.row_classes(np.zeros((n, k), np.float32), np.zeros(0))
+    assert reps.tolist() == [0] and sizes.tolist() == [n] and not class_of.any()
+    rng = np.random.default_rng(4)
+    for kind in ("few vectors", "small integers"):
+        scores = tied_scores(rng, kind, n, k, np.float32)
+        out = rounding.balanced_labels(scores, np.zeros(k), bounds, rows_per_block=1000)
+        assert out.n_moves > 1_000 and out.n_paths < 10 * k, (kind, out.n_moves, out.n_paths)
+
+
+@pytest.mark.parametrize("kind", ["all equal", "few vectors", "small integers"])
+def test_tied_repair_is_not_quadratic(kind):
+    """40 000 x 100 tied rows (a collapsed network's scores): once minutes (one path
+    per sample, each reading the giver's whole list); now well under a second."""
+    import time
+
+    rng = np.random.default_rng(5)
+    n, k = 40_000, 100
+    scores = tied_scores(rng, kind, n, k, np.float32)
+    bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
+    for merge in (None, False):
+        began = time.perf_counter()
+        out = rounding.balanced_labels(
+            scores, np.zeros(k), bounds, rows_per_block=4096, merge_rows=merge
+        )
+        assert time.perf_counter() - began < 10.0
+        np.testing.assert_array_equal(np.bincount(out.labels, minlength=k), n // k)
+        assert out.gap <= 1e-9
+
+
+def test_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
+    """Classes are equal rows bit for bit (the virtual column included); a hash
+    collision only splits a class, and the repair stays exact."""
+    from otlabel.kernels import rounding_numba
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 2, (300, 3)).astype(np.float32)  # 8 distinct rows
+    virtual = np.where(np.arange(300) % 2 == 0, 0.5, 0.25)  # ... 16 with the column
+    for column in (np.zeros(0), virtual):
+        reps, sizes, class_of = rounding_numba.row_classes(scores, column)
+        whole = np.column_stack([scores, column]) if column.size else scores
+        distinct, first = np.unique(whole, axis=0, return_index=True)
+        assert reps.size == len(distinct) and np.array_equal(np.sort(reps), np.sort(first))
+        np.testing.assert_array_equal(whole[reps[class_of]], whole)  # each row its class's
+        assert sizes.sum() == 300 and np.all(sizes == np.bincount(class_of))
+    monkeypatch.setattr(  # every row hashes alike: only rows equal to row 0 stay merged
+        rounding_numba, "_row_hashes", lambda bits, extra, hashes: hashes.fill(7)
+    )
+    reps, sizes, class_of = rounding_numba.row_classes(scores, np.zeros(0))
+    same = np.all(scores == scores[0], axis=1)
+    assert sizes[0] == same.sum() and reps.size == 300 - same.sum() + 1
+    bounds = otlabel.count_bounds(300, np.full(3, 1 / 3))
+    out = rounding.balanced_labels(scores, np.zeros(3), bounds, rows_per_block=64, merge_rows=True)
+    optimum = bounded_lp_optimum(scores.astype(np.float64), *bounds)
+    assert exact_objective(scores, out.labels) == pytest.approx(optimum) and out.gap <= 1e-9
+
+
+def test_tied_scores_through_torch_passes_equal_the_compiled_repair():
+    """Torch tensors run the Python reference (on the tensors' device): its bulk moves
+    equal the compiled per-sample repair's, labels and prices."""
+    torch = pytest.importorskip("torch")
+    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.torch_ import TorchPasses
+
+    for kind in TIED:
+        _, scores, n, k = tied_problem(40, kind)
+        bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
+        on_torch = rounding.balanced_labels(
+            torch.as_tensor(scores), np.zeros(k), bounds, rows_per_block=50, passes=TorchPasses()
+        )
+        compiled = rounding.balanced_labels(
+            scores, np.zeros(k), bounds, rows_per_block=50, passes=NumbaPasses(), merge_rows=False
+        )
+        np.testing.assert_array_equal(on_torch.labels, compiled.labels)
+        np.testing.assert_array_equal(on_torch.prices, compiled.prices)
+
+
+def test_a_stream_of_tied_scores_is_repaired_exactly():
+    """A stream that is not an array runs the Python reference: exact on ties too."""
+    rng = np.random.default_rng(9)
+    for kind in TIED:
+        scores = tied_scores(rng, kind, 150, 5, np.float32)
+        stream = otlabel.ChunkedScores(
+            lambda i0, i1, scores=scores: scores[i0:i1].copy(), n_samples=150
+        )
+        res = otlabel.assign(stream, 0.05, backend="numpy")
+        bounds = otlabel.count_bounds(150, np.full(5, 0.2))
+        np.testing.assert_array_equal(np.bincount(res.labels, minlength=5), 30)
+        optimum = bounded_lp_optimum(scores.astype(np.float64), *bounds)
+        assert exact_objective(scores, res.labels) == pytest.approx(optimum) and res.gap <= 1e-9
