@@ -66,6 +66,7 @@ def main() -> None:
                 continue
             scores = make(np.random.default_rng(0), n, k)
             balanced, result = timed(scores, args.backend, "balanced")
+            assert result.labels is not None
             counts = np.bincount(result.labels, minlength=k)
             balanced_counts = (counts.min(), counts.max())
             assert counts.min() >= n // k and counts.max() <= -(-n // k), balanced_counts

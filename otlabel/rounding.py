@@ -25,20 +25,40 @@ away.  Moving a sample from cluster k to cluster l costs it
 ``C[k, l] - p_k + p_l`` with ``C[k, l] = min_{i in k} (S_ik - S_il)``.  Each step
 runs Dijkstra from an over-full cluster to the nearest cluster with room,
 lowers the prices of the clusters it did not settle so that the path costs
-nothing, and moves one sample along each edge of the path.  Every sample stays
-at a best cluster at the current prices, so the labels are optimal when the
-counts are feasible, and ``-prices`` is an optimal dual: the certificate is
-exact up to rounding.  The lower bounds enter through ``sum_k upper_k - N``
-placeholder "dummies" that score nothing anywhere: cluster k holds at most
-``upper_k - lower_k`` of them, so a cluster holding ``d_k`` dummies ends with
-``upper_k - d_k >= lower_k`` samples.  Dummies start in the cheapest clusters
-(where they are at their best); a path made of dummy moves only carries as
-many dummies as its ends allow at once, so wide bounds cost K paths, not N.
+nothing, and moves samples of least loss along each edge of the path.  Every
+sample stays at a best cluster at the current prices, so the labels are optimal
+when the counts are feasible, and ``-prices`` is an optimal dual: the
+certificate is exact up to rounding.  The lower bounds enter through
+``sum_k upper_k - N`` placeholder "dummies" that score nothing anywhere: cluster
+k holds at most ``upper_k - lower_k`` of them, so a cluster holding ``d_k``
+dummies ends with ``upper_k - d_k >= lower_k`` samples.  Dummies start in the
+cheapest clusters (where they are at their best).
+
+A path carries at once as many units as its ends (the source's excess, the
+end's room), its dummy edges (the givers' dummies, the takers' room for them)
+and its sample edges allow: on an edge k -> l, every sample of k whose loss is
+``C[k, l]`` moves at no reduced cost, so ties move together (the first ones in
+k's member order).  Untied scores have one such sample per edge: one unit per
+path, as moving one sample each was.  Tied scores, what a collapsed network
+gives (all rows equal, rows drawn from a few vectors, small integers), put
+almost every sample in a few clusters at the start and have many samples of
+least loss: a path moves up to a cluster's room at once, and after a path with
+tied samples the same Dijkstra goes on to the next cluster with room, for as
+long as its paths stay tight (sample edges only, each as cheap as when it was
+relaxed, since a giver's least loss only grows when its last unit of it
+leaves), the prices lowered once at the end by the last end's distance.  Among
+clusters at the same distance, one with room ends the path.  So the repair
+costs about one Dijkstra per source and per filled cluster instead of one per
+sample.  The compiled repair (:func:`otlabel.kernels.rounding_numba.repair`) also
+holds identical rows as one entry with an amount, split as paths require,
+when the start leaves a large excess, and counts the units of each least
+loss instead of rescanning members.
 
 The work is one pass over the matrix for ``argmax`` (none when the solve's sparse
 kernel gives it exactly: ``argmax=``), one for ``C``, one for the
-certificate, and one Dijkstra on K nodes per unit of excess (stopped at the
-nearest cluster with room); the excess is small when ``g`` comes from Sinkhorn.
+certificate, and one Dijkstra on K nodes per path (stopped at the nearest
+cluster with room); on untied scores there is one path per unit of excess,
+which is small when ``g`` comes from Sinkhorn.
 """
 
 from __future__ import annotations
@@ -577,14 +597,14 @@ class _Transfers:
                 if limit is not None and not self._tight_sample_path(search, path):
                     break
                 rows: dict[int, Any] = {}
-                amount = self._capacity(source, path, rows)
+                amount, tied = self._capacity(source, path, rows)
                 for giver, taker, by_dummy in path:
                     self._move(giver, taker, by_dummy, amount, rows.get(giver))
                 n_moves += amount
                 self.n_paths += 1
                 limit = float(search.distance[end])
                 samples_only = not any(by_dummy for _, _, by_dummy in path)
-                if amount == 1 or not samples_only or self.occupancy[source] <= self.upper[source]:
+                if not (tied and samples_only) or self.occupancy[source] <= self.upper[source]:
                     break
                 if self.occupancy[end] < self.upper[end]:
                     break
@@ -592,8 +612,11 @@ class _Transfers:
             # every path's edges cost nothing now, and every edge at least zero
             self.prices = self.prices - np.minimum(search.distance, limit)
 
-    def _capacity(self, source: int, path: list[tuple[int, int, bool]], rows: dict) -> int:
-        """Units that can follow ``path`` at once (listed last edge first).
+    def _capacity(
+        self, source: int, path: list[tuple[int, int, bool]], rows: dict
+    ) -> tuple[int, bool]:
+        """Units that can follow ``path`` at once (listed last edge first), and whether
+        a sample edge of it has tied samples (more than one of least loss).
 
         The source's excess and the end's room bound them; on a dummy edge, the
         giver's dummies and, unless the taker passes dummies on, its room for
@@ -608,16 +631,17 @@ class _Transfers:
             int(self.occupancy[source] - self.upper[source]),
             int(self.upper[end] - self.occupancy[end]),
         )
-        passes_dummies = False  # the end passes nothing on
+        passes_dummies, tied = False, False  # the end passes nothing on
         for giver, taker, by_dummy in path:
             if by_dummy:
                 amount = min(amount, int(self.dummies[giver]))
                 if not passes_dummies:
                     amount = min(amount, int(self.spare[taker] - self.dummies[taker]))
             else:
-                amount = min(amount, self._least_loss_units(giver, taker, rows))
+                units = self._least_loss_units(giver, taker, rows)
+                amount, tied = min(amount, units), tied or units > 1
             passes_dummies = by_dummy
-        return max(1, amount)
+        return max(1, amount), tied
 
     def _least_loss_units(self, giver: int, taker: int, rows: dict) -> int:
         """The giver's samples whose loss towards ``taker`` is least (1 when sharded:

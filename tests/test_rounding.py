@@ -390,6 +390,34 @@ def test_merged_rows_one_entry_per_sample_and_the_reference_agree(kind):
             assert runs[name].n_moves == reference.n_moves
 
 
+@pytest.mark.parametrize("kind", ["all equal", "few vectors", "small integers"])
+def test_compiled_repair_of_large_tied_clusters_equals_the_reference(kind):
+    """A cluster of 4 000 tied samples x 80 clusters: the compiled repair recomputes
+    a giver's whole row of minima at once, in parallel over blocks of columns, and
+    takes its moved samples' columns without branches; the same paths as the
+    reference, labels and prices, with and without partial mass's column."""
+    from otlabel.kernels.rounding_numba import NumbaPasses
+
+    rng = np.random.default_rng(12)
+    n, k = 4_000, 80
+    scores = tied_scores(rng, kind, n, k, np.float32)
+    for virtual in (None, rng.integers(0, 3, n).astype(np.float64)):
+        matrix, columns = scores, k
+        bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
+        if virtual is not None:
+            matrix, columns = rounding.WithColumn(scores, virtual), k + 1
+            bounds = otlabel.count_bounds(n, np.append(np.full(k, 0.9 / k), 0.1))
+        runs = [
+            rounding.balanced_labels(
+                matrix, np.zeros(columns), bounds, rows_per_block=1000, **options
+            )
+            for options in ({"compiled": False}, {"passes": NumbaPasses(), "merge_rows": False})
+        ]
+        np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
+        np.testing.assert_array_equal(runs[0].prices, runs[1].prices)
+        assert runs[1].gap <= 1e-9 and runs[1].n_paths < 20 * k
+
+
 def test_tied_samples_move_together():
     """All-equal rows, all in cluster 0 at the start: the N (K - 1) / K units of excess
     take K - 1 paths (one per cluster filled), not one each, merged, per sample or in

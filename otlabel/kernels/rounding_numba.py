@@ -206,10 +206,11 @@ def _row_gap_terms(block, virtual, labels, prices, terms):
 
 #: The argmax start leaves more excess than this share of the samples: look for
 #: identical rows (one hashing pass, a sort, one exact comparison) ...
-MERGE_EXCESS = 0.25
-#: ... and repair them as one entry each when that leaves at most this share
-#: of the rows distinct.
-MERGE_SHARE = 0.5
+MERGE_EXCESS = 0.05
+#: ... and repair them as one entry each when that leaves at most this share of
+#: the rows distinct.  (Identical rows one entry per sample: every unit of them
+#: ties, and paths through clusters of them grow long.)
+MERGE_SHARE = 0.99
 
 
 def repair(
@@ -496,7 +497,6 @@ def _repair(
     moved = np.empty(max(rows.size, count.sum()), np.int64)  # the entries one edge moves
     dropped = np.zeros(n_clusters, np.int64)  # the units of least loss they took
     dropped_at = np.empty(n_clusters, np.int64)
-    listed = np.empty(n_clusters, np.int64)  # the columns a moved entry changes
     columns = np.empty(n_clusters, np.int64)  # a row's stale minima
     n_moves, n_paths = 0, 0
     while True:
@@ -531,34 +531,34 @@ def _repair(
                 rows, amount, members, start, count, tie, first_of, n_stale, columns,
             ):  # fmt: skip
                 break
-            node = end
+            node, tied, samples_only = end, False, True
             while node != source:  # every sample edge's units of least loss, counted
                 giver = parent[node]
+                samples_only &= not by_dummy[node]
                 if not by_dummy[node] and tie[giver, node] < 0:
                     tie[giver, node], hit = _count_ties(
                         scores, virtual, giver, node, move_cost[giver, node], rows, amount,
                         members, start[giver], count[giver],
                     )  # fmt: skip
                     first_of[giver, node] = members[start[giver] + hit]
+                tied |= not by_dummy[node] and tie[giver, node] > 1
                 node = giver
             units = _capacity(
                 source, end, parent, by_dummy, upper, spare, dummies, occupancy, tie
             )  # fmt: skip
-            samples_only = True
             node = end
             while node != source:  # the path's edges, last first
                 giver = parent[node]
                 occupancy[giver] -= units
                 occupancy[node] += units
                 if by_dummy[node]:
-                    samples_only = False
                     dummies[giver] -= units
                     dummies[node] += units
                 else:
                     _move_entries(
                         giver, node, units, scores, virtual, rows, amount, n_entries,
                         move_cost, tie, first_of, n_stale, members, start, count, moved,
-                        dropped, dropped_at, listed,
+                        dropped, dropped_at,
                     )  # fmt: skip
                 node = giver
             n_moves += units
@@ -566,10 +566,10 @@ def _repair(
             limit = distance[end]
             for k in (source, end):
                 full[k] = np.inf if occupancy[k] >= upper[k] else 0.0
-            # tied units moved in bulk: the same Dijkstra goes on to the next
-            # cluster with room while its paths stay tight (see the module
-            # docstring of otlabel.rounding); one unit (untied scores): a new one
-            if units == 1 or not samples_only or occupancy[source] <= upper[source]:
+            # a path of sample edges, one of them with tied units: the same Dijkstra
+            # goes on to the next cluster with room while its paths stay tight (see
+            # the module docstring of otlabel.rounding); untied scores: a new one
+            if not (tied and samples_only) or occupancy[source] <= upper[source]:
                 break
             if occupancy[end] < upper[end] or _may_run_out(rows, n_entries, n_clusters):
                 break
@@ -628,7 +628,7 @@ def _count_ties(scores, virtual, giver, taker, least, rows, amount, members, fir
 @njit(cache=True)
 def _move_entries(
     giver, taker, units, scores, virtual, rows, amount, n_entries, move_cost, tie, first_of,
-    n_stale, members, start, count, moved, dropped, dropped_at, listed,
+    n_stale, members, start, count, moved, dropped, dropped_at,
 ):  # fmt: skip
     """Move ``units`` of the giver's entries of least loss towards ``taker`` (the first
     ones in member order; the last one split if it holds more), keeping the order
@@ -678,31 +678,55 @@ def _move_entries(
         kept = size
     count[giver] = kept
     n_dropped = 0  # the columns of ``dropped`` in use, listed in ``dropped_at``
+    dense = units > 1 and n_stale[taker] == 0  # tied units: most columns change
+    # the two clusters' rows (plain 1-D loops over them vectorise)
+    least_t, tie_t, first_t = move_cost[taker], tie[taker], first_of[taker]
+    least_g, tie_g, first_g = move_cost[giver], tie[giver], first_of[giver]
+    n_real = scores.shape[1]
     for m in range(n_moved):
         e = moved[m]
         members[start[taker] + count[taker]] = e
         count[taker] += 1
         i, a = _row(rows, e), _amount(amount, e)
+        row = scores[i]
         own, was = _score(scores, virtual, i, taker), _score(scores, virtual, i, giver)
-        # the columns where the taker's least loss changes, then those where the
-        # giver's leaves: listed first (plain compares, no conditional stores, which
-        # vectorise into slow masked stores), then updated
-        n_listed = _list_columns(scores, virtual, i, own, move_cost[taker], listed, False)
+        if dense:  # every column updated: selects, plain stores, two loops (vectorised)
+            for k in range(n_real):
+                _take_dense(k, own - np.float64(row[k]), taker, e, a, least_t, tie_t, first_t)
+            for k in range(n_real):
+                _drop_dense(k, was - np.float64(row[k]), giver, e, a, least_g, tie_g, first_g,
+                            dropped)  # fmt: skip
+            if virtual.size > 0:
+                _take_dense(n_real, own - virtual[i], taker, e, a, least_t, tie_t, first_t)
+                _drop_dense(n_real, was - virtual[i], giver, e, a, least_g, tie_g, first_g,
+                            dropped)  # fmt: skip
+            continue
+        # the taker's least losses: first those this entry attains too (rare on
+        # untied scores, outside the taker's own column), then the new ones (this
+        # entry alone); then the giver's that it takes away.  A stale bound that
+        # the entry reaches is exact again (``fixed``)
         fixed = 0
-        for c in range(n_listed):
-            k = listed[c]
-            loss = own - _score(scores, virtual, i, k)
-            if loss < move_cost[taker, k]:  # a new least loss: this entry alone
-                fixed += tie[taker, k] == STALE  # below a stale bound: exact now
-                move_cost[taker, k], tie[taker, k], first_of[taker, k] = loss, a, e
-            elif tie[taker, k] >= 0:  # one more unit of it (after the first)
-                tie[taker, k] += a
-        n_listed = _list_columns(scores, virtual, i, was, move_cost[giver], listed, True)
-        for c in range(n_listed):
-            n_dropped = _drop(
-                listed[c], giver, e, a, tie, first_of, dropped, dropped_at, n_dropped
-            )  # fmt: skip
+        if _ties_any(scores, virtual, i, own, least_t, taker):
+            for k in range(least_t.size):
+                if own - _score(scores, virtual, i, k) == least_t[k] and k != taker:
+                    fixed += _one_more(tie_t, first_t, k, e, a)
+        for k in range(n_real):
+            loss = own - np.float64(row[k])
+            if loss < least_t[k]:
+                fixed += tie_t[k] <= STALE
+                least_t[k], tie_t[k], first_t[k] = loss, a, e
+        if virtual.size > 0 and own - virtual[i] < least_t[n_real]:
+            fixed += tie_t[n_real] <= STALE
+            least_t[n_real], tie_t[n_real], first_t[n_real] = own - virtual[i], a, e
+        for k in range(least_g.size):
+            if was - _score(scores, virtual, i, k) == least_g[k]:
+                n_dropped = _drop(k, giver, e, a, tie_g, first_g, dropped, dropped_at, n_dropped)
         n_stale[taker] -= fixed
+    if dense:  # the columns dropped, listed
+        for k in range(least_g.size):
+            if dropped[k] > 0:
+                dropped_at[n_dropped] = k
+                n_dropped += 1
     if kept == 0:  # the giver's own column: 0 while it holds anything
         move_cost[giver, giver] = np.inf
     for d in range(n_dropped):  # the giver's minima the moved units attained
@@ -710,43 +734,84 @@ def _move_entries(
         if tie[giver, k] > dropped[k]:
             tie[giver, k] -= dropped[k]  # others attain it still
         else:  # the last of them left, or not counted yet: a lower bound now
-            tie[giver, k], first_of[giver, k] = STALE, -1
+            tie[giver, k] = STALE if tie[giver, k] == dropped[k] else STALE_UNCOUNTED
+            first_of[giver, k] = -1
             n_stale[giver] += 1
         dropped[k] = 0
 
 
-#: ``tie`` of a least loss whose last unit has left: a lower bound, to recompute.
+#: ``tie`` of a least loss whose last unit has left: a lower bound, to recompute...
 STALE = -2
-
-
-@njit(cache=True)
-def _list_columns(scores, virtual, i, own, least, listed, equal):
-    """The columns ``k`` where ``own - S_ik`` is at most ``least[k]`` (``equal``: is
-    ``least[k]``), into ``listed``; returns how many."""
-    n_real, n_listed = scores.shape[1], 0
-    for k in range(n_real):
-        loss = own - np.float64(scores[i, k])
-        listed[n_listed] = k
-        n_listed += (loss == least[k]) if equal else (loss <= least[k])
-    if virtual.size > 0:  # partial mass's virtual column, last
-        loss = own - virtual[i]
-        listed[n_listed] = n_real
-        n_listed += (loss == least[n_real]) if equal else (loss <= least[n_real])
-    return n_listed
+#: ... and of one that a unit left before its units were counted (others may attain it).
+STALE_UNCOUNTED = -3
 
 
 @njit(inline="always", cache=True)
-def _drop(k, giver, e, a, tie, first_of, dropped, dropped_at, n_dropped):
-    """A leaving entry of the giver's least loss towards ``k``: its units (outside the
-    giver's own column and stale minima) in ``dropped``; returns the columns listed."""
-    if k == giver or tie[giver, k] == STALE:
+def _take_dense(k, loss, taker, e, a, least_t, tie_t, first_t):
+    """An arriving entry ``e`` (``a`` units) of loss ``loss`` towards ``k``, into the
+    taker's row (no stale bound in it): a new least loss (this entry alone), or one
+    more unit of it; selects and plain stores, bitwise tests (no branches)."""
+    least, units = least_t[k], tie_t[k]
+    lower = loss < least
+    more = (loss == least) & (units >= 0) & (k != taker)
+    least_t[k] = loss if lower else least
+    tie_t[k] = a if lower else (units + a if more else units)
+    first_t[k] = e if lower else first_t[k]
+
+
+@njit(inline="always", cache=True)
+def _drop_dense(k, loss, giver, e, a, least_g, tie_g, first_g, dropped):
+    """A leaving entry ``e`` (``a`` units) of loss ``loss`` towards ``k``: its units in
+    ``dropped`` where it attains the giver's least loss (outside its own column and
+    stale minima); selects and plain stores, bitwise tests (no branches)."""
+    leaves = (loss == least_g[k]) & (k != giver) & (tie_g[k] > STALE)
+    dropped[k] += a if leaves else 0
+    first = first_g[k]
+    first_g[k] = -1 if leaves & (first == e) else first
+
+
+@njit(inline="always", cache=True)
+def _one_more(tie_t, first_t, k, e, a):
+    """An arriving entry ``e`` (``a`` units) that attains the taker's least loss towards
+    ``k`` (its row's units and first entries): ``a`` more units of it; a stale bound
+    that it reaches is exact again, its units known (``e``'s alone: no other entry
+    attains it) or not.  Returns 1 then."""
+    if tie_t[k] >= 0:
+        tie_t[k] += a
+    elif tie_t[k] == STALE:
+        tie_t[k], first_t[k] = a, e
+        return 1
+    elif tie_t[k] == STALE_UNCOUNTED:
+        tie_t[k], first_t[k] = -1, -1
+        return 1
+    return 0
+
+
+@njit(cache=True)
+def _ties_any(scores, virtual, i, own, least, taker):
+    """Whether ``own - S_ik`` equals ``least[k]`` for some ``k`` other than ``taker``
+    (a reduction, vectorised)."""
+    n_real, found = scores.shape[1], False
+    for k in range(n_real):
+        found |= (own - np.float64(scores[i, k]) == least[k]) and k != taker
+    if virtual.size > 0:
+        found |= (own - virtual[i] == least[n_real]) and n_real != taker
+    return found
+
+
+@njit(inline="always", cache=True)
+def _drop(k, giver, e, a, tie_g, first_g, dropped, dropped_at, n_dropped):
+    """A leaving entry of the giver's least loss towards ``k`` (its row's units and
+    first entries): its units (outside the giver's own column and stale minima) in
+    ``dropped``; returns the columns listed."""
+    if k == giver or tie_g[k] <= STALE:
         return n_dropped
     if dropped[k] == 0:
         dropped_at[n_dropped] = k
         n_dropped += 1
     dropped[k] += a
-    if first_of[giver, k] == e:
-        first_of[giver, k] = -1
+    if first_g[k] == e:
+        first_g[k] = -1
     return n_dropped
 
 
@@ -760,7 +825,7 @@ def _refresh(
         return
     n_columns = 0
     for k in range(tie.shape[1]):
-        if tie[giver, k] == STALE:
+        if tie[giver, k] <= STALE:
             columns[n_columns] = k
             n_columns += 1
     _recompute_minima(
@@ -770,13 +835,11 @@ def _refresh(
     n_stale[giver] = 0
 
 
-#: Columns x entries above which a giver's minima are recomputed in parallel.
-PARALLEL_MINIMA = 1 << 22
-#: Columns per task of the parallel recomputation.
-MINIMA_COLUMNS = 16
-#: Up to this many columns, a giver's minima are recomputed column by column (more:
-#: row by row, each row read once).
-FEW_COLUMNS = 32
+#: Entries x columns above which a giver's whole row of minima is recomputed in
+#: parallel (over blocks of columns).
+PARALLEL_MINIMA = 1 << 18
+#: Contiguous columns per block (a task when parallel) of a whole row's recomputation.
+MINIMA_BLOCK = 256
 
 
 @njit(cache=True)
@@ -785,72 +848,85 @@ def _recompute_minima(
     move_cost, tie, first_of,
 ):  # fmt: skip
     """``C[g, k]``, the units that attain it and the first entry that does, over the
-    giver's entries, for the ``columns`` given: column by column for a few (what
-    untied scores need), else row by row (each row read once), in parallel over
-    groups of columns when there is much to read."""
-    if n_columns * size >= PARALLEL_MINIMA:
-        _recompute_minima_parallel(
-            scores, virtual, giver, columns[:n_columns], rows, amount, members, first, size,
-            move_cost, tie, first_of,
-        )  # fmt: skip
-        return
-    if n_columns <= FEW_COLUMNS:  # column by column: the minimum in registers
-        for c in range(n_columns):
-            k = columns[c]
-            least, units, arg = np.inf, 0, -1
-            for j in range(size):
-                e = members[first + j]
-                i = _row(rows, e)
-                loss = _score(scores, virtual, i, giver) - _score(scores, virtual, i, k)
-                if loss < least:
-                    least, units, arg = loss, _amount(amount, e), e
-                elif loss == least:
-                    units += _amount(amount, e)
-            move_cost[giver, k], tie[giver, k], first_of[giver, k] = least, units, arg
-        return
+    giver's entries, for the ``columns`` given.
+
+    Column by column (the minimum in registers), as untied scores need it (a moved
+    sample attained about K / size of its cluster's minima); for most of the
+    columns (tied scores), the whole row at once (every value exact): the entries'
+    rows read in order, by blocks of :data:`MINIMA_BLOCK` contiguous columns, in
+    parallel over blocks when there is much to read (a collapsed start's large
+    clusters).
+    """
+    n_clusters, n_real = move_cost.shape[1], scores.shape[1]
+    if 2 * n_columns > n_clusters:  # most of them: the whole row
+        n_blocks = (n_real + MINIMA_BLOCK - 1) // MINIMA_BLOCK
+        if n_clusters * size >= PARALLEL_MINIMA:
+            _recompute_blocks_parallel(
+                scores, virtual, giver, n_blocks, rows, amount, members, first, size,
+                move_cost, tie, first_of,
+            )  # fmt: skip
+        else:
+            for block in range(n_blocks):
+                _recompute_block(
+                    scores, virtual, giver, block, rows, amount, members, first, size,
+                    move_cost, tie, first_of,
+                )  # fmt: skip
+        if n_clusters == n_real:
+            return
+        columns[0], n_columns = n_real, 1  # partial mass's virtual column, below
     for c in range(n_columns):
         k = columns[c]
-        move_cost[giver, k], tie[giver, k], first_of[giver, k] = np.inf, 0, -1
-    for j in range(size):
-        e = members[first + j]
-        i, a = _row(rows, e), _amount(amount, e)
-        own = _score(scores, virtual, i, giver)
-        for c in range(n_columns):
-            k = columns[c]
-            loss = own - _score(scores, virtual, i, k)
-            if loss < move_cost[giver, k]:
-                move_cost[giver, k], tie[giver, k], first_of[giver, k] = loss, a, e
-            elif loss == move_cost[giver, k]:
-                tie[giver, k] += a
+        least, units, arg = np.inf, 0, -1
+        for j in range(size):
+            e = members[first + j]
+            i = _row(rows, e)
+            loss = _score(scores, virtual, i, giver) - _score(scores, virtual, i, k)
+            if loss < least:
+                least, units, arg = loss, _amount(amount, e), e
+            elif loss == least:
+                units += _amount(amount, e)
+        move_cost[giver, k], tie[giver, k], first_of[giver, k] = least, units, arg
 
 
 @njit(parallel=True, cache=True)
-def _recompute_minima_parallel(
-    scores, virtual, giver, columns, rows, amount, members, first, size, move_cost, tie,
+def _recompute_blocks_parallel(
+    scores, virtual, giver, n_blocks, rows, amount, members, first, size, move_cost, tie,
     first_of,
 ):  # fmt: skip
-    """:func:`_recompute_minima`, one task per :data:`MINIMA_COLUMNS` columns."""
-    n_columns = columns.size
-    n_tasks = (n_columns + MINIMA_COLUMNS - 1) // MINIMA_COLUMNS
-    for task in prange(n_tasks):
-        low, high = task * MINIMA_COLUMNS, min(n_columns, (task + 1) * MINIMA_COLUMNS)
-        least = np.full(high - low, np.inf)
-        units = np.zeros(high - low, np.int64)
-        args = np.full(high - low, -1, np.int64)
-        for j in range(size):
-            e = members[first + j]
-            i, a = _row(rows, e), _amount(amount, e)
-            own = _score(scores, virtual, i, giver)
-            for c in range(low, high):
-                loss = own - _score(scores, virtual, i, columns[c])
-                if loss < least[c - low]:
-                    least[c - low], units[c - low], args[c - low] = loss, a, e
-                elif loss == least[c - low]:
-                    units[c - low] += a
-        for c in range(low, high):
-            k = columns[c]
-            move_cost[giver, k], tie[giver, k] = least[c - low], units[c - low]
-            first_of[giver, k] = args[c - low]
+    """:func:`_recompute_block` for every block of columns, one task each."""
+    for block in prange(n_blocks):
+        _recompute_block(
+            scores, virtual, giver, block, rows, amount, members, first, size, move_cost,
+            tie, first_of,
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def _recompute_block(
+    scores, virtual, giver, block, rows, amount, members, first, size, move_cost, tie,
+    first_of,
+):  # fmt: skip
+    """The giver's minima towards the (real) columns of ``block``, their units and
+    first entries: each entry's row read once, selects and plain stores (vectorised)."""
+    low = block * MINIMA_BLOCK
+    high = min(scores.shape[1], low + MINIMA_BLOCK)
+    least = np.full(high - low, np.inf)
+    units = np.zeros(high - low, np.int64)
+    args = np.full(high - low, -1, np.int64)
+    for j in range(size):
+        e = members[first + j]
+        i, a = _row(rows, e), _amount(amount, e)
+        row = scores[i, low:high]
+        own = _score(scores, virtual, i, giver)
+        for c in range(high - low):
+            loss = own - np.float64(row[c])
+            lower, same = loss < least[c], loss == least[c]
+            least[c] = loss if lower else least[c]
+            units[c] = a if lower else (units[c] + a if same else units[c])
+            args[c] = e if lower else args[c]
+    move_cost[giver, low:high] = least
+    tie[giver, low:high] = units
+    first_of[giver, low:high] = args
 
 
 @njit(cache=True)
