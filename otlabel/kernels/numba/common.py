@@ -256,7 +256,7 @@ def sub_block_partial(
     col_peak: np.ndarray,
     block_stats: np.ndarray,
     exp_floor: float,
-    exact_log_peaks: Callable[[], np.ndarray] | None = None,
+    exact_log_peaks: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ColumnPartial:
     """Sub-block column partials (blocks, K), each by the starved-column rule, summed
     in a fixed order into one (K,).
@@ -264,7 +264,7 @@ def sub_block_partial(
     A starved column's peak, read from entries clamped at ``e^exp_floor``, is only a
     bound far below its largest entry: a column shifted by a constant far beyond
     ``epsilon`` would then move its potential by about ``-exp_floor eps`` a pass.
-    ``exact_log_peaks`` gives the log of each column's largest entry exactly (computed
+    ``exact_log_peaks(columns)`` gives the log of those columns' largest entries exactly (called
     only when a column is starved), so that the column update lands within
     ``log rows`` of its mass in one pass, as the log domain's does."""
     # column_partial's limit, summed in its order; log is monotone, so the smallest
@@ -275,7 +275,10 @@ def sub_block_partial(
             return ColumnPartial(np.zeros(col_sum.shape[1]), col_sum.sum(axis=0))
         log_peak = np.log(col_peak)  # (blocks, K)
     if exact_log_peaks is not None:
-        log_peak = np.where(log_peak > limit, log_peak, exact_log_peaks())
+        starved = log_peak <= limit  # (blocks, K)
+        columns = np.flatnonzero(starved.any(axis=0))
+        exact = exact_log_peaks(columns)  # (blocks, starved columns)
+        log_peak[:, columns] = np.where(starved[:, columns], exact, log_peak[:, columns])
     partial = column_partial(
         col_sum,
         log_peak,

@@ -103,10 +103,10 @@ class NumbaLogKernel(Kernel):
             _log_sweep(block, state, self.dtype(1.0 / self.epsilon), terms, frame)
         row_potential, col_sum, col_peak, block_stats = frame
 
-        def exact_log_peaks() -> np.ndarray:  # (sub-blocks, K), for starved columns
-            peaks = np.empty_like(col_peak)
+        def exact_log_peaks(columns: np.ndarray) -> np.ndarray:  # (sub-blocks, columns)
+            peaks = np.empty((col_peak.shape[0], columns.size))
             with threads(self.n_threads):
-                _log_column_peaks(block, row_potential, state, 1.0 / self.epsilon, peaks)
+                _log_column_peaks(block, row_potential, state, 1.0 / self.epsilon, columns, peaks)
             return peaks
 
         columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor, exact_log_peaks)
@@ -114,16 +114,17 @@ class NumbaLogKernel(Kernel):
 
 
 @njit(parallel=True, cache=True)
-def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, peaks):
-    """``peaks[b, j] = max_{i in sub-block b} (S_ij + f_i) / eps + g_j / eps`` in float64:
-    the log of each column's largest plan entry, however far below ``exp``'s range."""
-    n_rows, n_cols = scores.shape
+def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, columns, peaks):
+    """``peaks[b, c] = max_{i in sub-block b} (S_ij + f_i) / eps + g_j / eps`` in float64
+    for each ``j = columns[c]``: the log of those columns' largest plan entries, however
+    far below ``exp``'s range (only the starved columns are read)."""
+    n_rows = scores.shape[0]
     for b in prange(peaks.shape[0]):
         out = peaks[b]
         out[:] = -np.inf
         for i in range(b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)):
             row, f_scaled = scores[i], row_potential[i] * inv_eps
-            for j in range(n_cols):
-                out[j] = max(out[j], np.float64(row[j]) * inv_eps + f_scaled)
-        for j in range(n_cols):
-            out[j] += np.float64(g_scaled[j])
+            for c in range(columns.size):
+                out[c] = max(out[c], np.float64(row[columns[c]]) * inv_eps + f_scaled)
+        for c in range(columns.size):
+            out[c] += np.float64(g_scaled[columns[c]])
