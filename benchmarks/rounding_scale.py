@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.backend == "numba":
         from otlabel.kernels.numba import CHUNK_BYTES
-        from otlabel.kernels.rounding_numba import NumbaPasses
+        from otlabel.kernels.numba.rounding import NumbaPasses
 
         passes, rows = NumbaPasses(), lambda k: CHUNK_BYTES // (4 * k)
         warm_up = otlabel.make_scores(500, 5, kind="sela", seed=1)  # compile or load first

@@ -1,5 +1,5 @@
 """Small tools of exact labels that the Python repair (:mod:`otlabel.rounding`) and the
-compiled one (:mod:`otlabel.kernels.rounding_numba`) both use; below both, so that
+compiled one (:mod:`otlabel.kernels.numba.repair`) both use; below both, so that
 neither imports the other."""
 
 from __future__ import annotations

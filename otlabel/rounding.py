@@ -49,7 +49,7 @@ relaxed, since a giver's least loss only grows when its last unit of it
 leaves), the prices lowered once at the end by the last end's distance.  Among
 clusters at the same distance, one with room ends the path.  So the repair
 costs about one Dijkstra per source and per filled cluster instead of one per
-sample.  The compiled repair (:func:`otlabel.kernels.rounding_numba.repair`) also
+sample.  The compiled repair (:func:`otlabel.kernels.numba.repair.repair`) also
 holds identical rows as one entry with an amount, split as paths require,
 when the start leaves a large excess, and counts the units of each least
 loss instead of rescanning members.
@@ -412,7 +412,7 @@ def balanced_labels(
     argmax : (N,) int array or None
         ``argmax_k (S_ik + g_k)`` at ``potential``, if already known exactly.
     compiled : bool
-        Repair in Numba (:func:`otlabel.kernels.rounding_numba.repair`) where it
+        Repair in Numba (:func:`otlabel.kernels.numba.repair.repair`) where it
         can: a NumPy matrix (or ``.npy`` pages) held whole by one process, whoever
         the passes are.  False: in Python (:class:`_Transfers`), as streams and
         sharded problems always are; the same paths on one entry per sample.
@@ -446,7 +446,7 @@ def _compiled_repair(scores: Any, group: Collective) -> Any:
     if not (_in_memory(scores) and isinstance(group, Alone)):
         return None
     try:
-        from .kernels.rounding_numba import repair
+        from .kernels.numba.repair import repair
     except ImportError:  # pragma: no cover - Numba is a dependency
         return None
     return repair

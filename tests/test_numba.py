@@ -418,7 +418,7 @@ def test_sparse_kernel_is_built_in_blocks_identically(monkeypatch):
 @pytest.mark.parametrize("seed", range(4))
 def test_numba_rounding_passes_equal_numpy(seed):
     """Same labels, move costs and certificate from either pass implementation."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
     from otlabel.rounding import NumpyPasses, argmax_labels, balanced_labels
 
     rng = np.random.default_rng(seed)
@@ -452,7 +452,7 @@ def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
     """``C[k, l] = min_{i in k} (S_ik - S_il)`` and the first sample (in row order) that
     attains it, rows taken four at a time: clusters of every size modulo four, exact
     ties, the virtual column of partial mass (its own cluster too)."""
-    from otlabel.kernels.rounding_numba import _cluster_min_loss_args
+    from otlabel.kernels.numba.rounding import cluster_min_loss_args
 
     rng = np.random.default_rng(11)
     n, k = 203, 13
@@ -467,7 +467,7 @@ def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
     bounds = np.append(starts, n)
     costs = np.full((n_clusters, n_clusters), np.inf)
     args = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
-    _cluster_min_loss_args(block, virtual, order, bounds, clusters, costs, args, 1000)
+    cluster_min_loss_args(block, virtual, order, bounds, clusters, costs, args, 1000)
     full = block.astype(np.float64)
     if with_virtual:
         full = np.column_stack([full, virtual])
@@ -480,7 +480,7 @@ def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
 
 def test_numba_repair_handles_dummies_and_bad_starts():
     """Many moves from a zero start, uneven weights (dummies): same result as NumPy."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
     from otlabel.rounding import NumpyPasses, balanced_labels
 
     rng = np.random.default_rng(11)
@@ -576,7 +576,7 @@ def test_labels_start_from_the_sparse_kernels_argmax_without_a_read(monkeypatch,
     """The argmax labels come from the sparse kernel's kept entries (no read of the
     scores) and equal a float64 read of every entry; far from where the entries
     were chosen it reads."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
 
     monkeypatch.setattr(numba_sparse, "SPARSE_DENSITY", 1.0)
     scores = otlabel.make_scores(3000, 40, kind="head", seed=5)

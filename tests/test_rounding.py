@@ -172,7 +172,7 @@ def test_bounded_labels_are_the_highs_optimum(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_wide_bounds_need_few_paths_and_equal_numba(seed):
     """hi = 1 for every cluster gives (K - 1) N dummies: bulk dummy paths, same as Numba."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
 
     rng = np.random.default_rng(seed)
     n, k = 3000, 12
@@ -210,7 +210,7 @@ def test_compiled_move_costs_and_their_samples_match_numpy(with_virtual):
     """C[k, l] = min over cluster k's samples of S_ik - S_il, as NumPy computes it, and
     for each minimum the first sample (in row order) that attains it, over two blocks."""
     pytest.importorskip("numba")
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
 
     rng = np.random.default_rng(7)
     scores = rng.normal(size=(500, 37)).astype(np.float32)
@@ -353,7 +353,7 @@ def test_merged_rows_one_entry_per_sample_and_the_reference_agree(kind):
     """The compiled repair with identical rows merged, with one entry per sample, and
     the Python reference (streams, shards): the same optimum, counts and certificate;
     the reference and the compiled per-sample repair the same paths, bit for bit."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
 
     for seed in range(6):
         rng, scores, n, k = tied_problem(30 + seed, kind)
@@ -396,7 +396,7 @@ def test_compiled_repair_of_large_tied_clusters_equals_the_reference(kind):
     a giver's whole row of minima at once, in parallel over blocks of columns, and
     takes its moved samples' columns without branches; the same paths as the
     reference, labels and prices, with and without partial mass's column."""
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
 
     rng = np.random.default_rng(12)
     n, k = 4_000, 80
@@ -422,7 +422,7 @@ def test_tied_samples_move_together():
     """All-equal rows, all in cluster 0 at the start: the N (K - 1) / K units of excess
     take K - 1 paths (one per cluster filled), not one each, merged, per sample or in
     the reference; rows from a few vectors and integer rows take few paths too."""
-    from otlabel.kernels import rounding_numba
+    from otlabel.kernels.numba import row_classes as rounding_classes
 
     n, k = 6_000, 12
     bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
@@ -434,7 +434,7 @@ def test_tied_samples_move_together():
         )
         np.testing.assert_array_equal(np.bincount(out.labels, minlength=k), n // k)
         assert out.n_moves == n - n // k and out.n_paths == k - 1 and out.gap == 0.0, name
-    reps, sizes, class_of = rounding_numba.row_classes(np.zeros((n, k), np.float32), np.zeros(0))
+    reps, sizes, class_of = rounding_classes.row_classes(np.zeros((n, k), np.float32), np.zeros(0))
     assert reps.tolist() == [0] and sizes.tolist() == [n] and not class_of.any()
     rng = np.random.default_rng(4)
     for kind in ("few vectors", "small integers"):
@@ -466,22 +466,22 @@ def test_tied_repair_is_not_quadratic(kind):
 def test_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
     """Classes are equal rows bit for bit (the virtual column included); a hash
     collision only splits a class, and the repair stays exact."""
-    from otlabel.kernels import rounding_numba
+    from otlabel.kernels.numba import row_classes as rounding_classes
 
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 2, (300, 3)).astype(np.float32)  # 8 distinct rows
     virtual = np.where(np.arange(300) % 2 == 0, 0.5, 0.25)  # ... 16 with the column
     for column in (np.zeros(0), virtual):
-        reps, sizes, class_of = rounding_numba.row_classes(scores, column)
+        reps, sizes, class_of = rounding_classes.row_classes(scores, column)
         whole = np.column_stack([scores, column]) if column.size else scores
         distinct, first = np.unique(whole, axis=0, return_index=True)
         assert reps.size == len(distinct) and np.array_equal(np.sort(reps), np.sort(first))
         np.testing.assert_array_equal(whole[reps[class_of]], whole)  # each row its class's
         assert sizes.sum() == 300 and np.all(sizes == np.bincount(class_of))
     monkeypatch.setattr(  # every row hashes alike: only rows equal to row 0 stay merged
-        rounding_numba, "_row_hashes", lambda bits, extra, hashes: hashes.fill(7)
+        rounding_classes, "_row_hashes", lambda bits, extra, hashes: hashes.fill(7)
     )
-    reps, sizes, class_of = rounding_numba.row_classes(scores, np.zeros(0))
+    reps, sizes, class_of = rounding_classes.row_classes(scores, np.zeros(0))
     same = np.all(scores == scores[0], axis=1)
     assert sizes[0] == same.sum() and reps.size == 300 - same.sum() + 1
     bounds = otlabel.count_bounds(300, np.full(3, 1 / 3))
@@ -494,7 +494,7 @@ def test_tied_scores_through_torch_passes_equal_the_compiled_repair():
     """Torch tensors run the Python reference (on the tensors' device): its bulk moves
     equal the compiled per-sample repair's, labels and prices."""
     torch = pytest.importorskip("torch")
-    from otlabel.kernels.rounding_numba import NumbaPasses
+    from otlabel.kernels.numba.rounding import NumbaPasses
     from otlabel.kernels.torch_ import TorchPasses
 
     for kind in TIED:

@@ -19,7 +19,12 @@ The modules, one kind of kernel each:
 - :mod:`.dense`: the dense stored kernel's build and pass;
 - :mod:`.sparse`: :class:`SparseKernel`, its build in one read and its pass;
 - :mod:`.sparse_log`: :class:`SparseLogKernel`, the exact float64 finish on the
-  sparse kernel's entries.
+  sparse kernel's entries;
+- :mod:`.rounding`: :class:`NumbaPasses`, the rounding's reads of the matrix;
+- :mod:`.repair`: the shortest-path repair of exact labels, with its least
+  losses (:mod:`.repair_losses`), searches (:mod:`.repair_paths`), identical
+  rows (:mod:`.row_classes`) and view of the entries (:mod:`.entries`);
+- :mod:`.improve`: the exchanges of relaxed sizes.
 
 Precision: float32 scores are processed in float32 (``exp`` argument and
 values) unless a kernel is ``precise`` (float64 throughout: the exact finish);

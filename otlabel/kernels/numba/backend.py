@@ -12,9 +12,9 @@ from numba import njit, prange
 from ...solver import Kernel, row_blocks
 from ...streaming import ChunkedScores
 from ..reference import ReferenceBackend
-from ..rounding_numba import NumbaPasses
 from .common import CHUNK_BYTES, SUB_BLOCK_ROWS, threads
 from .log import NumbaLogKernel
+from .rounding import NumbaPasses
 from .stored import SUBSAMPLE_SWITCH_ERROR, NumbaKernel
 
 

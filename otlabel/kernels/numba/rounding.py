@@ -1,0 +1,172 @@
+"""Numba passes of balanced rounding: argmax, move costs and the certificate.
+
+The three reads of the matrix that :mod:`otlabel.rounding` makes, parallel
+over rows (or over clusters) of a block, with the same arithmetic as the NumPy
+passes (float64 per element; maxima and minima are exact, so labels and move
+costs are identical bit for bit; the certificate's row terms are summed per row
+and then in a fixed order).  The shortest-path repair of exact labels on an
+in-memory matrix is :mod:`.repair` (for the NumPy passes too); the exchanges of
+relaxed sizes are :mod:`.improve`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from ..._labels import cluster_order
+from .._fastmath import shifted_max
+from .entries import entry_score, matrix_and_column
+from .improve import exchange_paths, improve
+
+
+class NumbaPasses:
+    """The passes over one block of rows, as :class:`otlabel.rounding.NumpyPasses`."""
+
+    name = "numba"
+
+    @staticmethod
+    def argmax(block: Any, potential: np.ndarray) -> np.ndarray:
+        labels = np.empty(block.shape[0], np.int64)
+        _argmax_rows(*matrix_and_column(block), np.ascontiguousarray(potential), labels)
+        return labels
+
+    @staticmethod
+    def move_costs(block: Any, own: np.ndarray, move_cost: np.ndarray) -> None:
+        """:meth:`move_costs_with_args`, the samples that attain the minima dropped."""
+        move_arg = np.empty(move_cost.shape, dtype=np.int64)
+        NumbaPasses.move_costs_with_args(block, own, move_cost, move_arg, 0)
+
+    @staticmethod
+    def move_costs_with_args(
+        block: Any, own: np.ndarray, move_cost: np.ndarray, move_arg: np.ndarray, first: int
+    ) -> None:
+        """:meth:`move_costs`, and in ``move_arg`` a sample (row ``first + i``) that
+        attains each minimum."""
+        order = cluster_order(own)
+        clusters, starts = np.unique(own[order], return_index=True)
+        bounds = np.append(starts, own.size)
+        block, virtual = matrix_and_column(block)
+        cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first)
+
+    @staticmethod
+    def gather(scores: Any, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` as float64 (m, K) (a stream's repair runs in NumPy)."""
+        return np.asarray(scores[index], np.float64)  # as NumpyPasses.gather
+
+    @staticmethod
+    def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
+        """The exchanges of relaxed labels in Numba (arrays only; see :func:`improve`)."""
+        return improve(exchanges, constraint, n_samples)
+
+    @staticmethod
+    def exchange_paths(
+        move_cost: np.ndarray,
+        prices: np.ndarray,
+        distance: np.ndarray,
+        reward: np.ndarray,
+        prune: bool,
+    ) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """The multi-source Dijkstra of :class:`otlabel.rounding._Exchanges`, compiled:
+        the same steps (first index of a minimum) on the same arrays."""
+        distance = distance.copy()
+        parent = np.full(prices.size, -1, dtype=np.int64)
+        target, best = exchange_paths(move_cost, prices, distance, reward, parent, prune)
+        return distance, parent, int(target), float(best)
+
+    @staticmethod
+    def row_gap(block: Any, labels: np.ndarray, prices: np.ndarray) -> float:
+        terms = np.empty(block.shape[0])
+        _row_gap_terms(*matrix_and_column(block), labels, prices, terms)
+        return float(np.sum(terms))
+
+
+@njit(parallel=True, cache=True)
+def _argmax_rows(block, virtual, potential, labels):
+    """``argmax_k (S_ik + g_k)`` in float64, the first index on ties (as NumPy); with a
+    ``virtual`` column (not empty), over the K + 1 columns.  Two vectorised scans of
+    the row (in cache): its maximum, then the first index that reaches it."""
+    n_cols = block.shape[1]
+    for i in prange(block.shape[0]):
+        row = block[i]
+        best = _shifted_row_max(row, potential)
+        arg = n_cols
+        for k in range(n_cols):
+            if np.float64(row[k]) + potential[k] == best:
+                arg = k
+                break
+        if virtual.size > 0 and virtual[i] + potential[n_cols] > best:
+            arg = n_cols
+        labels[i] = arg
+
+
+@njit(cache=True)
+def _shifted_row_max(row, potential):
+    """``max_k (S_ik + g_k)`` in float64 (finite input: the validation saw to it)."""
+    return shifted_max(row, 1.0, potential)
+
+
+#: Rows of one cluster that :func:`cluster_min_loss_args` takes at once: the
+#: cluster's row of minima is read and written once per group (200 000 x 3 000,
+#: ad hoc: 216-229 -> 125-140 ms, the same minima and samples).
+MOVE_GROUP = 4
+
+
+@njit(parallel=True, cache=True)
+def cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first):
+    """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``, one cluster per task (no
+    races), and in ``move_arg[k, l]`` the sample (row ``first + i``) of each new minimum
+    (the first in ``order`` of equal ones)."""
+    for s in prange(clusters.size):
+        k = clusters[s]
+        costs, args = move_cost[k], move_arg[k]
+        j, end = bounds[s], bounds[s + 1]
+        while j < end:
+            # four rows at once (the last repeated past the cluster's end: the same
+            # minima, the same samples); scalars, not slices: no view per group
+            i0, i1 = order[j], order[min(j + 1, end - 1)]
+            i2, i3 = order[min(j + 2, end - 1)], order[min(j + 3, end - 1)]
+            _min_loss_of_four(block, virtual, k, i0, i1, i2, i3, costs, args, first)
+            j += MOVE_GROUP
+
+
+@njit(cache=True, inline="always")
+def _min_loss_of_four(block, virtual, k, i0, i1, i2, i3, costs, args, first):
+    """``costs[l] = min(costs[l], S_ik - S_il)`` over the rows ``i0 .. i3`` in turn,
+    and ``args[l]`` the sample of each new minimum: branch-free selects, which
+    vectorise; the cluster's ``costs`` and ``args`` are read and written once."""
+    r0, r1, r2, r3 = block[i0], block[i1], block[i2], block[i3]
+    own0, own1 = entry_score(block, virtual, i0, k), entry_score(block, virtual, i1, k)
+    own2, own3 = entry_score(block, virtual, i2, k), entry_score(block, virtual, i3, k)
+    sample0, sample1, sample2, sample3 = first + i0, first + i1, first + i2, first + i3
+    n_real = block.shape[1]
+    for other in range(n_real):
+        best, arg = costs[other], args[other]
+        loss = own0 - np.float64(r0[other])
+        best, arg = (loss, sample0) if loss < best else (best, arg)
+        loss = own1 - np.float64(r1[other])
+        best, arg = (loss, sample1) if loss < best else (best, arg)
+        loss = own2 - np.float64(r2[other])
+        best, arg = (loss, sample2) if loss < best else (best, arg)
+        loss = own3 - np.float64(r3[other])
+        best, arg = (loss, sample3) if loss < best else (best, arg)
+        costs[other], args[other] = best, arg
+    if virtual.size > 0:  # partial mass's virtual column, last
+        for own, i in ((own0, i0), (own1, i1), (own2, i2), (own3, i3)):
+            loss = own - virtual[i]
+            if loss < costs[n_real]:
+                costs[n_real], args[n_real] = loss, first + i
+
+
+@njit(parallel=True, cache=True)
+def _row_gap_terms(block, virtual, labels, prices, terms):
+    """``max_k (S_ik - p_k) - (S_iy - p_y)`` per row (>= 0)."""
+    n_cols = block.shape[1] + (virtual.size > 0)
+    for i in prange(block.shape[0]):
+        best = entry_score(block, virtual, i, 0) - prices[0]
+        for k in range(1, n_cols):
+            best = max(best, entry_score(block, virtual, i, k) - prices[k])
+        y = labels[i]
+        terms[i] = best - (entry_score(block, virtual, i, y) - prices[y])
