@@ -10,6 +10,8 @@ model's scores, by Sinkhorn-Knopp matrix scaling.
 [100, 100, 100, 100, 100, 100]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, predict, sinkhorn
 from .constraints import count_bounds
 from .datasets import make_scores
@@ -17,6 +19,9 @@ from .kernels import BackendWarning
 from .online import soft_assign
 from .result import ConvergenceWarning, Result
 from .streaming import ChunkedScores
+
+if TYPE_CHECKING:
+    from .kmeans import KMeans as KMeans
 
 __version__ = "0.1.0"
 
@@ -35,3 +40,13 @@ __all__ = [
     "sinkhorn",
     "soft_assign",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``otlabel.KMeans``, imported on first use: it needs scikit-learn (the ``sklearn``
+    extra), which ``import otlabel`` does not (without it, an ImportError names the extra)."""
+    if name == "KMeans":
+        from .kmeans import KMeans as KMeans
+
+        return KMeans
+    raise AttributeError(f"module 'otlabel' has no attribute {name!r}")

@@ -1,0 +1,705 @@
+"""Size-constrained k-means: :class:`KMeans`, exact at every assignment step.
+
+Lloyd's algorithm alternates an assignment step and a centre update.  Here the
+assignment step is otlabel's problem on the scores ``S_ik = 2 x_i.c_k -
+||c_k||^2`` (``-||x_i - c_k||^2`` up to the row constant ``||x_i||^2``, which
+changes no label): the labels that minimise ``sum_i ||x_i - c_{y_i}||^2`` under
+the cluster-size constraint, exact, with a certificate, warm-started from the
+previous step's potential.  scikit-learn (the ``sklearn`` extra) gives the
+estimator conventions, the k-means++ seeding and the input validation.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+    from sklearn.cluster import kmeans_plusplus
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+except ImportError as missing:  # pragma: no cover - the extra is installed by `make test`
+    raise ImportError(
+        "otlabel.KMeans needs scikit-learn (1.6 or later): pip install 'otlabel[sklearn]'"
+    ) from missing
+
+from ._arrays import library_of, to_numpy
+from ._kmeans_data import Samples, samples_of
+from .api import assign
+from .prediction import predict
+from .result import ConvergenceWarning, Result
+
+__all__ = ["EXPECTED_FAILED_CHECKS", "KMeans"]
+
+#: The entropic regularisation of each assignment step, as a share of the spread
+#: (standard deviation) of the first step's scores.  The labels are exact
+#: whatever it is (the rounding repairs the Sinkhorn labels and certifies them);
+#: it sets how the work splits between Sinkhorn passes (more when smaller) and
+#: repair paths (more when larger).
+EPSILON_SHARE = 0.01
+#: The marginal error at which each step's Sinkhorn solve stops, and its most
+#: passes: the exact rounding that follows repairs what is left, so a loose
+#: tolerance is enough, and a solve that crawls (a cluster that must take samples
+#: from across a gap of thousands of epsilon) is cut short without a warning.
+SOLVE_TOL = 1e-3
+SOLVE_MAX_ITER = 100
+#: A memmap is seeded by k-means++ on this many rows drawn at random (k-means++
+#: reads X once per centre: on a file larger than memory, from disk).
+SEED_ROWS = 100_000
+#: ``n_init="auto"``: runs per fit by initialisation, as in scikit-learn.
+AUTO_RUNS = {"k-means++": 1, "random": 10}
+
+#: scikit-learn estimator checks that cannot hold for a size-constrained
+#: estimator, with the reason; pass as ``check_estimator(KMeans(),
+#: expected_failed_checks=EXPECTED_FAILED_CHECKS)``.
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "cluster sizes count samples, whatever their weights: a sample of weight 2 "
+        "is one sample, not two, so it is not the same fit as the sample repeated"
+    ),
+    "check_sample_weight_equivalence_on_sparse_data": (
+        "cluster sizes count samples, whatever their weights: a sample of weight 2 "
+        "is one sample, not two, so it is not the same fit as the sample repeated"
+    ),
+}
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    r"""k-means whose clusters have given sizes (equal, or between bounds), with every
+    assignment step solved exactly.
+
+    Minimises the inertia :math:`\sum_i w_i \|x_i - c_{y_i}\|^2` over labels ``y``
+    and centres ``c`` under a constraint on the cluster sizes
+    :math:`n_k = \#\{i : y_i = k\}`: by default equal sizes (every
+    :math:`n_k` is :math:`\lfloor N/K \rfloor` or :math:`\lceil N/K \rceil`), or
+    ``min_size <= n_k <= max_size``.  Lloyd's algorithm: each assignment step
+    finds the labels that minimise the inertia under the constraint (the LP
+    optimum, certified by ``gap_``: :func:`otlabel.assign` with exact labels on
+    the scores :math:`S_{ik} = 2 x_i \cdot c_k - \|c_k\|^2`, warm-started from the
+    previous step's potential); each centre update takes the weighted means.
+    Neither step raises the inertia, so the fit stops at a fixed point (labels
+    unchanged), when the centres move less than ``tol``, or at ``max_iter``.
+    ``min_size=0, max_size=1.0`` is plain k-means (scikit-learn's, from the same
+    centres).
+
+    Parameters
+    ----------
+    n_clusters : int, default 8
+        K, the number of clusters.
+    init : {"k-means++", "random"} or array (K, d), default "k-means++"
+        The initial centres: scikit-learn's k-means++ seeding
+        (:func:`sklearn.cluster.kmeans_plusplus`), K samples drawn at random
+        (with probability proportional to their weight), or given.  A memmap is
+        seeded from :data:`SEED_ROWS` rows drawn at random.
+    n_init : "auto" or int, default "auto"
+        Runs from different initial centres; the fit keeps the run of least
+        inertia.  "auto": 1 for k-means++ or given centres, 10 for "random".
+    max_iter : int, default 300
+        Most Lloyd iterations of a run.
+    tol : float, default 1e-4
+        Stop when the summed squared shift of the centres is at most ``tol``
+        times the mean variance of the features (scikit-learn's rule); 0 stops
+        only at a fixed point or ``max_iter``.
+    random_state : int, RandomState or None
+        Seeds the initial centres.
+    min_size, max_size : int, float, array (K,) or None
+        Bounds on every cluster's size: an int is a count of samples, a float a
+        fraction of N (``floor(N min_size)``, ``ceil(N max_size)``), an array one
+        per cluster (integers: counts; floats: fractions).  A missing bound is 0
+        (lower) or N (upper); with neither (and no ``cluster_weights`` or
+        ``size_penalty``), sizes are equal.
+    size_penalty : float, array (K,) or None
+        Relaxed sizes instead of bounds: a penalty ``tau > 0`` (in the units of
+        squared distances) on ``sum_k n_k log(n_k / (N b_k))``, pulling the sizes
+        toward ``cluster_weights`` ``b`` (uniform if None), as in
+        :func:`otlabel.assign`.
+    cluster_weights : array (K,) or None
+        Fixed proportions ``b`` of the clusters (sizes ``floor``/``ceil`` of
+        ``N b_k``), or the prior of ``size_penalty``.  Not with ``min_size`` or
+        ``max_size``.
+
+    Attributes
+    ----------
+    cluster_centers_ : array (K, d)
+        The centres, in X's dtype and library (a tensor for a tensor).
+    labels_ : array (N,) int64
+        The training samples' labels (the last assignment step's).
+    inertia_ : float
+        :math:`\sum_i w_i \|x_i - c_{y_i}\|^2` of the fit, accumulated in float64.
+    n_iter_ : int
+        Lloyd iterations of the kept run.
+    n_features_in_ : int
+        d, the number of features.
+    counts_ : array (K,) int64
+        The clusters' sizes.
+    potential_ : array (K,) float64
+        The last assignment step's cluster potential ``g`` (in the units of
+        squared distances): :meth:`predict` labels new samples by
+        :math:`\mathrm{argmax}_k (-\|x - c_k\|^2 + g_k)`.
+    gap_ : float
+        The last assignment step's certificate: its labels' inertia is within
+        ``N gap_`` of the least under the constraint (0 up to rounding).
+
+    Notes
+    -----
+    Sizes count samples, whatever their weights; ``sample_weight`` weighs the
+    inertia (each sample's row of scores) and the centres.  Memory: X, one
+    (N, K) score matrix in X's dtype (none for a memmap, whose scores are
+    computed block by block as the solve reads them) and O(N + K d); float32 X
+    is read as float32, its sums and inertia accumulated in float64.  With
+    ``min_size`` 0, a cluster left empty takes the sample farthest from its
+    centre, as scikit-learn does.
+
+    References
+    ----------
+    P. S. Bradley, K. P. Bennett, A. Demiriz, "Constrained k-means clustering",
+    Microsoft Research MSR-TR-2000-65, 2000.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import otlabel
+    >>> X = np.random.default_rng(0).normal(size=(1000, 8))
+    >>> km = otlabel.KMeans(n_clusters=4, random_state=0).fit(X)
+    >>> km.counts_.tolist()  # equal sizes
+    [250, 250, 250, 250]
+    >>> km.gap_ < 1e-9
+    True
+    >>> bounded = otlabel.KMeans(4, min_size=200, max_size=0.3, random_state=0).fit(X)
+    >>> bool(bounded.counts_.min() >= 200 and bounded.counts_.max() <= 300)
+    True
+    >>> bounded.predict_exact(X[:40]).tolist().count(0) >= 8  # 20% of the batch
+    True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Any = "k-means++",
+        n_init: str | int = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: Any = None,
+        min_size: Any = None,
+        max_size: Any = None,
+        size_penalty: Any = None,
+        cluster_weights: Any = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.min_size = min_size
+        self.max_size = max_size
+        self.size_penalty = size_penalty
+        self.cluster_weights = cluster_weights
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        if tags.transformer_tags is not None:
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """Fit the centres and labels of ``X`` (N, d).
+
+        Parameters
+        ----------
+        X : array (N, d), CSR matrix, memmap or Torch tensor
+            The samples, float32 or float64 (kept; other types become float64).
+            A memmap is read block by block, its scores never held whole.
+        y : ignored
+        sample_weight : array (N,) or None
+            Non-negative weights of the samples in the inertia and the centres
+            (None: 1 each).
+
+        Returns
+        -------
+        KMeans
+            self, fitted.
+        """
+        self._check_parameters()
+        samples = self._samples(X, sample_weight, reset=True)
+        n_samples = samples.n_samples
+        if self.n_clusters > n_samples:
+            plural = "" if n_samples == 1 else "s"
+            raise ValueError(
+                f"n_clusters: {self.n_clusters} clusters for {n_samples} sample{plural}; "
+                f"lower n_clusters to at most {n_samples} or pass more samples"
+            )
+        sizes = size_constraint(self, n_samples)
+        random_state = check_random_state(self.random_state)
+        tol = self.tol * samples.mean_variance() if self.tol > 0 else 0.0
+        best: Run | None = None
+        for _ in range(self._n_runs()):
+            centres = self._initial_centres(samples, random_state)
+            run = lloyd(samples, centres, sizes, self.max_iter, tol)
+            if best is None or run.inertia < best.inertia:
+                best = run
+        assert best is not None  # at least one run
+        self._keep(best, samples, sizes)
+        return self
+
+    def predict(self, X: Any) -> Any:
+        r"""Labels of new samples from the fitted centres and potential:
+        :math:`\mathrm{argmax}_k (-\|x - c_k\|^2 + g_k)`.
+
+        On samples like the training samples the sizes follow the fit's; a
+        batch's labels do not depend on the rest of the batch.  For labels that
+        meet the size constraint on the batch itself, see :meth:`predict_exact`.
+
+        Parameters
+        ----------
+        X : array (n, d), CSR matrix, memmap or Torch tensor
+
+        Returns
+        -------
+        array (n,) int64
+            In X's library.
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, None, reset=False)
+        scores = samples.scores(self._centres)
+        return predict(scores, self.potential_)
+
+    def predict_exact(self, X: Any, *, min_size: Any = None, max_size: Any = None) -> Any:
+        """Labels of a new batch that meet the size constraint on the batch, exactly.
+
+        The assignment step of the fit on the batch, with the fitted centres: the
+        labels that minimise the batch's inertia with its cluster sizes within
+        the bounds (what k-means-constrained's ``predict`` gives).  By default
+        the fit's constraint, each bound the same share of the batch as of the
+        training samples (equal sizes stay equal); ``min_size`` and
+        ``max_size`` replace the bounds (an int: a count of the batch's samples,
+        a float: a fraction of it, an array: one per cluster).
+
+        Parameters
+        ----------
+        X : array (n, d), CSR matrix, memmap or Torch tensor
+        min_size, max_size : int, float, array (K,) or None
+
+        Returns
+        -------
+        array (n,) int64
+            In X's library.
+
+        Raises
+        ------
+        ValueError
+            When no labelling of the batch meets the bounds (e.g. ``K *
+            min_size > n``), naming the bound and the fix.
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, None, reset=False)
+        sizes = self._sizes
+        if min_size is not None or max_size is not None:
+            sizes = bounded_sizes(min_size, max_size, self.n_clusters, samples.n_samples)
+        step = AssignmentStep(samples, sizes, self._epsilon)
+        return step(self._centres).labels
+
+    def transform(self, X: Any) -> Any:
+        """Euclidean distances of the samples to the centres.
+
+        Returns
+        -------
+        array (n, K)
+            In X's dtype and library.
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, None, reset=False)
+        return samples.distances_to(self._centres)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Minus the inertia of ``X`` with its :meth:`predict` labels."""
+        check_is_fitted(self)
+        samples = self._samples(X, sample_weight, reset=False)
+        labels = predict(samples.scores(self._centres), self.potential_)
+        return -samples.inertia(self._centres, labels)
+
+    # ------------------------------------------------------------------
+    # validation and fitted attributes
+    # ------------------------------------------------------------------
+
+    def _check_parameters(self) -> None:
+        _check_count(self.n_clusters, "n_clusters")
+        _check_count(self.max_iter, "max_iter")
+        if self.n_init != "auto":
+            _check_count(self.n_init, "n_init")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or self.tol < 0:
+            raise ValueError(f"tol: expected a number >= 0, got {self.tol!r}")
+        if isinstance(self.init, str) and self.init not in AUTO_RUNS:
+            raise ValueError(
+                f"init: expected 'k-means++', 'random' or an array of centres "
+                f"(n_clusters, n_features), got {self.init!r}"
+            )
+
+    def _n_runs(self) -> int:
+        if not isinstance(self.init, str):
+            if self.n_init not in ("auto", 1):
+                warnings.warn(
+                    f"n_init={self.n_init} with initial centres given in init: one run is "
+                    "made (every run would start from the same centres)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return 1
+        return AUTO_RUNS[self.init] if self.n_init == "auto" else int(self.n_init)
+
+    def _samples(self, X: Any, sample_weight: Any, *, reset: bool) -> Samples:
+        """X validated (dtype, shape, finite values, feature count) as a reader."""
+        streamed = isinstance(X, np.memmap)
+        if library_of(X) == "torch":
+            data = _checked_tensor(X)
+            self._check_features(int(data.shape[1]), reset)
+        else:
+            data = validate_data(
+                self,
+                X,
+                accept_sparse="csr",
+                dtype=[np.float64, np.float32],
+                order="C",
+                reset=reset,
+            )
+        weights = _sample_weights(sample_weight, data)
+        return samples_of(data, weights, streamed=streamed)
+
+    def _check_features(self, n_features: int, reset: bool) -> None:
+        if reset:
+            self.n_features_in_ = n_features
+        elif n_features != self.n_features_in_:
+            raise ValueError(
+                f"X: has {n_features} features, but KMeans was fitted on "
+                f"{self.n_features_in_}; pass samples with {self.n_features_in_} features"
+            )
+
+    def _initial_centres(self, samples: Samples, random_state: Any) -> np.ndarray:
+        """(K, d) float64 centres to start a run from."""
+        if not isinstance(self.init, str):
+            return _given_centres(self.init, self.n_clusters, samples.n_features)
+        rows, weights = _seeding_rows(samples, random_state)
+        if self.init == "k-means++":
+            centres, _ = kmeans_plusplus(
+                rows, self.n_clusters, sample_weight=weights, random_state=random_state
+            )
+        else:
+            chosen = random_state.choice(
+                rows.shape[0], self.n_clusters, replace=False, p=weights / weights.sum()
+            )
+            centres = rows[chosen]
+        dense = centres.toarray() if hasattr(centres, "toarray") else centres
+        return np.asarray(dense, dtype=np.float64)
+
+    def _keep(self, run: Run, samples: Samples, sizes: Sizes) -> None:
+        step = run.step
+        self._centres = run.centres
+        self._sizes = sizes
+        self._epsilon = run.epsilon
+        self.cluster_centers_ = samples.like_data(run.centres.astype(samples.host_dtype))
+        self.labels_ = step.labels
+        self.counts_ = step.counts
+        self.potential_ = step.potential
+        self.gap_ = float(step.gap)
+        self.inertia_ = run.inertia
+        self.n_iter_ = run.n_iter
+
+
+def _check_count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _checked_tensor(X: Any) -> Any:
+    """A Torch X: 2-D, float32 or float64 (half precision read as float32), finite."""
+    import torch
+
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D tensor (n_samples, n_features), got {X.ndim}-D")
+    if X.dtype in (torch.float16, torch.bfloat16):
+        X = X.float()
+    elif X.dtype not in (torch.float32, torch.float64):
+        X = X.double()
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X: needs at least one sample and one feature, got {tuple(X.shape)}")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("X: contains NaN or infinity; remove or impute those samples")
+    return X.contiguous()
+
+
+def _sample_weights(sample_weight: Any, data: Any) -> Any:
+    """(N,) float64 weights in data's library, or None for unit weights."""
+    if sample_weight is None:
+        return None
+    n_samples = int(data.shape[0])
+    weights = np.asarray(to_numpy(sample_weight) if library_of(sample_weight) else sample_weight)
+    if weights.ndim == 0:
+        weights = np.full(n_samples, float(weights))
+    if weights.shape != (n_samples,):
+        raise ValueError(
+            f"sample_weight: expected shape ({n_samples},), one weight per sample of X, "
+            f"got {weights.shape}"
+        )
+    weights = weights.astype(np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(
+            "sample_weight: expected finite weights >= 0; drop the samples of weight NaN or "
+            "inf, and give negative ones 0"
+        )
+    if weights.sum() <= 0:
+        raise ValueError("sample_weight: every weight is zero; give some samples a weight > 0")
+    if library_of(data) == "torch":
+        import torch
+
+        return torch.as_tensor(weights, device=data.device)
+    return weights
+
+
+def _given_centres(init: Any, n_clusters: int, n_features: int) -> np.ndarray:
+    centres = check_array(init, dtype=np.float64, input_name="init")
+    if centres.shape != (n_clusters, n_features):
+        raise ValueError(
+            f"init: expected initial centres of shape (n_clusters, n_features) = "
+            f"({n_clusters}, {n_features}), got {centres.shape}"
+        )
+    return centres.copy()
+
+
+def _seeding_rows(samples: Samples, random_state: Any) -> tuple[Any, np.ndarray]:
+    """The rows the seeding draws from (all, or :data:`SEED_ROWS` of a memmap) and
+    their weights, on the host."""
+    rows = samples.host()
+    weights = to_numpy(samples.weights) if samples.weights is not None else None
+    if samples.streamed and samples.n_samples > SEED_ROWS:
+        chosen = np.sort(random_state.choice(samples.n_samples, SEED_ROWS, replace=False))
+        rows = np.asarray(rows[chosen])
+        weights = None if weights is None else weights[chosen]
+    if weights is None:
+        weights = np.ones(rows.shape[0])
+    return rows, weights
+
+
+# ---------------------------------------------------------------------------
+# the size constraint
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A fit's size constraint as :func:`otlabel.assign`'s arguments: bounds as
+    fractions of N (each an exact count once multiplied by N), or fixed or relaxed
+    proportions."""
+
+    min_size: np.ndarray | None = None  # (K,) lower counts / N
+    max_size: np.ndarray | None = None  # (K,) upper counts / N
+    cluster_weights: Any = None
+    size_penalty: Any = None
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "cluster_weights": self.cluster_weights,
+            "size_penalty": self.size_penalty,
+        }
+
+
+def size_constraint(estimator: KMeans, n_samples: int) -> Sizes:
+    """The constraint of ``estimator``'s size parameters for N samples."""
+    bounded = estimator.min_size is not None or estimator.max_size is not None
+    if not bounded:
+        return Sizes(cluster_weights=estimator.cluster_weights, size_penalty=estimator.size_penalty)
+    for name in ("cluster_weights", "size_penalty"):
+        if getattr(estimator, name) is not None:
+            raise ValueError(
+                f"{name}: bounds (min_size, max_size) and {name} are two different size "
+                "constraints; give one of them"
+            )
+    return bounded_sizes(estimator.min_size, estimator.max_size, estimator.n_clusters, n_samples)
+
+
+def bounded_sizes(min_size: Any, max_size: Any, n_clusters: int, n_samples: int) -> Sizes:
+    """Count bounds of ``min_size``/``max_size`` for N samples, checked feasible."""
+    lower = size_counts(min_size, "min_size", n_clusters, n_samples, np.floor, 0)
+    upper = size_counts(max_size, "max_size", n_clusters, n_samples, np.ceil, n_samples)
+    if np.any(lower > upper):
+        k = int(np.flatnonzero(lower > upper)[0])
+        raise ValueError(
+            f"min_size: cluster {k} needs at least {lower[k]} samples but max_size allows "
+            f"{upper[k]}; give every cluster min_size <= max_size"
+        )
+    if np.any(upper == 0):
+        raise ValueError("max_size: every cluster must hold at least 1 sample; raise it")
+    if lower.sum() > n_samples:
+        raise ValueError(
+            f"min_size: {n_clusters} clusters need at least {lower.sum()} samples together, "
+            f"and X has {n_samples}; lower min_size (or n_clusters)"
+        )
+    if upper.sum() < n_samples:
+        raise ValueError(
+            f"max_size: {n_clusters} clusters hold at most {upper.sum()} samples together, "
+            f"and X has {n_samples}; raise max_size (or n_clusters)"
+        )
+    return Sizes(min_size=lower / n_samples, max_size=upper / n_samples)
+
+
+def size_counts(
+    value: Any, name: str, n_clusters: int, n_samples: int, rounding: Any, default: int
+) -> np.ndarray:
+    """(K,) int64 counts of a size bound: an int is a count, a float a fraction of N
+    (rounded by ``rounding``, an integer within 1e-9 taken as such)."""
+    if value is None:
+        return np.full(n_clusters, default, dtype=np.int64)
+    array = np.asarray(to_numpy(value) if library_of(value) else value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(
+            f"{name}: expected a count (int), a fraction of N (float) or a ({n_clusters},) "
+            f"array of them, got {type(value).__name__}"
+        )
+    if array.ndim == 0:
+        array = np.full(n_clusters, array.item(), dtype=array.dtype)
+    if array.shape != (n_clusters,):
+        raise ValueError(
+            f"{name}: expected one number or one per cluster, shape ({n_clusters},), "
+            f"got {array.shape}"
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        counts = array.astype(np.int64)
+        if np.any(counts < 0) or np.any(counts > n_samples):
+            raise ValueError(
+                f"{name}: a count of samples is 0..{n_samples} (X's N), got "
+                f"{int(counts[(counts < 0) | (counts > n_samples)][0])}; for a fraction "
+                "of N pass a float"
+            )
+        return counts
+    fractions = array.astype(np.float64)
+    if not np.all(np.isfinite(fractions)) or np.any(fractions < 0) or np.any(fractions > 1):
+        raise ValueError(
+            f"{name}: a float is a fraction of the N samples, in [0, 1]; got "
+            f"{value!r} (for a count of samples, pass an int)"
+        )
+    exact = n_samples * fractions
+    nearest = np.round(exact)
+    integral = np.abs(exact - nearest) <= 1e-9 * np.maximum(1.0, exact)
+    return np.where(integral, nearest, rounding(exact)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Lloyd's loop
+# ---------------------------------------------------------------------------
+
+
+class AssignmentStep:
+    """The exact assignment step, each call warm-started from the previous one's
+    potential, at one epsilon (set by the first call's scores)."""
+
+    def __init__(self, samples: Samples, sizes: Sizes, epsilon: float | None = None) -> None:
+        self.samples = samples
+        self.sizes = sizes
+        self.epsilon = epsilon
+        self.potential: Any = None
+
+    def __call__(self, centres: np.ndarray) -> Result:
+        if self.epsilon is None:
+            self.epsilon = epsilon_for(self.samples.score_sample(centres))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = assign(
+                self.samples.scores(centres),
+                self.epsilon,
+                **self.sizes.arguments(),
+                init=self.potential,
+                tol=SOLVE_TOL,
+                max_iter=SOLVE_MAX_ITER,
+                method="log",
+            )
+        self.potential = result.potential
+        return result
+
+
+def epsilon_for(scores: np.ndarray) -> float:
+    """:data:`EPSILON_SHARE` of the scores' standard deviation (1 if they are all equal)."""
+    spread = float(np.std(scores, dtype=np.float64))
+    return EPSILON_SHARE * spread if spread > 0 else 1.0
+
+
+@dataclass
+class Run:
+    """One run of Lloyd's loop: its centres, last assignment step, inertia, iterations."""
+
+    centres: np.ndarray  # (K, d) float64
+    step: Result
+    inertia: float
+    n_iter: int
+    epsilon: float
+
+
+def lloyd(samples: Samples, centres: np.ndarray, sizes: Sizes, max_iter: int, tol: float) -> Run:
+    """Assignment steps and centre updates until the labels repeat, the centres move
+    at most ``tol`` (summed squared shift), or ``max_iter``; the labels are then
+    those of the final centres (one more step unless they repeated)."""
+    solve = AssignmentStep(samples, sizes)
+    previous = None
+    repeated = False
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is the count after the loop
+        step = solve(centres)
+        updated = centre_update(samples, step.labels, centres)
+        shift = float(((updated - centres) ** 2).sum())
+        centres = updated
+        if previous is not None and samples.labels_equal(step.labels, previous):
+            repeated = True
+            break
+        if shift <= tol:
+            break
+        previous = step.labels
+    if not repeated:
+        step = solve(centres)
+    epsilon = float(solve.epsilon or 1.0)
+    return Run(centres, step, samples.inertia(centres, step.labels), n_iter, epsilon)
+
+
+def centre_update(samples: Samples, labels: Any, centres: np.ndarray) -> np.ndarray:
+    """The weighted means of the clusters (K, d) float64; an empty cluster takes the
+    sample farthest from its centre (scikit-learn's rule), a cluster of weight 0
+    that finds none keeps its centre."""
+    n_clusters = centres.shape[0]
+    sums, totals = samples.centre_sums(labels, n_clusters)
+    empty = np.flatnonzero(totals <= 0)
+    if empty.size:
+        relocate(samples, labels, centres, sums, totals, empty)
+    updated = centres.copy()
+    held = totals > 0
+    updated[held] = sums[held] / totals[held, None]
+    return updated
+
+
+def relocate(
+    samples: Samples,
+    labels: Any,
+    centres: np.ndarray,
+    sums: np.ndarray,
+    totals: np.ndarray,
+    empty: np.ndarray,
+) -> None:
+    """Give each empty cluster (in order) one of the samples farthest from their
+    centres (farthest first), taken out of its own cluster's sums (in place)."""
+    distances = samples.distances(centres, labels)  # (N,)
+    farthest = np.argsort(-distances, kind="stable")[: empty.size]
+    host_labels = to_numpy(labels)
+    weights = np.ones(samples.n_samples) if samples.weights is None else to_numpy(samples.weights)
+    for cluster, sample in zip(empty, farthest, strict=False):
+        row = samples.row(int(sample))  # (d,) float64
+        weight = weights[sample]
+        source = host_labels[sample]
+        sums[source] -= weight * row
+        totals[source] -= weight
+        sums[cluster] = weight * row
+        totals[cluster] = weight
