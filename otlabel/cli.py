@@ -1,7 +1,8 @@
-"""The ``otlabel`` command: ``otlabel assign``, ``predict``, ``demo``, ``bench`` and ``train``.
+"""The ``otlabel`` command: ``otlabel assign``, ``predict``, ``cluster``, ``demo``, ``bench``
+and ``train``.
 
-``otlabel.bench`` (the benchmark runner) and ``otlabel.sela`` are imported only when
-their subcommand runs (or shows its help), never by ``otlabel assign``.
+``otlabel.bench`` (the benchmark runner), ``otlabel.sela`` and ``otlabel.kmeans``
+(scikit-learn) are imported only when their subcommand runs, never by ``otlabel assign``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ Balanced cluster labels from a matrix of model scores, by optimal transport
   otlabel assign scores.npy -o labels.npy      label the rows of an (N, K) .npy
   otlabel predict new.npy --result r.npz -o labels.npy
                                                label new rows with a saved result
+  otlabel cluster X.npy -k 50 -o labels.npy   size-constrained k-means of (N, d) features
   otlabel demo                                 solve a built-in SeLa-like problem
   otlabel bench                                time it against peers and bandwidth
   otlabel train                                SeLa on digits against its baselines
@@ -285,6 +287,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _reading_options(guess)
     guess.set_defaults(run=_predict, option_of=PREDICT_OPTION_OF)
+
+    _cluster_parser(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -890,6 +894,128 @@ def _saved_line(path: str, saved: Saved) -> str:
 
 
 # ---------------------------------------------------------------------------
+# otlabel cluster
+# ---------------------------------------------------------------------------
+
+#: Python argument names in ``KMeans``'s messages -> the options that set them.
+CLUSTER_OPTION_OF = {
+    "n_clusters": "-k",
+    "min_size": "--min-size",
+    "max_size": "--max-size",
+    "size_penalty": "--size-penalty",
+    "n_init": "--n-init",
+    "max_iter": "--max-iter",
+    "tol": "--tol",
+    "X": "features",
+}
+#: What ``--min-size`` / ``--max-size`` take in ``otlabel cluster``.
+SIZES = "a count of samples (an integer), a fraction of N (e.g. 0.05) or a .npy of K of them"
+
+
+def _cluster_parser(commands: Any) -> None:
+    cluster = commands.add_parser(
+        "cluster",
+        help="size-constrained k-means of the rows of an (N, d) feature matrix (.npy)",
+        description="k-means whose clusters have equal sizes (default) or sizes within "
+        "bounds, every assignment step exact (otlabel.KMeans; needs otlabel[sklearn]).",
+    )
+    cluster.add_argument("features", help="(N, d) float array in .npy format")
+    cluster.add_argument("-k", "--n-clusters", type=int, required=True, metavar="K")
+    cluster.add_argument("--min-size", metavar="S", help=f"each cluster's least size: {SIZES}")
+    cluster.add_argument("--max-size", metavar="S", help=f"each cluster's largest size: {SIZES}")
+    cluster.add_argument(
+        "--size-penalty",
+        metavar="TAU",
+        help="relaxed sizes: a KL penalty tau > 0 (squared-distance units) pulling the sizes "
+        "toward equal ones; not with --min-size/--max-size",
+    )
+    cluster.add_argument("--n-init", type=int, default=1, metavar="N", help="runs (default 1)")
+    cluster.add_argument("--max-iter", type=int, default=300, metavar="N")
+    cluster.add_argument(
+        "--tol", type=float, default=1e-4, help="scikit-learn's tol on the centre shift"
+    )
+    cluster.add_argument("--seed", type=int, default=0, help="seed of the k-means++ seeding")
+    cluster.add_argument("-o", "--output", help="where to write the labels (.npy, int64)")
+    cluster.add_argument("--centers", metavar="NPY", help="where to write the (K, d) centres")
+    cluster.add_argument(
+        "--mmap",
+        action="store_true",
+        help="memory-map the features: fitted block by block, the (N, K) scores never held "
+        f"(default: only when larger than {STREAM_FRACTION * 100:g}%% of the available memory)",
+    )
+    cluster.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"no live progress line (shown on a terminal's stderr after {PROGRESS_AFTER:g} s)",
+    )
+    cluster.set_defaults(run=_cluster, option_of=CLUSTER_OPTION_OF)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .kmeans import KMeans
+
+    _check_writable(args.output, "--output")
+    _check_writable(args.centers, "--centers")
+    shape, _, nbytes = _npy_header(args.features, "features")
+    if len(shape) != 2:
+        raise ValueError(f"features: {args.features} holds {_shape_of(shape)}; expected (N, d)")
+    mapped = args.mmap or nbytes > STREAM_FRACTION * available_memory()
+    features = np.load(args.features, mmap_mode="r" if mapped else None)
+    print(f"features   {args.features}: {_shape(features)} {features.dtype}")
+    if mapped:
+        print("reading    memory-mapped, fitted block by block")
+    progress = Progress(sys.stderr if _progress_wanted(args) else None, ("iteration", "shift"))
+    model = KMeans(
+        args.n_clusters,
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        random_state=args.seed,
+        min_size=_size_or_npy(args.min_size, "--min-size"),
+        max_size=_size_or_npy(args.max_size, "--max-size"),
+        size_penalty=_number_or_npy(args.size_penalty, "--size-penalty", PENALTIES),
+        callback=lambda run, n_iter, shift: progress(n_iter, shift),
+    )
+    started = time.perf_counter()
+    try:
+        model.fit(features)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.n_iter, progress.error) from None
+    finally:
+        progress.close()
+    print(cluster_summary(model, time.perf_counter() - started))
+    if args.output:
+        with _writing(args.output, "--output") as handle:
+            np.save(handle, np.asarray(model.labels_))
+        print(f"labels     written to {args.output}")
+    if args.centers:
+        with _writing(args.centers, "--centers") as handle:
+            np.save(handle, np.asarray(model.cluster_centers_))
+        print(f"centres    written to {args.centers}")
+    return 0
+
+
+def _size_or_npy(text: str | None, option: str) -> int | float | np.ndarray | None:
+    """``--min-size`` / ``--max-size`` of ``otlabel cluster``: an integer is a count."""
+    if text is not None and re.fullmatch(r"\d+", text.strip()):
+        return int(text)
+    return _number_or_npy(text, option, SIZES)
+
+
+def cluster_summary(model: Any, seconds: float) -> str:
+    """A one-screen summary of a fitted :class:`otlabel.KMeans`."""
+    return "\n".join(
+        [
+            f"iterations {model.n_iter_}  inertia {_g(model.inertia_)}",
+            f"time       {seconds:.2f} s",
+            f"clusters   sizes {_range(model.counts_)}  counts {_list(model.counts_)}",
+            f"optimality certified gap {_g(model.gap_)} per sample (squared-distance units) "
+            "of the last assignment step",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------
 # otlabel demo, and what both share
 # ---------------------------------------------------------------------------
 
@@ -956,10 +1082,12 @@ class Progress:
     Silent for the first :data:`PROGRESS_AFTER` seconds, then redrawn in place
     (``\\r``) at most once per :data:`PROGRESS_INTERVAL`; :meth:`close` erases it.
     With no stream it only keeps the last pass and error (for an interruption's line).
+    ``words``: what the two numbers are called on the line.
     """
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, words: tuple[str, str] = ("pass", "error")) -> None:
         self.stream = stream
+        self.words = words
         self.started = time.perf_counter()
         self.shown = -math.inf
         self.width = 0
@@ -973,7 +1101,7 @@ class Progress:
         if now - self.started < PROGRESS_AFTER or now - self.shown < PROGRESS_INTERVAL:
             return
         self.shown = now
-        line = f"pass {n_iter}  error {error:.3g}  {now - self.started:.0f} s"
+        line = f"{self.words[0]} {n_iter}  {self.words[1]} {error:.3g}  {now - self.started:.0f} s"
         self.stream.write("\r" + line.ljust(self.width))
         self.stream.flush()
         self.width = max(self.width, len(line))
