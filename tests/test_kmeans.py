@@ -1,0 +1,337 @@
+"""otlabel.KMeans: scikit-learn's conformance, exact assignment steps, sizes, inputs."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sparse
+from _helpers import bounded_lp_optimum
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.cluster import kmeans_plusplus
+from sklearn.utils.estimator_checks import check_estimator
+
+import otlabel
+from otlabel.cli import main
+from otlabel.kmeans import EXPECTED_FAILED_CHECKS, KMeans
+
+
+def blobs(rng, n_samples=300, n_features=4, n_centres=5, dtype=np.float64):
+    """Samples around ``n_centres`` random centres, of unequal sizes."""
+    centres = rng.normal(scale=4.0, size=(n_centres, n_features))
+    which = rng.choice(n_centres, size=n_samples, p=np.arange(1, n_centres + 1) / 15)
+    return (centres[which] + rng.normal(size=(n_samples, n_features))).astype(dtype)
+
+
+def score_matrix(X, centres):
+    """``-||x_i - c_k||^2`` (N, K) in float64."""
+    X, centres = np.asarray(X, np.float64), np.asarray(centres, np.float64)
+    return -((X[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+
+
+def label_score(scores, labels):
+    return float(scores[np.arange(scores.shape[0]), labels].sum())
+
+
+# --------------------------------------------------------------------------
+# scikit-learn's conformance
+# --------------------------------------------------------------------------
+
+
+def test_check_estimator_passes_all_but_the_declared_checks():
+    results = check_estimator(
+        KMeans(), expected_failed_checks=EXPECTED_FAILED_CHECKS, on_fail=None, on_skip=None
+    )
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert failed == []
+    xfailed = {r["check_name"] for r in results if r["status"] == "xfail"}
+    assert xfailed == set(EXPECTED_FAILED_CHECKS)
+
+
+def test_without_scikit_learn_the_error_names_the_extra(monkeypatch):
+    for name in [name for name in sys.modules if name.split(".")[0] == "sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "otlabel.kmeans")
+    with pytest.raises(ImportError, match=r"pip install 'otlabel\[sklearn\]'"):
+        otlabel.KMeans(3)
+
+
+# --------------------------------------------------------------------------
+# every assignment step is the exact optimum under the sizes
+# --------------------------------------------------------------------------
+
+
+def _random_bounds(rng, n_samples, n_clusters):
+    lower = rng.integers(0, n_samples // n_clusters + 1, size=n_clusters)
+    upper = lower + rng.integers(0, n_samples, size=n_clusters)
+    upper = np.maximum(upper, 1)
+    short = n_samples - upper.sum()
+    if short > 0:
+        upper[0] += short
+    return lower, np.minimum(upper, n_samples)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_assignment_step_is_the_lp_optimum(seed):
+    rng = np.random.default_rng(seed)
+    n_samples, n_clusters = int(rng.integers(8, 40)), int(rng.integers(2, 6))
+    X = rng.normal(size=(n_samples, 3))
+    if seed % 3 == 0:  # ties: samples on a coarse grid, some repeated
+        X = np.round(X)[rng.integers(0, n_samples, n_samples)]
+    model = KMeans(n_clusters, init=X[:n_clusters], max_iter=1, min_size=0, max_size=1.0)
+    model.fit(X)
+    lower, upper = _random_bounds(rng, n_samples, n_clusters)
+    labels = model.predict_exact(X, min_size=lower, max_size=upper)
+    counts = np.bincount(labels, minlength=n_clusters)
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    scores = score_matrix(X, model.cluster_centers_)
+    optimum = bounded_lp_optimum(scores, lower, upper)
+    assert label_score(scores, labels) == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_assignment_step_matches_brute_force_on_tiny_problems(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_samples, n_clusters = 6, 3
+    X = rng.integers(-2, 3, size=(n_samples, 2)).astype(np.float64)  # many ties
+    centres = rng.normal(size=(n_clusters, 2))
+    model = KMeans(n_clusters, init=centres, max_iter=1, min_size=0, max_size=1.0).fit(X)
+    lower, upper = np.array([1, 0, 2]), np.array([3, 2, 4])
+    scores = score_matrix(X, model.cluster_centers_)
+    best = max(
+        label_score(scores, np.array(labels))
+        for labels in itertools.product(range(n_clusters), repeat=n_samples)
+        if _within(np.bincount(labels, minlength=n_clusters), lower, upper)
+    )
+    labels = model.predict_exact(X, min_size=lower, max_size=upper)
+    assert label_score(scores, labels) == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+def _within(counts, lower, upper):
+    return bool(np.all(counts >= lower) and np.all(counts <= upper))
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"min_size": 40, "max_size": 90},
+        {"min_size": 0.1, "max_size": 0.3},
+        {"min_size": np.array([10, 20, 30, 40, 50]), "max_size": 1.0},
+        {"max_size": np.array([0.5, 0.2, 0.2, 0.2, 0.2])},
+        {},
+    ],
+    ids=["counts", "fractions", "per-cluster-min", "per-cluster-max", "equal"],
+)
+def test_every_fit_respects_its_bounds_and_its_labels_are_optimal(rng, sizes):
+    X = blobs(rng)
+    model = KMeans(5, random_state=0, **sizes).fit(X)
+    lower = _counts(sizes.get("min_size", 0), np.floor)
+    upper = _counts(sizes.get("max_size", 1.0), np.ceil)
+    if not sizes:  # equal sizes
+        lower = upper = np.full(5, 60)
+    counts = np.bincount(model.labels_, minlength=5)
+    assert np.array_equal(counts, model.counts_)
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    scores = score_matrix(X, model.cluster_centers_)
+    optimum = bounded_lp_optimum(scores, lower, upper)
+    assert label_score(scores, model.labels_) == pytest.approx(optimum, rel=1e-10)
+    assert 0.0 <= model.gap_ <= 1e-9 * np.abs(scores).max()  # the certificate, at rounding level
+    assert model.inertia_ == pytest.approx(-label_score(scores, model.labels_), rel=1e-12)
+
+
+def _counts(value, rounding, n_samples=300, n_clusters=5):
+    """A size bound as (K,) counts: an int is a count, a float a fraction of N."""
+    array = np.asarray(value) * np.ones(n_clusters, np.asarray(value).dtype)
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    return rounding(n_samples * array).astype(int)
+
+
+@pytest.mark.parametrize("n_samples", [101, 99, 100])
+def test_equal_sizes_are_floor_or_ceil_of_n_over_k(rng, n_samples):
+    X = rng.normal(size=(n_samples, 3))
+    counts = KMeans(7, random_state=1).fit(X).counts_
+    assert set(counts.tolist()) <= {n_samples // 7, -(-n_samples // 7)}
+    assert counts.sum() == n_samples
+
+
+def test_bounds_too_tight_for_a_batch_raise_naming_the_bound(rng):
+    X = rng.normal(size=(60, 2))
+    model = KMeans(3, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=r"min_size: 3 clusters need at least 30 samples.*"):
+        model.predict_exact(X[:20], min_size=10)
+    assert np.bincount(model.predict_exact(X[:20])).tolist() in ([7, 7, 6], [7, 6, 7], [6, 7, 7])
+
+
+# --------------------------------------------------------------------------
+# plain k-means: scikit-learn's fit from the same centres
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_without_bounds_it_is_scikit_learns_kmeans(rng, weighted):
+    X = blobs(rng, n_samples=500)
+    weights = rng.uniform(0.5, 2.0, size=500) if weighted else None
+    start = X[rng.choice(500, 5, replace=False)]
+    ours = KMeans(5, init=start, min_size=0, max_size=1.0).fit(X, sample_weight=weights)
+    theirs = SklearnKMeans(5, init=start, n_init=1).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-10)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.transform(X[:20]), theirs.transform(X[:20]), rtol=1e-9)
+
+
+def test_an_emptied_cluster_takes_the_farthest_sample_as_scikit_learn_does(rng):
+    X = rng.normal(size=(200, 2))
+    start = np.array([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0]])  # the last one wins no sample
+    ours = KMeans(3, init=start, min_size=0, max_size=1.0).fit(X)
+    theirs = SklearnKMeans(3, init=start, n_init=1).fit(X)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-10)
+
+
+def test_sample_weights_move_the_centres_to_the_weighted_means(rng):
+    X = blobs(rng)
+    weights = rng.uniform(0.0, 3.0, size=300)
+    model = KMeans(5, random_state=0, min_size=30).fit(X, sample_weight=weights)
+    for k in range(5):
+        members = model.labels_ == k
+        mean = np.average(X[members], axis=0, weights=weights[members])
+        np.testing.assert_allclose(model.cluster_centers_[k], mean, rtol=1e-10)
+    unweighted = KMeans(5, random_state=0, min_size=30).fit(X)
+    assert not np.allclose(unweighted.cluster_centers_, model.cluster_centers_)
+
+
+# --------------------------------------------------------------------------
+# inputs: float32, CSR, memmap, tensors
+# --------------------------------------------------------------------------
+
+
+def test_float32_stays_float32(rng):
+    X = blobs(rng, dtype=np.float32)
+    model = KMeans(5, random_state=0, min_size=40).fit(X)
+    assert model.cluster_centers_.dtype == np.float32
+    assert model.transform(X).dtype == np.float32
+    assert model.labels_.dtype == np.int64 and isinstance(model.inertia_, float)
+    double = KMeans(5, random_state=0, min_size=40).fit(X.astype(np.float64))
+    assert (model.labels_ != double.labels_).mean() < 0.02
+
+
+def test_a_csr_matrix_gives_the_dense_fit(rng):
+    X = blobs(rng)
+    X[np.abs(X) < 1.0] = 0.0
+    start = X[:5]
+    dense = KMeans(5, init=start, min_size=40, max_size=80).fit(X)
+    csr = KMeans(5, init=start, min_size=40, max_size=80).fit(sparse.csr_matrix(X))
+    np.testing.assert_array_equal(dense.labels_, csr.labels_)
+    np.testing.assert_allclose(dense.cluster_centers_, csr.cluster_centers_, rtol=1e-10)
+    assert dense.inertia_ == pytest.approx(csr.inertia_, rel=1e-10)
+
+
+def test_a_memmap_fit_equals_the_in_memory_fit(rng, tmp_path):
+    X = blobs(rng, n_samples=2000, dtype=np.float32)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    start, _ = kmeans_plusplus(X, 5, random_state=0)
+    in_memory = KMeans(5, init=start, min_size=300).fit(X)
+    streamed = KMeans(5, init=start, min_size=300).fit(mapped)
+    np.testing.assert_array_equal(in_memory.labels_, streamed.labels_)
+    np.testing.assert_allclose(in_memory.cluster_centers_, streamed.cluster_centers_, rtol=1e-6)
+    assert in_memory.n_iter_ == streamed.n_iter_
+    np.testing.assert_array_equal(streamed.predict(mapped), in_memory.predict(X))
+
+
+def test_torch_tensors_in_tensors_out(rng):
+    torch = pytest.importorskip("torch")
+    X = blobs(rng, dtype=np.float32)
+    start = X[:5]
+    on_numpy = KMeans(5, init=start, min_size=40).fit(X)
+    on_torch = KMeans(5, init=start, min_size=40).fit(torch.from_numpy(X))
+    assert isinstance(on_torch.labels_, torch.Tensor)
+    assert on_torch.cluster_centers_.dtype == torch.float32
+    np.testing.assert_array_equal(on_torch.labels_.numpy(), on_numpy.labels_)
+    np.testing.assert_allclose(on_torch.cluster_centers_.numpy(), on_numpy.cluster_centers_)
+    assert isinstance(on_torch.predict(torch.from_numpy(X[:10])), torch.Tensor)
+    assert on_torch.transform(torch.from_numpy(X[:10])).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------
+# bad input: the error names the argument and the fix
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"n_clusters": 11}, r"n_clusters: 11 clusters for 10 samples; lower n_clusters"),
+        ({"n_clusters": 3, "min_size": 4}, r"min_size: 3 clusters need at least 12 .*lower"),
+        ({"n_clusters": 3, "max_size": 3}, r"max_size: 3 clusters hold at most 9 .*raise"),
+        ({"n_clusters": 3, "min_size": 1.5}, r"min_size: a float is a fraction .*pass an int"),
+        ({"n_clusters": 2, "min_size": 4, "max_size": 3}, r"min_size: cluster 0 needs"),
+        ({"n_clusters": 2, "min_size": 2, "cluster_weights": [1, 1]}, r"cluster_weights: "),
+        ({"n_clusters": 2, "max_size": [5, 5, 5]}, r"max_size: expected one number or one"),
+        ({"n_clusters": 2, "init": np.zeros((3, 2))}, r"init: expected initial centres"),
+    ],
+)
+def test_bad_sizes_and_parameters_raise_naming_the_argument(parameters, message):
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match=message):
+        KMeans(**parameters).fit(X)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_raise(bad):
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    X[3, 1] = bad
+    with pytest.raises(ValueError, match=r"X contains (NaN|infinity)"):
+        KMeans(2).fit(X)
+
+
+def test_predict_with_the_wrong_number_of_features_raises(rng):
+    model = KMeans(2, random_state=0).fit(rng.normal(size=(20, 3)))
+    with pytest.raises(ValueError, match=r"X has 4 features, but KMeans is expecting 3"):
+        model.predict(rng.normal(size=(5, 4)))
+
+
+def test_bad_sample_weights_raise_naming_them(rng):
+    X = rng.normal(size=(20, 2))
+    with pytest.raises(ValueError, match=r"sample_weight: expected shape \(20,\)"):
+        KMeans(2).fit(X, sample_weight=np.ones(19))
+    with pytest.raises(ValueError, match=r"sample_weight: expected finite weights >= 0"):
+        KMeans(2).fit(X, sample_weight=-np.ones(20))
+
+
+# --------------------------------------------------------------------------
+# predict and the command line
+# --------------------------------------------------------------------------
+
+
+def test_predict_is_the_argmax_with_the_fitted_potential(rng):
+    X = blobs(rng)
+    model = KMeans(5, random_state=0, max_size=0.25).fit(X)
+    new = blobs(np.random.default_rng(9), n_samples=50)
+    scores = score_matrix(new, model.cluster_centers_) + np.asarray(model.potential_)
+    np.testing.assert_array_equal(model.predict(new), scores.argmax(axis=1))
+    expected = label_score(score_matrix(new, model.cluster_centers_), model.predict(new))
+    assert model.score(new) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cluster_command_writes_labels_and_centres(tmp_path, capsys, rng):
+    X = blobs(rng, dtype=np.float32)
+    np.save(tmp_path / "X.npy", X)
+    arguments = [str(tmp_path / "X.npy"), "-k", "5", "--min-size", "40", "--max-size", "0.3"]
+    outputs = ["-o", str(tmp_path / "l.npy"), "--centers", str(tmp_path / "c.npy")]
+    assert main(["cluster", *arguments, *outputs]) == 0
+    out = capsys.readouterr().out
+    labels, centres = np.load(tmp_path / "l.npy"), np.load(tmp_path / "c.npy")
+    expected = KMeans(5, random_state=0, min_size=40, max_size=0.3, n_init=1).fit(X)
+    np.testing.assert_array_equal(labels, expected.labels_)
+    np.testing.assert_array_equal(centres, expected.cluster_centers_)
+    assert "300 x 4 float32" in out and f"iterations {expected.n_iter_} " in out
+    assert "optimality certified gap" in out
+    assert main(["cluster", str(tmp_path / "X.npy"), "-k", "5", "--min-size", "70"]) == 1
+    assert "--min-size: 5 clusters need at least 350" in capsys.readouterr().err
