@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,3 +337,10 @@ def test_cluster_command_writes_labels_and_centres(tmp_path, capsys, rng):
     assert "optimality certified gap" in out
     assert main(["cluster", str(tmp_path / "X.npy"), "-k", "5", "--min-size", "70"]) == 1
     assert "--min-size: 5 clusters need at least 350" in capsys.readouterr().err
+
+
+def test_the_docs_example_runs_and_prints_what_it_says(capsys):
+    page = (Path(__file__).parents[1] / "docs" / "kmeans.md").read_text()
+    example = re.search(r"## Example\n\n```python\n(.*?)```", page, re.DOTALL).group(1)
+    exec(compile(example, "docs/kmeans.md", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[:3] == ["True True", "float32", "True"]
