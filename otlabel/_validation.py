@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -104,6 +105,19 @@ def positive_float(value: Any, name: str) -> float:
     if not (np.isfinite(number) and number > 0):
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return number
+
+
+def epsilon(value: Any, rounding: str | None) -> float:
+    """``epsilon > 0``, or 0 (the unregularised problem) with exact labels."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) == 0:
+        if rounding != "balanced":
+            raise ValueError(
+                "epsilon: expected a finite number > 0 for a Sinkhorn solve; 0, the "
+                "unregularised problem, is answered by its exact labels: "
+                f"assign(..., rounding='balanced') (got rounding={rounding!r})"
+            )
+        return 0.0
+    return positive_float(value, "epsilon")
 
 
 def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
@@ -329,15 +343,36 @@ def as_host(value: Any) -> np.ndarray:
     return to_numpy(value) if library_of(value) is not None else np.asarray(value)
 
 
-def check_finite_rows(row_max: Any, row_min: Any, name: str) -> None:
-    """Raise naming the first row with a NaN or infinite score (extremes of any library)."""
-
+def check_score_rows(row_max: Any, row_min: Any, name: str) -> bool:
+    """Raise naming the rows that hold NaN or ``+inf``, or only ``-inf`` (extremes of
+    any library: NaN propagates to both, ``+inf`` is a maximum, a row of ``-inf`` has
+    ``-inf`` for its maximum); returns whether any score is ``-inf`` (a forbidden pair)."""
     from ._arrays import to_numpy
 
     xp = namespace(row_max)
-    bad = ~(xp.isfinite(row_max) & xp.isfinite(row_min))
+    bad = xp.isnan(row_max) | xp.isnan(row_min) | (row_max == math.inf)
     if bool(xp.any(bad)):
         row = int(np.flatnonzero(to_numpy(bad))[0])
         raise ValueError(
-            f"{name}: contains NaN or infinite values (first in row {row}); scores must be finite"
+            f"{name}: contains NaN or +inf (first in row {row}); scores must be finite, "
+            "or -inf for a forbidden sample-cluster pair"
         )
+    check_allowed_rows(to_numpy(row_max == -math.inf), name)
+    return bool(xp.any(row_min == -math.inf))
+
+
+def check_allowed_rows(all_forbidden: np.ndarray, name: str) -> None:
+    """Raise naming the rows (bool (N,) mask) whose every score is ``-inf``."""
+    if all_forbidden.any():
+        rows = np.flatnonzero(all_forbidden)
+        raise ValueError(
+            f"{name}: {rows.size} row(s) are -inf for every cluster ({_first_few(rows)}): "
+            "a sample must be allowed at least one cluster; give those rows a finite "
+            "score for some cluster, or leave the samples out"
+        )
+
+
+def _first_few(indices: np.ndarray, shown: int = 5) -> str:
+    """``rows 3, 7, 9`` or ``rows 3, 7, 9, 12, 15, ...`` for an error message."""
+    listed = ", ".join(str(int(i)) for i in indices[:shown])
+    return f"row{'s' if indices.size > 1 else ''} {listed}{', ...' if indices.size > shown else ''}"

@@ -9,6 +9,7 @@ returns one :class:`~otlabel.Result` (:func:`otlabel.result.assemble`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,14 @@ from .problem import DEFAULT_MAX_ITER, DEFAULT_TOL, Head, Options, build_problem
 from .result import HeadOutcome, Result, assemble, with_known_rows
 from .rounding import hard_labels
 from .solver import plan_of, solve_head
+from .unregularised import (
+    WARM_TOL,
+    exact_solve_output,
+    exact_start,
+    label_plan,
+    wants_exact_start,
+    warm_epsilon,
+)
 
 __all__ = ["DEFAULT_MAX_ITER", "DEFAULT_TOL", "assign", "predict", "sinkhorn", "solve_and_label"]
 
@@ -66,7 +75,8 @@ def assign(
     Parameters
     ----------
     scores : array (N, K), stack (H, N, K), list of (N, K) arrays, or ChunkedScores
-        Model scores: logits, log-probabilities or similarities, finite; a
+        Model scores: logits, log-probabilities or similarities, finite or
+        ``-inf`` (a forbidden pair: never in the plan or the labels); a
         NumPy array, a Torch tensor (CPU or CUDA) or a CuPy array, solved on
         its device; results come back in its library.  float32 and float64
         are kept as they are; Torch's float16 and bfloat16 are read block by
@@ -78,7 +88,11 @@ def assign(
     epsilon : float, default 0.04
         Entropic regularisation in score units (SeLa: ``1/lambda``, 0.04 on
         ImageNet; SwAV: 0.05).  Smaller is closer to the exact assignment and
-        takes more iterations.
+        takes more iterations.  0: the unregularised problem (needs
+        ``rounding="balanced"``): the exact labels, ``potential`` and
+        ``row_potential`` an optimal dual that certifies them, ``plan`` the
+        labels' plan; the record (passes, error) is that of the Sinkhorn solve
+        that warms them, at a fraction of the scores' spread.
     cluster_weights : array (K,) or None
         Cluster proportions ``b`` (fixed sizes): positive, normalised to sum 1;
         None is uniform.  For H heads: one (K,) array for all, (H, K), or a list.
@@ -125,7 +139,9 @@ def assign(
         error, an interrupt) the array holds the scores again up to float32
         rounding, except entries the stored kernel flushed (more than about
         ``87 epsilon`` below their row's best), which come back below the flush
-        threshold (see the guide).
+        threshold (see the guide).  A read-only array (or memmap) raises; where
+        the kernel cannot undo its entries (``-inf``, a spread beyond the
+        dtype's exponent range) it takes new memory instead.
     n_threads : int or None
         Thread count of the fused kernels (results are identical run to run and
         do not depend on the count) and of Torch on the CPU (process-wide for
@@ -164,7 +180,9 @@ def assign(
     Raises
     ------
     ValueError, TypeError
-        For invalid input, naming the argument: non-finite scores, wrong
+        For invalid input, naming the argument: NaN or ``+inf`` scores, a row
+        of ``-inf`` only or forbidden pairs that admit no plan (naming the rows
+        or clusters), wrong
         shapes, non-positive or non-finite weights, ``K > N`` with balanced
         rounding and fixed sizes, infeasible size bounds, ``epsilon <= 0``,
         unknown names.
@@ -304,8 +322,17 @@ def solve_and_label(
     ranks of a group (:mod:`otlabel.distributed`), the group (which also reduces
     each pass) and the number of iterated samples over all ranks.
     """
-    start = start_of(head, options, reducer=collective)
-    solved = solve_head(head, options, start, reducer=collective)
+    unregularised = options.epsilon == 0  # the Sinkhorn solve only warms the exact labels
+    solving = options
+    if unregularised:
+        tol = max(options.tol, WARM_TOL)
+        solving = replace(options, epsilon=warm_epsilon(head, collective), tol=tol)
+    small = wants_exact_start(head, options, collective)  # a small epsilon: its warm one
+    if small is not None:
+        start = exact_start(head, options, small)
+    else:
+        start = start_of(head, solving, reducer=collective)
+    solved = solve_head(head, solving, start, reducer=collective)
     potential = to_numpy(solved.potential)
     labels = hard_labels(
         head.scores,
@@ -319,8 +346,13 @@ def solve_and_label(
         n_samples=n_free,
         argmax=None if solved.argmax is None else to_numpy(solved.argmax),
     )
+    if unregularised:
+        solved = exact_solve_output(solved, labels, head, options.backend)
     plan = None
-    if options.return_plan:
+    if options.return_plan and unregularised:
+        assert labels.labels is not None  # epsilon=0 is validated with exact labels
+        plan = label_plan(head.scores, labels.labels, head.log_a)
+    elif options.return_plan:
         plan = plan_of(head.scores, solved.row_potential, solved.potential, options.epsilon)
     outcome = HeadOutcome(solved, labels.labels, None, labels.gap, labels.cost, plan)
     if head.known is not None:

@@ -429,7 +429,8 @@ def _solver_options(parser: argparse.ArgumentParser, *, epsilon: float) -> None:
         "--epsilon",
         type=float,
         default=epsilon,
-        help=f"entropic regularisation, SeLa's 1/lambda (default {epsilon})",
+        help=f"entropic regularisation, SeLa's 1/lambda (default {epsilon}); 0: the "
+        "unregularised problem's exact labels",
     )
     parser.add_argument(
         "--tol",

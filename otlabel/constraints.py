@@ -98,6 +98,15 @@ class ColumnConstraint:
         """The constant that :meth:`normalise` takes off ``g`` (0 here)."""
         return 0.0
 
+    def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The iterated rows' mass per column, lower and upper (host arrays; ``inf``:
+        unbounded): what a plan must meet (:mod:`otlabel.feasibility`)."""
+        raise NotImplementedError
+
+    def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on the iterated samples' counts per column (``n_samples`` of them)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class FixedSizes(ColumnConstraint):
@@ -130,6 +139,11 @@ class FixedSizes(ColumnConstraint):
         """``sum_k b_k g_k`` (``b`` normalised), the constant :meth:`normalise` takes off."""
         xp = namespace(g)
         return xp.sum(self.target * g) / xp.sum(self.target)
+
+    def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The iterated rows' mass per column, lower and upper (K,): ``b - c`` both."""
+        target = to_numpy(self.target)
+        return target, target
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Counts of the iterated samples: ``floor(N b_k)..ceil(N b_k)`` less the known
@@ -177,6 +191,10 @@ class BoundedSizes(ColumnConstraint):
         target = self.upper if self.forced == "upper" else self.lower
         fixed = g + epsilon * (xp.log(_open(target)) - log_mass)
         return fixed - (xp.max(fixed) if self.forced == "upper" else xp.min(fixed))
+
+    def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The iterated rows' mass per column: ``[lo - c, hi - c]`` (K,) each."""
+        return to_numpy(self.lower), to_numpy(self.upper)
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """``floor(N lo_k)..ceil(N hi_k)`` less the known samples (N: all samples)."""
@@ -275,6 +293,15 @@ class RelaxedSizes(ColumnConstraint):
         lower, upper = self.count_bounds(n_free)
         expected = (n_free + int(known.sum())) * target
         return penalty.astype(np.float64), expected, known.astype(np.int64), lower, upper
+
+    def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The iterated rows' mass per column: free (``[0, inf]``) where ``tau`` is
+        finite, ``b - c`` where it is infinite (a fixed mass)."""
+        target, penalty = to_numpy(self.target), to_numpy(self.penalty)
+        known = np.zeros_like(target) if self.known is None else to_numpy(self.known)
+        fixed = ~np.isfinite(penalty)
+        lower = np.where(fixed, np.maximum(target - known, 0.0), 0.0)
+        return lower, np.where(fixed, lower, np.inf)
 
     def count_bounds(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounds that make a start feasible: ``[0, N]`` for relaxed columns, and for

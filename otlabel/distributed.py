@@ -38,6 +38,7 @@ from . import _validation as check
 from ._arrays import device_of, from_host, library_of, namespace, to_numpy
 from .api import solve_and_label
 from .constraints import ColumnConstraint, FixedSizes
+from .feasibility import Patterns, allowed_patterns, check_feasible, merge_patterns
 from .problem import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
@@ -47,6 +48,7 @@ from .problem import (
     Problem,
     build_problem,
     check_known_counts,
+    known_label_scores,
     known_score_sum,
     make_constraint,
     rows_of,
@@ -180,6 +182,9 @@ class Report:
     n_rows: int = 0
     weight_total: float = 0.0  # the sum of the rank's raw sample weights
     known: np.ndarray | None = None  # (2K,) known samples per cluster, then their raw weight
+    #: The free rows grouped by allowed clusters (masses: raw weights), where a score is
+    #: -inf; checked with every rank's for a plan (:func:`_check_forbidden`).
+    patterns: Patterns | None = None
 
 
 @dataclass
@@ -203,6 +208,7 @@ def _local_shard(local_scores: Any, arguments: dict[str, Any], known_labels: Any
         method="log",
         n_samples=sys.maxsize,  # the count checks need the global N: after agreeing
         argument="local_scores",
+        check_plan=False,  # forbidden pairs: checked on every rank's rows (_group_head)
         **arguments,
     )
     if problem.layout != "single":
@@ -230,8 +236,24 @@ def _local_shard(local_scores: Any, arguments: dict[str, Any], known_labels: Any
         head.n_total,
         head.weight_total,
         None if labels is None else _known_sums(labels, head),
+        _local_patterns(head, labels) if head.forbidden else None,
     )
     return _Shard(problem, labels, report)
+
+
+def _local_patterns(head: Head, labels: np.ndarray | None) -> Patterns:
+    """This rank's free rows grouped by allowed clusters, their masses in raw weights;
+    a known label on a forbidden pair raises here, before the ranks agree."""
+    free = np.arange(head.n_total)
+    if labels is not None:
+        known_label_scores(head.scores, labels)
+        free = np.flatnonzero(labels < 0)
+    return allowed_patterns(
+        rows_of(head.scores, free),
+        head.log_a[free] + np.log(head.weight_total),
+        unassigned=head.virtual is not None,
+        row_ids=free,
+    )
 
 
 def _known_sums(labels: np.ndarray, head: Head) -> np.ndarray:
@@ -256,13 +278,31 @@ def _group_head(
     log_a = head.log_a + np.log(head.weight_total / weight_total)
     head = replace(head, log_a=log_a, weight_total=weight_total)
     known = [report.known for report in reports if report.known is not None]
-    if not known:
-        return head, n_samples
-    constraint = _known_constraint(np.sum(known, axis=0), arguments, head, n_samples)
-    head = replace(head, constraint=constraint)
-    if shard.labels is not None:
+    if known:
+        constraint = _known_constraint(np.sum(known, axis=0), arguments, head, n_samples)
+        head = replace(head, constraint=constraint)
+    _check_forbidden(head, reports, shard.problem.options.rounding)
+    if known and shard.labels is not None:
         head = _free_rows(head, shard.labels)
     return head, n_samples
+
+
+def _check_forbidden(head: Head, reports: list[Report], rounding: str | None) -> None:
+    """Where any rank's scores hold -inf: whether every rank's free rows together admit a
+    plan (the same check, and the same error, on every rank)."""
+    if all(report.patterns is None for report in reports):
+        return
+    offsets = np.cumsum([0] + [report.n_rows for report in reports])[:-1]
+    parts = [
+        (report.patterns, int(offset))
+        for report, offset in zip(reports, offsets, strict=True)
+        if report.patterns is not None
+    ]
+    patterns = merge_patterns([part for part, _ in parts], [offset for _, offset in parts])
+    patterns.mass = patterns.mass / head.weight_total
+    n_free = int(patterns.count.sum())
+    counts = head.constraint.count_bounds(n_free) if rounding == "balanced" else None
+    check_feasible(patterns, head.constraint.mass_bounds(), counts, "local_scores")
 
 
 def _known_constraint(

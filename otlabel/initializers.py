@@ -45,7 +45,7 @@ class Start:
     """A head's starting cluster potential and where it came from."""
 
     potential: np.ndarray  # (K,) g, score units, on the host
-    kind: str  # "given", "subsample" or "zero"
+    kind: str  # "given", "subsample", "zero" or "exact" (otlabel.unregularised)
     passes: int = 0  # passes of the initialiser's own solve (over its rows)
     #: over-relaxation weight that the start's own solve settled on ("auto"), which
     #: the main solve takes instead of estimating it again; 1: none
@@ -61,6 +61,7 @@ def start_of(head: Head, options: Options, *, reducer: Any = None) -> Start:
     wanted = head.init == "subsample" or (
         head.init is None
         and reducer is None
+        and not head.forbidden  # a subsample of forbidden pairs may admit no plan
         and stride > 1
         and options.backend.wants_subsample(head, options)
     )

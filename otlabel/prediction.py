@@ -87,8 +87,17 @@ def predict(
         unassigned = result_unassigned if unassigned is None else unassigned
     elif head is not None or _several_heads(potential):
         potential = _head_of(potential, head, _count_heads(potential))
+    if soft and epsilon == 0:
+        raise ValueError(
+            "epsilon: soft codes need epsilon > 0 (the result was solved with epsilon=0, "
+            "the unregularised problem); pass epsilon= for the codes' temperature"
+        )
     problem = build_problem(
-        scores, 1.0 if epsilon is None else epsilon, backend=backend, rounding=None
+        scores,
+        epsilon or 1.0,  # the check's placeholder where hard labels need none
+        backend=backend,
+        rounding=None,
+        check_plan=False,
     )
     if problem.layout != "single":
         raise ValueError("scores: predict takes one (N, K) matrix; call it once per head")

@@ -20,6 +20,7 @@ from . import _validation as check
 from ._arrays import device_of, from_host, is_half, namespace, to_numpy
 from ._system import available_memory
 from .constraints import BoundedSizes, ColumnConstraint, FixedSizes, RelaxedSizes
+from .feasibility import check_head
 from .initializers import STARTS
 from .kernels import resolve_backend
 from .streaming import ChunkedScores
@@ -78,6 +79,7 @@ class Head:
     virtual: np.ndarray | None = None  # (N,) s0: scores of partial mass's virtual column
     known: KnownLabels | None = None  # (with known labels, the rows above are the free ones)
     n_total: int = 0  # samples of the whole matrix, known ones included
+    forbidden: bool = False  # some score is -inf: a pair that the plan and labels never use
 
 
 @dataclass
@@ -120,16 +122,19 @@ def build_problem(
     callback: Callable[[int, float], Any] | None = None,
     n_samples: int | None = None,
     argument: str = "scores",
+    check_plan: bool = True,
 ) -> Problem:
     """Validate every argument of :func:`otlabel.assign` and build the problem.
 
     ``n_samples``: the number of samples of the whole problem when ``scores``
     holds one shard of it (:mod:`otlabel.distributed`); the count checks use it.
-    ``argument``: what errors call the scores.
+    ``argument``: what errors call the scores.  ``check_plan``: whether scores with
+    forbidden pairs are checked to admit a plan (:func:`otlabel.feasibility.check_head`;
+    a shard's are checked with every rank's, :func:`otlabel.predict` solves nothing).
     """
     heads, layout = check.heads_of(scores, argument)
     options = Options(
-        epsilon=check.positive_float(epsilon, "epsilon"),
+        epsilon=check.epsilon(epsilon, rounding),
         tol=check.positive_float(tol, "tol"),
         max_iter=check.positive_int(max_iter, "max_iter"),  # type: ignore[arg-type]
         method=check.choice(method, "method", check.METHODS),
@@ -164,7 +169,17 @@ def build_problem(
         given = {name: values[h] for name, values in per_head.items()}
         name = _named(argument, index)
         built.append(
-            _head(matrix, name, index, log_a, weight_total, given, options, n_samples or n_local)
+            _head(
+                matrix,
+                name,
+                index,
+                log_a,
+                weight_total,
+                given,
+                options,
+                n_samples or n_local,
+                check_plan,
+            )
         )
     return Problem(built, layout, options)
 
@@ -178,6 +193,7 @@ def _head(
     given: dict[str, Any],
     options: Options,
     n_samples: int,
+    check_plan: bool = True,
 ) -> Head:
     """One head: its constraint, its start, and one read of its scores (finite rows)."""
     n_local, n_clusters = scores.shape
@@ -191,6 +207,12 @@ def _head(
     counts, mass = (None, None) if known is None else (known.counts, known.mass)
     constraint = make_constraint(given, n_clusters, rho, counts, mass, index)
     _check_domain(scores, options, name)
+    if options.overwrite_scores and isinstance(scores, np.ndarray) and not scores.flags.writeable:
+        raise ValueError(
+            f"overwrite_scores: {name} is read-only (a read-only view or memmap), so the "
+            "kernel cannot be built in its place; pass overwrite_scores=False (the kernel "
+            "then takes new memory) or a writeable array"
+        )
     if (
         options.rounding == "balanced"
         and isinstance(constraint, FixedSizes)
@@ -209,13 +231,13 @@ def _head(
         known.score_sum = known_score_sum(scores, known)
         n_free = n_samples - (n_local - known.free.size)
         check_known_counts(constraint, known.counts, n_free, index)
-    row_max, row_min = options.backend.validate(free_scores, name)  # one read of the matrix
+    row_max, row_min, forbidden = options.backend.validate(free_scores, name)  # one read
     virtual = None
     if rho < 1.0:
         virtual = _unassigned_scores(
             given["unassigned_scores"], scores, free_scores, known, options, index
         )
-    return Head(
+    head = Head(
         free_scores,
         free_log_a,
         weight_total,
@@ -227,7 +249,23 @@ def _head(
         virtual,
         known,
         n_local,
+        forbidden,
     )
+    if forbidden:
+        _check_forbidden_start(start, name, index)
+        if check_plan:
+            check_head(head, options.rounding)
+    return head
+
+
+def _check_forbidden_start(start: Any, name: str, index: int | None) -> None:
+    """A subsample of scores with forbidden pairs may admit no plan: refused by name."""
+    if isinstance(start, str) and start == "subsample":
+        raise ValueError(
+            f"{_named('init', index)}: 'subsample' cannot start scores with -inf "
+            f"(forbidden pairs) in {name}: a subsample of the rows may admit no plan; "
+            "pass init=None (a start from zero) or a potential"
+        )
 
 
 def make_constraint(
@@ -333,7 +371,7 @@ def check_known_counts(
     """In counts, the known samples of a cluster may not exceed its upper count."""
     if not constraint.counts_bounded:
         return
-    _, upper = constraint.count_bounds(n_free)  # type: ignore[attr-defined]
+    _, upper = constraint.count_bounds(n_free)
     if np.any(upper < 0):
         k = int(np.flatnonzero(upper < 0)[0])
         raise ValueError(
@@ -363,16 +401,28 @@ def _known_labels(
 
 def known_score_sum(scores: Any, known: KnownLabels) -> float:
     """``sum_{i known} S_{i, y_i}`` (the known rows' part of the labels' cost)."""
-    rows = np.flatnonzero(known.labels >= 0)
+    return float(known_label_scores(scores, known.labels).sum())
+
+
+def known_label_scores(scores: Any, labels: np.ndarray) -> np.ndarray:
+    """``S_{i, y_i}`` (n_known,) float64 of the rows whose label is known (``labels``
+    (N,), -1: unknown); raises, naming them, where that pair is forbidden (``-inf``)."""
+    rows = np.flatnonzero(labels >= 0)
     picked = rows_of(scores, rows)  # (n_known, K)
     xp = namespace(picked) if not isinstance(picked, ChunkedScores) else picked.namespace()
     if isinstance(picked, ChunkedScores):
         picked = picked[0 : rows.size]
     where = device_of(picked)
-    own = picked[
-        from_host(np.arange(rows.size), xp, where), from_host(known.labels[rows], xp, where)
-    ]
-    return float(xp.sum(xp.astype(own, xp.float64)))
+    own = picked[from_host(np.arange(rows.size), xp, where), from_host(labels[rows], xp, where)]
+    own = to_numpy(xp.astype(own, xp.float64))
+    if not np.all(np.isfinite(own)):
+        bad = rows[~np.isfinite(own)]
+        raise ValueError(
+            f"known_labels: {bad.size} known label(s) are forbidden pairs (score -inf) "
+            f"of their samples (rows {', '.join(map(str, bad[:5]))}"
+            f"{', ...' if bad.size > 5 else ''}); give those samples a label they allow"
+        )
+    return own
 
 
 def rows_of(scores: Any, rows: np.ndarray) -> Any:

@@ -65,7 +65,9 @@ class Result:
         ``"log"`` (log domain), ``"stored"`` (a stored or scaling-domain kernel),
         ``"finish"`` (exact float64 passes after a float32 kernel).
     start : str
-        Where the solve started: ``"given"`` (``init=``), ``"subsample"`` or ``"zero"``.
+        Where the solve started: ``"given"`` (``init=``), ``"subsample"``, ``"zero"``
+        or ``"exact"`` (a small epsilon: the exact labels' dual of a solve at a larger
+        one, :mod:`otlabel.unregularised`).
     unassigned_potential : float or None
         With partial mass (``mass < 1``): the potential ``g0`` of the virtual
         "unassigned" column, whose score is ``s0``; a sample is unassigned (label

@@ -80,6 +80,9 @@ class HardLabels:
     labels: np.ndarray | None  # (N,) int64 (this shard's rows when sharded)
     gap: float | None  # certified (optimum - achieved) / N (exact labels only)
     cost: float | None  # mean_i S[i, y_i] over these rows
+    #: (K,) or (K + 1,) exact labels only: the cluster potential of the certificate, an
+    #: optimal dual of the unregularised problem (samples maximise ``S_ik + g_k``)
+    dual: np.ndarray | None = None
 
 
 def hard_labels(
@@ -119,6 +122,7 @@ def hard_labels(
     gap = None
     if rounding == "argmax":
         labels = argmax_labels(scores, potential, rows_per_block, passes, argmax)
+        dual = None
     elif constraint.counts_bounded:
         bounds = constraint.count_bounds(total)
         exact = balanced_labels(
@@ -131,15 +135,16 @@ def hard_labels(
             argmax=argmax,
         )
         labels, gap = exact.labels, exact.gap
+        dual = exact.potential
     else:
         concave = concave_labels(
             scores, potential, constraint, total, rows_per_block, passes, group, argmax
         )
-        labels, gap = concave.labels, concave.gap
+        labels, gap, dual = concave.labels, concave.gap, -concave.prices
     cost = mean_label_score(scores, labels, rows_per_block)
     if virtual is not None:
         labels = np.where(labels == potential.size - 1, -1, labels)
-    return HardLabels(labels, gap, cost)
+    return HardLabels(labels, gap, cost, dual)
 
 
 def predicted(
@@ -224,7 +229,13 @@ def _host_rows(rows: Any) -> Any:
 
 def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> float:
     """``mean_i S[i, labels_i]``: N entries gathered, block by block."""
-    total = 0.0
+    return float(np.sum(label_scores(scores, labels, rows_per_block))) / max(labels.size, 1)
+
+
+def label_scores(scores: Any, labels: np.ndarray, rows_per_block: int) -> np.ndarray:
+    """``S[i, labels_i]`` (N,) float64 on the host, block by block (label K: the
+    virtual column of partial mass, where ``scores`` has one)."""
+    parts = []
     for start in range(0, labels.size, rows_per_block):
         block = scores[start : start + rows_per_block]
         own = labels[start : start + rows_per_block]
@@ -232,13 +243,13 @@ def mean_label_score(scores: Any, labels: np.ndarray, rows_per_block: int) -> fl
             n_clusters = block.scores.shape[1]
             rows = np.arange(own.size)
             real = np.asarray(block.scores[rows, np.minimum(own, n_clusters - 1)], np.float64)
-            total += float(np.sum(np.where(own == n_clusters, block.column, real)))
+            parts.append(np.where(own == n_clusters, block.column, real))
             continue
         xp, where = namespace(block), device_of(block)
         rows = from_host(np.arange(own.size), xp, where)
         picked = block[rows, from_host(own, xp, where)]  # (n,)
-        total += float(xp.sum(xp.astype(picked, xp.float64)))
-    return total / max(labels.size, 1)
+        parts.append(to_numpy(xp.astype(picked, xp.float64)))
+    return np.concatenate([np.zeros(0), *parts])
 
 
 @dataclass
@@ -250,6 +261,7 @@ class BalancedLabels:
     prices: np.ndarray  # (K,) cluster prices p of the certificate (pi = -p + level)
     n_moves: int  # units (samples or dummies) moved by shortest paths
     n_paths: int = 0  # the paths they took (tied samples move together)
+    potential: np.ndarray | None = None  # (K,) pi = level - p: the optimal dual itself
 
 
 class Passes(Protocol):
@@ -438,7 +450,8 @@ def balanced_labels(
         prices, move_cost, n_paths = transfers.prices, transfers.move_cost, transfers.n_paths
     counts = group.sum(np.bincount(labels, minlength=prices.size))
     gap = gap_from_move_costs(move_cost, counts, prices, lower, upper)
-    return BalancedLabels(labels, gap, prices, n_moves, n_paths)
+    potential = dual_level(counts, prices, lower, upper) - prices
+    return BalancedLabels(labels, gap, prices, n_moves, n_paths, potential)
 
 
 def _compiled_repair(scores: Any, group: Collective) -> Any:
@@ -510,17 +523,24 @@ def _gap(
 ) -> float:
     """``(row terms + price term) / N``, the level of the dual chosen optimally."""
     n_samples = int(counts.sum())
-    # The level minimises N level - sum_k bound_k(level - p_k) (level - p_k):
-    # its slope turns non-negative once the optional slots of the clusters
-    # cheaper than the level cover the sum_k upper_k - N slots left empty.
-    order = np.argsort(prices, kind="stable")
-    optional_below = np.cumsum((upper - lower)[order])
-    n_empty = int(upper.sum()) - n_samples
-    level = prices[order[min(int(np.searchsorted(optional_below, n_empty)), order.size - 1)]]
-    shift = level - prices  # pi_k
+    shift = dual_level(counts, prices, lower, upper) - prices  # pi_k
     bound = np.where(shift > 0, lower, upper)
     price_term = float(np.sum((counts - bound) * shift))
     return max(0.0, (row_terms + price_term) / n_samples)
+
+
+def dual_level(
+    counts: np.ndarray, prices: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> float:
+    """The level of the optimal dual ``pi = level - prices`` of count bounds.
+
+    It minimises ``N level - sum_k bound_k(level - p_k) (level - p_k)``: the slope
+    turns non-negative once the optional slots of the clusters cheaper than the
+    level cover the ``sum_k upper_k - N`` slots left empty."""
+    order = np.argsort(prices, kind="stable")
+    optional_below = np.cumsum((upper - lower)[order])
+    n_empty = int(upper.sum()) - int(counts.sum())
+    return float(prices[order[min(int(np.searchsorted(optional_below, n_empty)), order.size - 1)]])
 
 
 class _Transfers:

@@ -145,10 +145,15 @@ def test_overwrite_scores_keeps_a_kernel_that_could_not_be_undone_elsewhere(back
     assert res.error == expected.error and res.gap == expected.gap
 
 
-def test_overwrite_scores_on_read_only_array_leaves_it(scores):
+def test_overwrite_scores_on_a_read_only_array_is_refused(scores, tmp_path):
     scores.setflags(write=False)
-    res = otlabel.assign(scores, 0.5, method="scaling", overwrite_scores=True)
-    assert res.converged
+    with pytest.raises(ValueError, match="overwrite_scores: scores is read-only"):
+        otlabel.assign(scores, 0.5, method="scaling", overwrite_scores=True)
+    assert otlabel.assign(scores, 0.5, method="scaling").converged
+    np.save(tmp_path / "s.npy", scores)
+    mapped = np.load(tmp_path / "s.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="overwrite_scores: scores is read-only"):
+        otlabel.assign(mapped, 0.5, overwrite_scores=True)
 
 
 def test_not_converged_is_flagged_and_warned(scores):

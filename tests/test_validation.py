@@ -18,7 +18,7 @@ GOOD = np.random.default_rng(0).normal(size=(20, 4))
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"epsilon": 0.0}, ValueError, "epsilon: expected a finite number > 0"),
+        ({"epsilon": 0.0, "rounding": None}, ValueError, "epsilon: expected a finite number > 0"),
         ({"epsilon": -1.0}, ValueError, "epsilon"),
         ({"epsilon": float("nan")}, ValueError, "epsilon"),
         ({"epsilon": "0.1"}, TypeError, "epsilon: expected a positive number"),
@@ -78,17 +78,22 @@ def test_bad_scores_raise(scores, error, match):
         otlabel.assign(scores)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_scores_raise_with_row(bad):
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_plus_inf_scores_raise_with_row(bad):
     scores = GOOD.copy()
     scores[7, 2] = bad
-    with pytest.raises(
-        ValueError, match=r"scores: contains NaN or infinite values \(first in row 7\)"
-    ):
+    with pytest.raises(ValueError, match=r"scores: contains NaN or \+inf \(first in row 7\)"):
         otlabel.assign(scores)
     stack = np.stack([GOOD, scores])
     with pytest.raises(ValueError, match=r"scores\[1\]: contains NaN"):
         otlabel.assign(stack)
+
+
+def test_minus_inf_is_a_forbidden_pair_not_an_error():
+    scores = GOOD.copy()
+    scores[7, 2] = -np.inf
+    labels = otlabel.assign(scores).labels
+    assert labels[7] != 2
 
 
 def test_more_clusters_than_samples_with_balanced_rounding():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import device_of, from_host, is_half, namespace
-from .._validation import check_finite_rows
+from .._validation import check_score_rows
 from ..rounding import HostPasses, NumpyPasses
 from ..solver import (
     BLOCK_BYTES,
@@ -84,13 +84,14 @@ class ReferenceBackend:
 
     # -- reads of the whole matrix -----------------------------------------
 
-    def validate(self, scores: Any, name: str) -> tuple[Array, Array]:
-        """One read of the matrix that raises, naming the first bad row, if a score is
-        NaN or infinite; returns the row extremes it found (None where a backend's
-        check does not compute them: :meth:`extremes_of` does when needed)."""
+    def validate(self, scores: Any, name: str) -> tuple[Array, Array, bool]:
+        """One read of the matrix that raises, naming the rows, if a score is NaN or
+        ``+inf`` or a row is ``-inf`` throughout; returns the row extremes it found
+        (None where a backend's check does not compute them: :meth:`extremes_of` does
+        when needed) and whether a score is ``-inf`` (a forbidden pair)."""
         row_max, row_min = self.row_extremes(scores)
-        check_finite_rows(row_max, row_min, name)
-        return row_max, row_min
+        forbidden = check_score_rows(row_max, row_min, name)
+        return row_max, row_min, forbidden
 
     def extremes_of(self, head: Any) -> tuple[Array, Array]:
         """The head's row maxima and minima, read once if validation did not keep them."""
@@ -408,8 +409,8 @@ def row_extremes(
 ) -> tuple[Array, Array]:
     """Each row's maximum and minimum, (N,) each, in one read of the matrix.
 
-    NaN or infinite scores show up as non-finite extremes, so this pass also
-    validates the input.
+    NaN shows up in both, ``+inf`` in the maximum, ``-inf`` (a forbidden pair) in the
+    minimum, so this pass also validates the input.
     """
     xp = namespace(scores)
     maxima, minima = [], []

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from ..._validation import check_allowed_rows
 from ...solver import Kernel, row_blocks
 from ...streaming import ChunkedScores
 from ..reference import ReferenceBackend
@@ -30,23 +31,25 @@ class NumbaBackend(ReferenceBackend):
     def array_extremes(self, scores: Any) -> tuple[np.ndarray, np.ndarray]:
         return row_extremes(scores)
 
-    def validate(self, scores: Any, name: str) -> tuple[Any, Any]:
-        """Finite scores, checked by a vectorised sum per row (3 to 4 times faster than
-        the extremes, which only the scaling domain needs: :meth:`extremes_of`)."""
+    def validate(self, scores: Any, name: str) -> tuple[Any, Any, bool]:
+        """Scores finite or ``-inf``, checked by a vectorised sum per row (3 to 4 times
+        faster than the extremes, which only the scaling domain needs:
+        :meth:`extremes_of`); rows holding ``-inf`` are read again, exactly."""
         if not isinstance(scores, np.ndarray):
             return super().validate(scores, name)
-        bad = np.empty(scores.shape[0], dtype=np.bool_)
+        status = np.empty(scores.shape[0], dtype=np.int8)
         for rows, block in row_blocks(
             scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
         ):
-            _nonfinite_rows(np.ascontiguousarray(block), bad[rows])
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
+            _row_status(np.ascontiguousarray(block), status[rows])
+        if (status == ROW_BAD).any():
+            row = int(np.flatnonzero(status == ROW_BAD)[0])
             raise ValueError(
-                f"{name}: contains NaN or infinite values (first in row {row}); "
-                "scores must be finite"
+                f"{name}: contains NaN or +inf (first in row {row}); scores must be "
+                "finite, or -inf for a forbidden sample-cluster pair"
             )
-        return None, None
+        check_allowed_rows(status == ROW_NONE_ALLOWED, name)
+        return None, None, bool((status == ROW_FORBIDDEN).any())
 
     def subsample_rows(self, scores: Any, stride: int) -> Any:
         """The rows copied in parallel: at 1 281 167 x 3 000 (stride 21, 732 MB) 1.1-1.9 s
@@ -127,13 +130,15 @@ def _float32_stream(scores: Any) -> bool:
 
 @njit(parallel=True, cache=True)
 def _row_extremes(scores, maxima, minima):
-    """Each row's maximum and minimum in float64; NaN or inf shows as non-finite."""
+    """Each row's maximum and minimum in float64: NaN for both where an entry is NaN
+    or ``+inf``; ``-inf`` entries (forbidden pairs) count as they are."""
     for i in prange(scores.shape[0]):
         row = scores[i]
-        high, low = _max_min(row)
-        bad = not math.isfinite(_zero_probe(row))
-        maxima[i] = np.nan if bad else np.float64(high)
-        minima[i] = np.nan if bad else np.float64(low)
+        if math.isfinite(_zero_probe(row)):
+            high, low = _max_min(row)
+            maxima[i], minima[i] = np.float64(high), np.float64(low)
+        else:
+            maxima[i], minima[i] = _exact_extremes(row)
 
 
 @njit(parallel=True, cache=True)
@@ -145,11 +150,39 @@ def _strided_rows(scores, stride, rows):
             rows[r, j] = scores[source, j]
 
 
+#: :func:`_row_status`'s codes: every entry finite; a ``-inf`` among finite entries; NaN
+#: or ``+inf``; ``-inf`` throughout.
+ROW_FINITE, ROW_FORBIDDEN, ROW_BAD, ROW_NONE_ALLOWED = 0, 1, 2, 3
+
+
 @njit(parallel=True, cache=True)
-def _nonfinite_rows(scores, bad):
-    """``bad[i]``: row i holds a NaN or an infinite score."""
+def _row_status(scores, status):
+    """``status[i]``: what row i holds (:data:`ROW_FINITE` ... :data:`ROW_NONE_ALLOWED`)."""
     for i in prange(scores.shape[0]):
-        bad[i] = not math.isfinite(_zero_probe(scores[i]))
+        row = scores[i]
+        if math.isfinite(_zero_probe(row)):
+            status[i] = ROW_FINITE
+            continue
+        high = _exact_extremes(row)[0]
+        if math.isnan(high):
+            status[i] = ROW_BAD
+        elif high == -np.inf:
+            status[i] = ROW_NONE_ALLOWED
+        else:
+            status[i] = ROW_FORBIDDEN
+
+
+@njit(cache=True)
+def _exact_extremes(row):
+    """A row's maximum and minimum in float64 without fast-math (it holds a non-finite
+    entry): NaN for both if an entry is NaN or ``+inf``."""
+    high, low = -np.inf, np.inf
+    for j in range(row.size):
+        value = np.float64(row[j])
+        if math.isnan(value) or value == np.inf:
+            return np.nan, np.nan
+        high, low = max(high, value), min(low, value)
+    return high, low
 
 
 @njit(fastmath=True, cache=True)
