@@ -19,6 +19,7 @@ from otlabel.kernels.numba import dense as numba_dense  # noqa: E402
 from otlabel.kernels.numba import sparse as numba_sparse  # noqa: E402
 from otlabel.kernels.numba import sparse_log as numba_sparse_log  # noqa: E402
 from otlabel.kernels.numba.common import Frame, RowTerms  # noqa: E402
+from otlabel.kernels.numba.tasks import run_tasks, task_kernel  # noqa: E402
 
 
 def both(scores, epsilon, **kwargs):
@@ -68,14 +69,49 @@ def test_numba_is_the_auto_backend_for_numpy_input(rng):
     assert otlabel.assign(rng.normal(size=(50, 3)), 0.5).backend == "numba"
 
 
-def test_repeated_runs_and_thread_counts_give_identical_bits():
-    scores = otlabel.make_scores(5000, 40, kind="head", seed=5)
-    runs = [otlabel.sinkhorn(scores, 0.05, backend="numba", n_threads=t) for t in (None, 1, 2)]
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_repeated_runs_and_thread_counts_give_identical_bits(dtype):
+    """float64: the log domain; float32: the subsample, the sparse stored kernel and
+    the exact finish, their passes over-relaxed; 3 threads ask for more than there
+    may be cores."""
+    scores = otlabel.make_scores(5000, 40, kind="head", seed=5).astype(dtype)
+    runs = [otlabel.sinkhorn(scores, 0.05, backend="numba", n_threads=t) for t in (None, 1, 2, 3)]
     runs.append(otlabel.sinkhorn(scores, 0.05, backend="numba"))
     for other in runs[1:]:
         assert other.n_iter == runs[0].n_iter
         np.testing.assert_array_equal(other.potential, runs[0].potential)
         np.testing.assert_array_equal(other.row_potential, runs[0].row_potential)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, None])
+@pytest.mark.parametrize("n_tasks", [0, 1, 2, 7, 1000])
+def test_run_tasks_runs_every_task_once(n_tasks, n_threads):
+    counts = np.zeros(n_tasks, np.int64)
+    run_tasks(n_threads, _count_tasks, n_tasks, counts)
+    np.testing.assert_array_equal(counts, 1)
+
+
+def test_run_tasks_raises_a_run_s_error_once_the_threads_are_done():
+    """Task 0 raises (``error_model="numpy"`` makes no exception of a division by zero,
+    so it asks for an index past the end): the error comes back to the caller, and
+    the threads are free for the next call."""
+    with pytest.raises(IndexError):
+        run_tasks(2, _fail_at_zero, 80, np.zeros(80, np.int64))
+    counts = np.zeros(80, np.int64)
+    run_tasks(2, _count_tasks, counts.size, counts)
+    np.testing.assert_array_equal(counts, 1)
+
+
+@task_kernel(cache=False)
+def _count_tasks(counts, first, last):
+    for t in range(first, last):
+        counts[t] += 1
+
+
+@task_kernel(cache=False, boundscheck=True)
+def _fail_at_zero(done, first, last):
+    for t in range(first, last):
+        done[t + done.size * (t == 0)] = 1
 
 
 def test_starved_column_stays_finite():
@@ -268,7 +304,7 @@ def test_one_dense_stored_pass_equals_numpy(relaxed, grouped):
         relaxed, np.zeros(1), False,
     )  # fmt: skip
     frame = Frame(row_potential, col_sum, np.empty((0, n_cols)), task_stats)
-    numba_dense.dense_sweep(kernel, v, f_ref, q_scale, terms, frame)
+    run_tasks(2, numba_dense.dense_sweep, n_tasks, kernel, v, f_ref, q_scale, terms, frame)
     np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
     # float32 partials flushed every FLUSH_ROWS rows: ~4e-8 relative; unflushed ~3e-6
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, expected_col, rtol=5e-7)
@@ -312,7 +348,7 @@ def test_one_sparse_stored_pass_equals_numpy(relaxed):
     )  # fmt: skip
     frame = Frame(row_potential, col_sum, np.empty((0, n_cols)), task_stats)
     entries = (indptr, indices.astype(np.int16), values, task_rows)
-    numba_sparse.sparse_sweep(*entries, v, f_ref, q_scale, terms, frame)
+    run_tasks(2, numba_sparse.sparse_sweep, n_tasks, *entries, v, f_ref, q_scale, terms, frame)
     np.testing.assert_allclose(row_potential, epsilon * new, rtol=0, atol=1e-12)
     np.testing.assert_allclose(col_sum.sum(axis=0) / q_scale, dense.T @ factor, rtol=1e-5)
     expected_error = np.sum(a * np.abs(np.expm1(new - exact)))
@@ -353,16 +389,18 @@ def test_sparse_fill_keeps_what_the_dense_kernel_keeps_with_long_and_short_runs(
     few = (np.arange(n_rows) // 2) % 2 == 0  # few, few, many, many, ...
     spread = np.where(few, 400.0, 0.3)[:, None]
     scores = (spread * rng.normal(size=(n_rows, n_cols))).astype(np.float32)
-    g_ref = rng.normal(size=n_cols)
+    g_ref = rng.normal(size=n_cols).astype(np.float32)
     dense, f_dense = np.empty_like(scores), np.empty(n_rows)
-    numba_dense.build_dense(scores, g_ref, 1.0, dense, f_dense)
+    run_tasks(2, numba_dense.build_dense, n_rows, scores, g_ref, 1.0, dense, f_dense)
     f_ref, counts = np.empty(n_rows), np.zeros(n_rows + 1, dtype=np.int64)
     stage = (
         np.empty(n_rows * n_cols, dtype=np.int16),
         np.empty(n_rows * n_cols, dtype=np.float32),
         np.empty(n_rows * n_cols, dtype=np.float32),
     )
-    numba_sparse._collect_kept(scores, g_ref, 1.0, f_ref, counts[1:], *stage)
+    n_tasks = -(-n_rows // numba_sparse.COLLECT_ROWS)
+    collect = (scores, g_ref, 1.0, f_ref, counts[1:], *stage)
+    run_tasks(2, numba_sparse._collect_kept, n_tasks, *collect)
     np.testing.assert_array_equal(f_ref, f_dense)
     np.testing.assert_array_equal(counts[1:], (dense > 0).sum(axis=1))
     long_after = counts[1:-1] * numba_sparse.LONG_RUN < n_cols  # the path of the next row
@@ -373,9 +411,8 @@ def test_sparse_fill_keeps_what_the_dense_kernel_keeps_with_long_and_short_runs(
     kept_scores = np.empty(indptr[-1], dtype=np.float32)
     task_rows = np.empty(indptr[-1], dtype=np.int16)
     first_row = numba_module.TASK_ROWS - 5  # the block's rows cross into the next pass task
-    numba_sparse._gather_kept(
-        indptr, n_cols, first_row, *stage, indices, values, kept_scores, task_rows
-    )
+    gather = (indptr, n_cols, first_row, *stage, indices, values, kept_scores, task_rows)
+    run_tasks(2, numba_sparse._gather_kept, n_rows, *gather)
     rows = np.repeat(np.arange(n_rows), np.diff(indptr))
     np.testing.assert_array_equal(task_rows, (first_row + rows) % numba_module.TASK_ROWS)
     np.testing.assert_array_equal(values, dense[rows, indices])
@@ -467,7 +504,8 @@ def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
     bounds = np.append(starts, n)
     costs = np.full((n_clusters, n_clusters), np.inf)
     args = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
-    cluster_min_loss_args(block, virtual, order, bounds, clusters, costs, args, 1000)
+    inputs = (block, virtual, order, bounds, clusters, costs, args, 1000)
+    run_tasks(2, cluster_min_loss_args, clusters.size, *inputs)
     full = block.astype(np.float64)
     if with_virtual:
         full = np.column_stack([full, virtual])
@@ -612,9 +650,8 @@ def test_sparse_argmax_takes_the_first_of_tied_entries():
     indptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
     rows, cols = np.nonzero(kept)
     labels = np.empty(3, dtype=np.int64)
-    numba_sparse_log._sparse_argmax(
-        indptr, cols.astype(np.int16), dense[rows, cols].astype(np.float32), potential, labels
-    )
+    entries = (indptr, cols.astype(np.int16), dense[rows, cols].astype(np.float32))
+    run_tasks(2, numba_sparse_log._sparse_argmax, labels.size, *entries, potential, labels)
     np.testing.assert_array_equal(labels, np.argmax(dense + potential, axis=1))
     np.testing.assert_array_equal(labels, [1, 0, 2])
 

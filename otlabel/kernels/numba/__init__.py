@@ -1,11 +1,11 @@
-"""The Numba backend: the one-pass sweep of :mod:`otlabel.solver`, fused and parallel.
+"""The Numba backend: the one-pass sweep of :mod:`otlabel.solver`, fused, on threads.
 
 Same contract as the reference kernels (a block of rows in; its new ``f``, its
 column partial and its row error out), with the work inside a block split over
-fixed sub-blocks (tasks) of rows run in parallel.  Each task writes its own
-column partials; they are reduced afterwards in a fixed order, so the result
-does not depend on the number of threads or on scheduling (no races, same bits
-every run).  Each row of the scores is read from memory once per iteration.
+fixed sub-blocks (tasks) of rows that threads take in runs (:mod:`.tasks`).  Each
+task writes its own column partials; they are reduced afterwards in a fixed order,
+so the result does not depend on the number of threads or on scheduling (no races,
+same bits every run).  Each row of the scores is read from memory once per iteration.
 
 The modules, one kind of kernel each:
 
@@ -13,6 +13,8 @@ The modules, one kind of kernel each:
   row-wise helpers (validation, extremes, the subsample's rows);
 - :mod:`.common`: the row update every sweep computes, the stored row, the
   rows' terms, the sub-block column partials, :func:`threads`, shared constants;
+- :mod:`.tasks`: how the kernels are compiled (serial loops over tasks, ``nogil``)
+  and the threads that run their tasks;
 - :mod:`.log`: :class:`NumbaLogKernel`, the log domain on the scores;
 - :mod:`.stored`: :class:`NumbaKernel`, the log domain until the duals settle,
   then a stored kernel, dense or sparse;

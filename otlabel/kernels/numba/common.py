@@ -293,7 +293,8 @@ def sub_block_partial(
 
 @contextmanager
 def threads(count: int | None) -> Iterator[None]:
-    """Run Numba's parallel loops on ``count`` threads (None: all).
+    """Run the kernels' tasks (:func:`.tasks.run_tasks`) and Numba's parallel loops
+    on ``count`` threads (None: all).
 
     Numba's thread count is a per-thread setting: this changes it for the
     calling thread only, and restores it.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .._fastmath import exp_neg, shifted_max
 from .common import FLUSH, NO_EXP, TASK_ROWS, stored_row
+from .tasks import task_kernel
 
 #: The dense pass flushes its float32 column partials to float64 every FLUSH_ROWS rows.
 FLUSH_ROWS = 64
@@ -75,9 +76,10 @@ def _group_columns(partial, values, first, width, n_cols, factors):
         )
 
 
-@njit(parallel=True, fastmath=NO_EXP, cache=True)
-def dense_sweep(kernel, v, f_ref, q_scale, terms, frame):
-    """One pass on the dense stored kernel ``G`` (n, K) float32, parallel over tasks.
+@task_kernel(fastmath=NO_EXP)
+def dense_sweep(kernel, v, f_ref, q_scale, terms, frame, first_task, last_task):
+    """One pass on the dense stored kernel ``G`` (n, K) float32 over the tasks
+    ``first_task .. last_task - 1`` (:data:`.common.TASK_ROWS` rows each).
 
     Writes ``f`` (score units) and, in ``frame``, per task its column sums of ``G_ik q_i`` and
     ``(row error, rows absorbed)``.  Rows of GROUP_COLS or more go in groups of
@@ -94,11 +96,11 @@ def dense_sweep(kernel, v, f_ref, q_scale, terms, frame):
     n_rows, n_cols = kernel.shape
     flat = kernel.reshape(kernel.size)  # rows as index ranges: no view per row
     width = np.uint64(n_cols)
-    for t in prange(col_sum.shape[0]):
+    partial = np.zeros(n_cols, dtype=np.float32)  # (K,), zero after each flush
+    dots, factors = np.empty(ROW_GROUP), np.empty(ROW_GROUP, dtype=np.float32)
+    for t in range(first_task, last_task):
         sums = col_sum[t]
         sums[:] = 0.0
-        partial = np.zeros(n_cols, dtype=np.float32)  # (K,)
-        dots, factors = np.empty(ROW_GROUP), np.empty(ROW_GROUP, dtype=np.float32)
         row_error, absorbed = 0.0, 0
         first, last = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
         row = first
@@ -131,19 +133,19 @@ def dense_sweep(kernel, v, f_ref, q_scale, terms, frame):
         task_stats[t, 1] = absorbed
 
 
-@njit(parallel=True, fastmath={"contract"}, cache=True)
-def build_dense(scores, g_ref, inv_eps, kernel, f_ref):
-    """``G_ik = exp(S_ik / eps + g_ref_k - m_i)`` in float32, ``m_i`` the row's maximum.
+@task_kernel(fastmath={"contract"})
+def build_dense(scores, g32, inv_eps, kernel, f_ref, first_row, last_row):
+    """``G_ik = exp(S_ik / eps + g_ref_k - m_i)`` in float32 for the rows ``first_row ..
+    last_row - 1``, ``m_i`` the row's maximum, ``g32`` the reference ``g_ref`` in float32.
 
     Writes ``f_ref_i = -m_i`` (references in units of eps): every row of ``G``
     peaks at exactly 1.  Entries at the clamp of ``exp`` are flushed to zero
     (they add no mass).  ``scores`` and ``kernel`` may be the same array.
     """
-    n_rows, n_cols = scores.shape
-    g32 = g_ref.astype(np.float32)
+    n_cols = scores.shape[1]
     scale = np.float32(inv_eps)
     tiny, zero = np.float32(FLUSH), np.float32(0.0)
-    for i in prange(n_rows):
+    for i in range(first_row, last_row):
         row, out = scores[i], kernel[i]
         row_max = shifted_max(row, scale, g32)
         f_ref[i] = -row_max
@@ -152,11 +154,12 @@ def build_dense(scores, g_ref, inv_eps, kernel, f_ref):
             out[j] = value if value > tiny else zero
 
 
-@njit(parallel=True, fastmath=NO_EXP, cache=True)
-def scale_columns(kernel, factor):
-    """``G_ik *= factor_k``, flushing what falls below the smallest normal float32."""
+@task_kernel(fastmath=NO_EXP)
+def scale_columns(kernel, factor, first_row, last_row):
+    """``G_ik *= factor_k`` for the rows ``first_row .. last_row - 1``, flushing what
+    falls below the smallest normal float32."""
     tiny, zero = np.float32(FLUSH), np.float32(0.0)
-    for i in prange(kernel.shape[0]):
+    for i in range(first_row, last_row):
         row = kernel[i]
         for j in range(kernel.shape[1]):
             value = row[j] * factor[j]

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
 
 from ...solver import FLOAT32_ERROR_FLOOR, BlockSweep, Kernel, RowUpdate, row_blocks
 from .._fastmath import exp_neg, shifted_max
@@ -20,14 +19,15 @@ from .common import (
     row_terms,
     sub_block_partial,
     sweep_frame,
-    threads,
     update_row,
 )
+from .tasks import run_tasks, task_kernel
 
 
-@njit(parallel=True, fastmath=ELEMENTS, cache=True)
-def _log_sweep(scores, g_scaled, inv_eps, terms, frame):
-    """One log-domain pass over ``scores`` (n, K), parallel over sub-blocks.
+@task_kernel(fastmath=ELEMENTS)
+def _log_sweep(scores, g_scaled, inv_eps, terms, frame, first_block, last_block):
+    """One log-domain pass over the sub-blocks ``first_block .. last_block - 1`` of
+    ``scores`` (n, K) (tasks of :func:`.common.run_tasks`).
 
     Arithmetic in the precision of ``g_scaled`` and ``inv_eps`` (float32 or
     float64, whatever the scores').  Writes ``f`` per row (score units), and per sub-block
@@ -36,8 +36,8 @@ def _log_sweep(scores, g_scaled, inv_eps, terms, frame):
     """
     row_potential, col_sum, col_peak, block_stats = frame
     n_rows, n_cols = scores.shape
-    for b in prange(col_sum.shape[0]):
-        values = np.empty(n_cols, dtype=g_scaled.dtype)
+    values = np.empty(n_cols, dtype=g_scaled.dtype)
+    for b in range(first_block, last_block):
         sums, peaks = col_sum[b], col_peak[b]
         sums[:] = 0.0
         peaks[:] = 0.0
@@ -61,7 +61,7 @@ def _log_sweep(scores, g_scaled, inv_eps, terms, frame):
 
 
 class NumbaLogKernel(Kernel):
-    """Log-domain kernel, fused and parallel; always finite for finite scores.
+    """Log-domain kernel, fused, its sub-blocks on threads; always finite for finite scores.
 
     ``precise``: float64 arithmetic on float32 scores (read as they are, no
     float64 copy): the exact kernel of the finish phase.
@@ -99,27 +99,29 @@ class NumbaLogKernel(Kernel):
         frame = sweep_frame(block.shape, SUB_BLOCK_ROWS, 3)
         terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
         block = np.ascontiguousarray(block, dtype=self.storage)
-        with threads(self.n_threads):
-            _log_sweep(block, state, self.dtype(1.0 / self.epsilon), terms, frame)
+        inv_eps = self.dtype(1.0 / self.epsilon)
+        n_blocks = frame.col_sum.shape[0]
+        run_tasks(self.n_threads, _log_sweep, n_blocks, block, state, inv_eps, terms, frame)
         row_potential, col_sum, col_peak, block_stats = frame
 
         def exact_log_peaks(columns: np.ndarray) -> np.ndarray:  # (sub-blocks, columns)
-            peaks = np.empty((col_peak.shape[0], columns.size))
-            with threads(self.n_threads):
-                _log_column_peaks(block, row_potential, state, 1.0 / self.epsilon, columns, peaks)
+            peaks = np.empty((n_blocks, columns.size))
+            inputs = (block, row_potential, state, 1.0 / self.epsilon, columns, peaks)
+            run_tasks(self.n_threads, _log_column_peaks, n_blocks, *inputs)
             return peaks
 
         columns = sub_block_partial(col_sum, col_peak, block_stats, self.exp_floor, exact_log_peaks)
         return BlockSweep(row_potential, columns, float(np.sum(block_stats[:, 0])))
 
 
-@njit(parallel=True, cache=True)
-def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, columns, peaks):
+@task_kernel()
+def _log_column_peaks(scores, row_potential, g_scaled, inv_eps, columns, peaks, first, last):
     """``peaks[b, c] = max_{i in sub-block b} (S_ij + f_i) / eps + g_j / eps`` in float64
-    for each ``j = columns[c]``: the log of those columns' largest plan entries, however
-    far below ``exp``'s range (only the starved columns are read)."""
+    for each ``j = columns[c]`` and the sub-blocks ``first .. last - 1``: the log of
+    those columns' largest plan entries, however far below ``exp``'s range (only the
+    starved columns are read)."""
     n_rows = scores.shape[0]
-    for b in prange(peaks.shape[0]):
+    for b in range(first, last):
         out = peaks[b]
         out[:] = -np.inf
         for i in range(b * SUB_BLOCK_ROWS, min(n_rows, (b + 1) * SUB_BLOCK_ROWS)):

@@ -21,6 +21,7 @@ from .repair_losses import count_ties, move_entries, refresh_losses
 from .repair_paths import nearest_room, settle, start_search, tight_sample_path
 from .rounding import cluster_min_loss_args
 from .row_classes import entry_table, expand_labels, fill_class_samples, row_classes
+from .tasks import run_tasks
 
 #: The argmax start leaves more excess than this share of the samples: look for
 #: identical rows (one hashing pass, a sort, one exact comparison) ...
@@ -89,9 +90,9 @@ def repair(
         entry_cluster = labels[rows]
         order = cluster_order(entry_cluster)
         clusters, firsts = np.unique(entry_cluster[order], return_index=True)
-        cluster_min_loss_args(
-            matrix, virtual, rows[order], np.append(firsts, order.size), clusters,
-            move_cost, first_of, 0,
+        run_tasks(
+            None, cluster_min_loss_args, clusters.size, matrix, virtual, rows[order],
+            np.append(firsts, order.size), clusters, move_cost, first_of, 0,
         )  # fmt: skip
         first_of = np.where(first_of >= 0, class_of[np.maximum(first_of, 0)], -1)
         class_start = np.concatenate([[0], np.cumsum(amount)]).astype(np.int64)

@@ -1,10 +1,10 @@
 """Numba passes of balanced rounding: argmax, move costs and the certificate.
 
-The three reads of the matrix that :mod:`otlabel.rounding` makes, parallel
-over rows (or over clusters) of a block, with the same arithmetic as the NumPy
-passes (float64 per element; maxima and minima are exact, so labels and move
-costs are identical bit for bit; the certificate's row terms are summed per row
-and then in a fixed order).  The shortest-path repair of exact labels on an
+The three reads of the matrix that :mod:`otlabel.rounding` makes, on threads
+over rows (or over clusters) of a block (:func:`.common.run_tasks`), with the
+same arithmetic as the NumPy passes (float64 per element; maxima and minima are
+exact, so labels and move costs are identical bit for bit; the certificate's row
+terms are summed per row and then in a fixed order).  The shortest-path repair of exact labels on an
 in-memory matrix is :mod:`.repair` (for the NumPy passes too); the exchanges of
 relaxed sizes are :mod:`.improve`.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..._labels import cluster_order
 from .._fastmath import shifted_max
 from .entries import entry_score, matrix_and_column
 from .improve import exchange_paths, improve
+from .tasks import run_tasks, task_kernel
 
 
 class NumbaPasses:
@@ -30,7 +31,8 @@ class NumbaPasses:
     @staticmethod
     def argmax(block: Any, potential: np.ndarray) -> np.ndarray:
         labels = np.empty(block.shape[0], np.int64)
-        _argmax_rows(*matrix_and_column(block), np.ascontiguousarray(potential), labels)
+        inputs = (*matrix_and_column(block), np.ascontiguousarray(potential), labels)
+        run_tasks(None, _argmax_rows, labels.size, *inputs)
         return labels
 
     @staticmethod
@@ -49,7 +51,8 @@ class NumbaPasses:
         clusters, starts = np.unique(own[order], return_index=True)
         bounds = np.append(starts, own.size)
         block, virtual = matrix_and_column(block)
-        cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first)
+        inputs = (block, virtual, order, bounds, clusters, move_cost, move_arg, first)
+        run_tasks(None, cluster_min_loss_args, clusters.size, *inputs)
 
     @staticmethod
     def gather(scores: Any, index: np.ndarray) -> np.ndarray:
@@ -79,17 +82,19 @@ class NumbaPasses:
     @staticmethod
     def row_gap(block: Any, labels: np.ndarray, prices: np.ndarray) -> float:
         terms = np.empty(block.shape[0])
-        _row_gap_terms(*matrix_and_column(block), labels, prices, terms)
+        inputs = (*matrix_and_column(block), labels, prices, terms)
+        run_tasks(None, _row_gap_terms, terms.size, *inputs)
         return float(np.sum(terms))
 
 
-@njit(parallel=True, cache=True)
-def _argmax_rows(block, virtual, potential, labels):
-    """``argmax_k (S_ik + g_k)`` in float64, the first index on ties (as NumPy); with a
-    ``virtual`` column (not empty), over the K + 1 columns.  Two vectorised scans of
-    the row (in cache): its maximum, then the first index that reaches it."""
+@task_kernel()
+def _argmax_rows(block, virtual, potential, labels, first, last):
+    """``argmax_k (S_ik + g_k)`` in float64 for the rows ``first .. last - 1``, the first
+    index on ties (as NumPy); with a ``virtual`` column (not empty), over the K + 1
+    columns.  Two vectorised scans of the row (in cache): its maximum, then the first
+    index that reaches it."""
     n_cols = block.shape[1]
-    for i in prange(block.shape[0]):
+    for i in range(first, last):
         row = block[i]
         best = _shifted_row_max(row, potential)
         arg = n_cols
@@ -114,12 +119,15 @@ def _shifted_row_max(row, potential):
 MOVE_GROUP = 4
 
 
-@njit(parallel=True, cache=True)
-def cluster_min_loss_args(block, virtual, order, bounds, clusters, move_cost, move_arg, first):
+@task_kernel()
+def cluster_min_loss_args(
+    block, virtual, order, bounds, clusters, move_cost, move_arg, first, first_task, last_task
+):  # fmt: skip
     """``C[k, l] = min(C[k, l], min_{i in k} S_ik - S_il)``, one cluster per task (no
-    races), and in ``move_arg[k, l]`` the sample (row ``first + i``) of each new minimum
-    (the first in ``order`` of equal ones)."""
-    for s in prange(clusters.size):
+    races: the tasks ``first_task .. last_task - 1`` of ``clusters``), and in
+    ``move_arg[k, l]`` the sample (row ``first + i``) of each new minimum (the first in
+    ``order`` of equal ones)."""
+    for s in range(first_task, last_task):
         k = clusters[s]
         costs, args = move_cost[k], move_arg[k]
         j, end = bounds[s], bounds[s + 1]
@@ -160,11 +168,11 @@ def _min_loss_of_four(block, virtual, k, i0, i1, i2, i3, costs, args, first):
                 costs[n_real], args[n_real] = loss, first + i
 
 
-@njit(parallel=True, cache=True)
-def _row_gap_terms(block, virtual, labels, prices, terms):
-    """``max_k (S_ik - p_k) - (S_iy - p_y)`` per row (>= 0)."""
+@task_kernel()
+def _row_gap_terms(block, virtual, labels, prices, terms, first, last):
+    """``max_k (S_ik - p_k) - (S_iy - p_y)`` for the rows ``first .. last - 1`` (>= 0)."""
     n_cols = block.shape[1] + (virtual.size > 0)
-    for i in prange(block.shape[0]):
+    for i in range(first, last):
         best = entry_score(block, virtual, i, 0) - prices[0]
         for k in range(1, n_cols):
             best = max(best, entry_score(block, virtual, i, k) - prices[k])

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..._system import available_memory
 from ...solver import row_blocks
 from .._fastmath import exp_neg, shifted_max
-from .common import FLUSH, FLUSH_EXPONENT, NO_EXP, TASK_ROWS, stored_row, threads
+from .common import FLUSH, FLUSH_EXPONENT, NO_EXP, TASK_ROWS, stored_row
+from .tasks import run_tasks, task_kernel
 
 #: The stored kernel is kept sparse (its entries above the flush, CSR) when at
 #: most this fraction of the N x K entries survive the flush.
@@ -38,8 +39,10 @@ class SparseKernel:
     task_rows: np.ndarray  # (nnz,) int16 each entry's row within its pass task (i % TASK_ROWS)
 
 
-@njit(parallel=True, fastmath=NO_EXP, cache=True)
-def sparse_sweep(indptr, indices, values, task_rows, v, f_ref, q_scale, terms, frame):
+@task_kernel(fastmath=NO_EXP)
+def sparse_sweep(
+    indptr, indices, values, task_rows, v, f_ref, q_scale, terms, frame, first_task, last_task
+):  # fmt: skip
     """:func:`dense_sweep` on the kept entries only: the same row update, the same tasks.
 
     A task's entries are contiguous: its rows' dots are taken in one loop over them
@@ -51,13 +54,14 @@ def sparse_sweep(indptr, indices, values, task_rows, v, f_ref, q_scale, terms, f
     row_potential, col_sum, _, task_stats = frame
     epsilon, omega = terms.epsilon, terms.omega  # see stored_row
     n_rows = indptr.size - 1
-    for t in prange(col_sum.shape[0]):
+    row_sums = np.empty(TASK_ROWS)  # (TASK_ROWS,) sum_k G_ik v_k of the task's rows
+    factors = np.empty(TASK_ROWS, dtype=np.float32)  # q_i C of the task's rows
+    for t in range(first_task, last_task):
         sums = col_sum[t]
         sums[:] = 0.0
+        row_sums[:] = 0.0
         first_row, last_row = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
         first_entry, last_entry = np.uint64(indptr[first_row]), np.uint64(indptr[last_row])
-        row_sums = np.zeros(TASK_ROWS)  # (TASK_ROWS,) sum_k G_ik v_k of the task's rows
-        factors = np.empty(TASK_ROWS, dtype=np.float32)  # q_i C of the task's rows
         for e in range(first_entry, last_entry):
             row_sums[task_rows[e]] += np.float64(values[e]) * v[np.uint64(indices[e])]
         row_error, absorbed = 0.0, 0
@@ -76,11 +80,12 @@ def sparse_sweep(indptr, indices, values, task_rows, v, f_ref, q_scale, terms, f
         task_stats[t, 1] = absorbed
 
 
-@njit(parallel=True, fastmath=NO_EXP, cache=True)
-def scale_sparse_columns(indptr, indices, values, factor):
-    """The dense kernel's :func:`scale_columns` on the kept entries."""
+@task_kernel(fastmath=NO_EXP)
+def scale_sparse_columns(indptr, indices, values, factor, first_row, last_row):
+    """The dense kernel's :func:`scale_columns` on the kept entries of the rows
+    ``first_row .. last_row - 1``."""
     tiny, zero = np.float32(FLUSH), np.float32(0.0)
-    for i in prange(indptr.size - 1):
+    for i in range(first_row, last_row):
         for e in range(indptr[i], indptr[i + 1]):
             value = values[e] * factor[indices[e]]
             values[e] = value if value > tiny else zero
@@ -90,21 +95,24 @@ def scale_sparse_columns(indptr, indices, values, factor):
 # The build: the kept entries in one read of the scores
 # --------------------------------------------------------------------------
 
-#: Rows per parallel task of :func:`_collect_kept`: each task picks the run length of a
-#: row from the number of entries its previous row kept.
+#: Rows per task of :func:`_collect_kept`: each task picks the run length of a row
+#: from the number of entries its previous row kept.
 COLLECT_ROWS = 16
 
 
-@njit(parallel=True, fastmath={"contract"}, cache=True)
-def _collect_kept(scores, g_ref, inv_eps, f_ref, counts, indices, values, kept_scores):
+@task_kernel(fastmath={"contract"})
+def _collect_kept(
+    scores, g32, inv_eps, f_ref, counts, indices, values, kept_scores, first_task, last_task
+):  # fmt: skip
     """The kept entries of ``G`` (as :func:`build_dense` makes it: those whose
     exponent is above FLUSH_EXPONENT, the same float32 values) in one read of each
-    row: row ``i``'s go to the start of its own slot ``[i K, (i + 1) K)`` of the
-    staging arrays, their number to ``counts[i]``, ``-m_i`` to ``f_ref[i]``."""
+    row of the tasks ``first_task .. last_task - 1`` (:data:`COLLECT_ROWS` rows
+    each): row ``i``'s go to the start of its own slot ``[i K, (i + 1) K)`` of the
+    staging arrays, their number to ``counts[i]``, ``-m_i`` to ``f_ref[i]``.
+    ``g32``: the reference ``g / eps`` in float32."""
     n_rows, n_cols = scores.shape
-    g32 = g_ref.astype(np.float32)
     scale, floor = np.float32(inv_eps), np.float32(FLUSH_EXPONENT)
-    for t in prange(-(-n_rows // COLLECT_ROWS)):
+    for t in range(first_task, last_task):
         previous_kept = 0
         for i in range(t * COLLECT_ROWS, min(n_rows, (t + 1) * COLLECT_ROWS)):
             row = scores[i]
@@ -133,13 +141,14 @@ SHORT_RUN, LONG_RUN = 32, 128
 PART_RUN = 16
 
 
-@njit(parallel=True, cache=True)
+@task_kernel()
 def _gather_kept(indptr, n_cols, first_row, stage_indices, stage_values, stage_scores, indices,
-                 values, kept_scores, task_rows):  # fmt: skip
-    """Each row's kept entries from its staging slot (:func:`_collect_kept`) to its
-    place ``indptr[i]:indptr[i + 1]`` in the kernel's arrays, with the row's place in
-    its pass task (``(first_row + i) % TASK_ROWS``) in ``task_rows``."""
-    for i in prange(indptr.size - 1):
+                 values, kept_scores, task_rows, first, last):  # fmt: skip
+    """The kept entries of the block's rows ``first .. last - 1``, each from its staging
+    slot (:func:`_collect_kept`) to its place ``indptr[i]:indptr[i + 1]`` in the
+    kernel's arrays, with the row's place in its pass task (``(first_row + i) %
+    TASK_ROWS``) in ``task_rows``."""
+    for i in range(first, last):
         first, count = indptr[i], indptr[i + 1] - indptr[i]
         slot = i * n_cols
         task_row = np.int16((first_row + i) % TASK_ROWS)
@@ -213,7 +222,7 @@ def build_sparse(
     kept_scores = np.empty(capacity, dtype=score_dtype)
     task_rows = np.empty(capacity, dtype=np.int16)
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    inv_eps, n_kept = 1.0 / epsilon, 0
+    inv_eps, n_kept, g32 = 1.0 / epsilon, 0, g_ref.astype(np.float32)
     block_rows = min(n_rows, max(BUILD_MIN_ROWS, BUILD_BYTES // (4 * n_cols)))
     stage = (  # one slot of K entries per row of a block; only its start is touched
         np.empty(block_rows * n_cols, dtype=index_dtype),
@@ -223,19 +232,20 @@ def build_sparse(
     for rows, block in row_blocks(scores, block_rows):
         block = np.ascontiguousarray(block)  # a stream's block, or a view: no copy
         pointers = indptr[rows.start : rows.stop + 1]  # (rows + 1,), from 0
-        with threads(n_threads):
-            _collect_kept(block, g_ref, inv_eps, f_ref[rows], pointers[1:], *stage)
+        n_tasks = -(-block.shape[0] // COLLECT_ROWS)
+        collect = (block, g32, inv_eps, f_ref[rows], pointers[1:], *stage)
+        run_tasks(n_threads, _collect_kept, n_tasks, *collect)
         pointers[0] = 0  # block positions first
         np.cumsum(pointers[1:], out=pointers[1:])
         block_kept = int(pointers[-1])
         if n_kept + block_kept > capacity:
             return None  # too dense for a sparse kernel
         entries = slice(n_kept, n_kept + block_kept)
-        with threads(n_threads):
-            _gather_kept(
-                pointers, n_cols, rows.start, *stage, indices[entries], values[entries],
-                kept_scores[entries], task_rows[entries],
-            )  # fmt: skip
+        gather = (
+            pointers, n_cols, rows.start, *stage, indices[entries], values[entries],
+            kept_scores[entries], task_rows[entries],
+        )  # fmt: skip
+        run_tasks(n_threads, _gather_kept, block.shape[0], *gather)
         pointers += n_kept  # global positions
         n_kept += block_kept
     shape = (int(n_rows), int(n_cols))

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
 
 from ...solver import BlockSweep, Kernel, RowUpdate, sweep_all
 from .._fastmath import exp_neg
@@ -21,23 +20,26 @@ from .common import (
     row_terms,
     sub_block_partial,
     sweep_frame,
-    threads,
     update_row,
 )
 from .log import NumbaLogKernel
 from .sparse import SparseKernel
+from .tasks import run_tasks, task_kernel
 
 
-@njit(parallel=True, fastmath=ELEMENTS, cache=True)
-def _sparse_log_sweep(indptr, indices, kept_scores, g_scaled, inv_eps, terms, frame):
-    """The log-domain sweep in float64 on the kept entries' scores, parallel over tasks."""
+@task_kernel(fastmath=ELEMENTS)
+def _sparse_log_sweep(
+    indptr, indices, kept_scores, g_scaled, inv_eps, terms, frame, first_task, last_task
+):  # fmt: skip
+    """The log-domain sweep in float64 on the kept entries' scores of the tasks
+    ``first_task .. last_task - 1`` (:data:`.common.TASK_ROWS` rows each)."""
     row_potential, col_sum, col_peak, task_stats = frame
     n_rows, n_cols = indptr.size - 1, g_scaled.size
-    for t in prange(col_sum.shape[0]):
+    values = np.empty(n_cols)
+    for t in range(first_task, last_task):
         sums, peaks = col_sum[t], col_peak[t]
         sums[:] = 0.0
         peaks[:] = 0.0
-        values = np.empty(n_cols)
         row_error, max_scale = 0.0, 0.0
         first_row, last_row = t * TASK_ROWS, min(n_rows, (t + 1) * TASK_ROWS)
         for i in range(first_row, last_row):
@@ -64,11 +66,12 @@ def _sparse_log_sweep(indptr, indices, kept_scores, g_scaled, inv_eps, terms, fr
         task_stats[t, 2] = last_row - first_row
 
 
-@njit(parallel=True, cache=True)
-def _sparse_argmax(indptr, indices, kept_scores, potential, labels):
-    """``argmax_k (S_ik + g_k)`` over each row's kept entries (in column order: the
-    first index on ties), in float64 as the dense passes of the rounding."""
-    for i in prange(labels.size):
+@task_kernel()
+def _sparse_argmax(indptr, indices, kept_scores, potential, labels, first, last):
+    """``argmax_k (S_ik + g_k)`` over the kept entries of each row ``first .. last - 1``
+    (in column order: the first index on ties), in float64 as the dense passes of the
+    rounding."""
+    for i in range(first, last):
         best, arg = -np.inf, -1
         for e in range(indptr[i], indptr[i + 1]):
             value = np.float64(kept_scores[e]) + potential[indices[e]]
@@ -134,8 +137,8 @@ class SparseLogKernel(Kernel):
         frame = sweep_frame(block.shape, TASK_ROWS, 3)
         terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
         entries = (block.indptr, block.indices, block.scores)
-        with threads(self.n_threads):
-            _sparse_log_sweep(*entries, state, 1.0 / self.epsilon, terms, frame)
+        sweep = (*entries, state, 1.0 / self.epsilon, terms, frame)
+        run_tasks(self.n_threads, _sparse_log_sweep, frame.col_sum.shape[0], *sweep)
         row_potential, col_sum, col_peak, task_stats = frame
         if not np.all(np.max(col_peak, axis=0) > 0):  # a column without a kept entry
             dense = self._go_dense()
@@ -155,10 +158,9 @@ class SparseLogKernel(Kernel):
             return None
         block = self.stored
         labels = np.empty(block.shape[0], dtype=np.int64)
-        with threads(self.n_threads):
-            _sparse_argmax(
-                block.indptr, block.indices, block.scores, np.asarray(potential, np.float64), labels
-            )
+        potential = np.asarray(potential, np.float64)
+        entries = (block.indptr, block.indices, block.scores, potential, labels)
+        run_tasks(self.n_threads, _sparse_argmax, labels.size, *entries)
         return labels
 
     def _go_dense(self) -> Kernel:

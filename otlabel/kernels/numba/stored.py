@@ -17,12 +17,12 @@ from .common import (
     rebuild_drift,
     row_terms,
     sweep_frame,
-    threads,
 )
 from .dense import build_dense, dense_sweep, scale_columns
 from .log import NumbaLogKernel
 from .sparse import SparseKernel, build_sparse, scale_sparse_columns, sparse_sweep
 from .sparse_log import SparseLogKernel
+from .tasks import run_tasks
 
 #: The error at which :class:`NumbaKernel` builds its stored kernel (unless it is
 #: told to build it at once, or at another error).
@@ -126,12 +126,13 @@ class NumbaKernel(Kernel):
         self.can_store = self.stored is not None
 
     def _scale_columns(self, factor: np.ndarray) -> None:
-        with threads(self.n_threads):
-            if isinstance(self.stored, SparseKernel):
-                stored = self.stored
-                scale_sparse_columns(stored.indptr, stored.indices, stored.values, factor)
-            else:
-                scale_columns(self.stored, factor)
+        stored = self.stored
+        assert stored is not None
+        if isinstance(stored, SparseKernel):
+            entries = (stored.indptr, stored.indices, stored.values, factor)
+            run_tasks(self.n_threads, scale_sparse_columns, stored.shape[0], *entries)
+        else:
+            run_tasks(self.n_threads, scale_columns, stored.shape[0], stored, factor)
 
     def blocks(self) -> Iterator[tuple[slice, Any]]:
         if self.stored is None:
@@ -144,12 +145,12 @@ class NumbaKernel(Kernel):
         frame = sweep_frame(block.shape, TASK_ROWS, 2, peaks=False)
         terms = row_terms(self.log_a, self.a, self.epsilon, rows, update)
         kernel = (state, self.f_ref, self.q_scale)  # v, the rows' references, C
-        with threads(self.n_threads):
-            if isinstance(block, SparseKernel):
-                entries = (block.indptr, block.indices, block.values, block.task_rows)
-                sparse_sweep(*entries, *kernel, terms, frame)
-            else:
-                dense_sweep(block, *kernel, terms, frame)
+        n_tasks = frame.col_sum.shape[0]
+        if isinstance(block, SparseKernel):
+            entries = (block.indptr, block.indices, block.values, block.task_rows)
+            run_tasks(self.n_threads, sparse_sweep, n_tasks, *entries, *kernel, terms, frame)
+        else:
+            run_tasks(self.n_threads, dense_sweep, n_tasks, block, *kernel, terms, frame)
         row_potential, col_sum, _, task_stats = frame
         col_mass = col_sum.sum(axis=0) * state / self.q_scale  # (K,) column mass of the plan
         columns = ColumnPartial(np.zeros(block.shape[1]), col_mass)
@@ -201,8 +202,8 @@ class NumbaKernel(Kernel):
             self.scores.nbytes < 0.8 * available_memory()
         ):
             target = np.empty(self.scores.shape, dtype=self.scores.dtype)  # C order
-            with threads(self.n_threads):
-                build_dense(self.scores, g_ref, 1.0 / self.epsilon, target, f_ref)
+            build = (self.scores, g_ref.astype(np.float32), 1.0 / self.epsilon, target, f_ref)
+            run_tasks(self.n_threads, build_dense, target.shape[0], *build)
             self.stored = target
         else:
             self.can_store = False  # no room, or a stream: the log domain it stays
