@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..._validation import check_allowed_rows
 from ...solver import Kernel, row_blocks
@@ -17,6 +17,7 @@ from .common import CHUNK_BYTES, SUB_BLOCK_ROWS, threads
 from .log import NumbaLogKernel
 from .rounding import NumbaPasses
 from .stored import SUBSAMPLE_SWITCH_ERROR, NumbaKernel
+from .tasks import run_tasks, task_kernel
 
 
 class NumbaBackend(ReferenceBackend):
@@ -41,7 +42,8 @@ class NumbaBackend(ReferenceBackend):
         for rows, block in row_blocks(
             scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
         ):
-            _row_status(np.ascontiguousarray(block), status[rows])
+            block = np.ascontiguousarray(block)
+            run_tasks(None, _row_status, block.shape[0], block, status[rows])
         if (status == ROW_BAD).any():
             row = int(np.flatnonzero(status == ROW_BAD)[0])
             raise ValueError(
@@ -58,7 +60,7 @@ class NumbaBackend(ReferenceBackend):
         if not (isinstance(scores, np.ndarray) and scores.flags.c_contiguous):
             return super().subsample_rows(scores, stride)
         rows = np.empty((-(-scores.shape[0] // stride), scores.shape[1]), dtype=scores.dtype)
-        _strided_rows(scores, stride, rows)
+        run_tasks(None, _strided_rows, rows.shape[0], scores, stride, rows)
         return rows
 
     def rounding_passes(self, scores: Any) -> tuple[Any, int]:
@@ -128,11 +130,12 @@ def _float32_stream(scores: Any) -> bool:
 # --------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _row_extremes(scores, maxima, minima):
-    """Each row's maximum and minimum in float64: NaN for both where an entry is NaN
-    or ``+inf``; ``-inf`` entries (forbidden pairs) count as they are."""
-    for i in prange(scores.shape[0]):
+@task_kernel()
+def _row_extremes(scores, maxima, minima, first, last):
+    """Each row's maximum and minimum in float64 (rows ``first .. last - 1``): NaN for
+    both where an entry is NaN or ``+inf``; ``-inf`` entries (forbidden pairs) count as
+    they are."""
+    for i in range(first, last):
         row = scores[i]
         if math.isfinite(_zero_probe(row)):
             high, low = _max_min(row)
@@ -141,10 +144,11 @@ def _row_extremes(scores, maxima, minima):
             maxima[i], minima[i] = _exact_extremes(row)
 
 
-@njit(parallel=True, cache=True)
-def _strided_rows(scores, stride, rows):
-    """``rows[r] = scores[r * stride]``, parallel over rows (2-D indices: no view per row)."""
-    for r in prange(rows.shape[0]):
+@task_kernel()
+def _strided_rows(scores, stride, rows, first, last):
+    """``rows[r] = scores[r * stride]`` for ``r`` in ``first .. last - 1`` (2-D indices:
+    no view per row)."""
+    for r in range(first, last):
         source = r * stride
         for j in range(rows.shape[1]):
             rows[r, j] = scores[source, j]
@@ -155,10 +159,11 @@ def _strided_rows(scores, stride, rows):
 ROW_FINITE, ROW_FORBIDDEN, ROW_BAD, ROW_NONE_ALLOWED = 0, 1, 2, 3
 
 
-@njit(parallel=True, cache=True)
-def _row_status(scores, status):
-    """``status[i]``: what row i holds (:data:`ROW_FINITE` ... :data:`ROW_NONE_ALLOWED`)."""
-    for i in prange(scores.shape[0]):
+@task_kernel()
+def _row_status(scores, status, first, last):
+    """``status[i]``: what row i holds (:data:`ROW_FINITE` ... :data:`ROW_NONE_ALLOWED`),
+    for the rows ``first .. last - 1``."""
+    for i in range(first, last):
         row = scores[i]
         if math.isfinite(_zero_probe(row)):
             status[i] = ROW_FINITE
@@ -211,5 +216,6 @@ def row_extremes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for rows, block in row_blocks(
         scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
     ):
-        _row_extremes(np.ascontiguousarray(block), maxima[rows], minima[rows])
+        block = np.ascontiguousarray(block)
+        run_tasks(None, _row_extremes, block.shape[0], block, maxima[rows], minima[rows])
     return maxima, minima
