@@ -398,7 +398,7 @@ def balanced_labels(
     passes: Passes | None = None,
     group: Collective | None = None,
     argmax: np.ndarray | None = None,
-    compiled: bool = True,
+    compiled: bool | None = None,
     merge_rows: bool | None = None,
 ) -> BalancedLabels:
     """Exact labels under count bounds, optimal with a dual certificate; see the
@@ -423,11 +423,13 @@ def balanced_labels(
         bounds and the certificate are global).  None: the whole problem.
     argmax : (N,) int array or None
         ``argmax_k (S_ik + g_k)`` at ``potential``, if already known exactly.
-    compiled : bool
+    compiled : bool or None
         Repair in Numba (:func:`otlabel.kernels.numba.repair.repair`) where it
         can: a NumPy matrix (or ``.npy`` pages) held whole by one process, whoever
-        the passes are.  False: in Python (:class:`_Transfers`), as streams and
-        sharded problems always are; the same paths on one entry per sample.
+        the passes are; None: there, where it pays too (its machine code at hand,
+        or a large excess: :func:`otlabel.kernels.numba.repair.pays`).  False: in
+        Python (:class:`_Transfers`), as streams and sharded problems always are;
+        the same paths on one entry per sample.
     merge_rows : bool or None
         The compiled repair's identical rows as one entry each: None when the
         start leaves a large excess, or always (True) or never (False).
@@ -437,7 +439,7 @@ def balanced_labels(
     lower, upper = (np.asarray(bound, dtype=np.int64) for bound in bounds)
     prices = -np.asarray(potential, dtype=np.float64)
     labels = argmax_labels(scores, -prices, rows_per_block, passes, argmax)
-    repair = _compiled_repair(scores, group) if compiled else None
+    repair = _compiled_repair(scores, group, compiled, labels, upper)
     if repair is not None:
         prices, move_cost, n_moves, n_paths = repair(
             scores, labels, prices, (lower, upper), rows_per_block, passes, merge_rows
@@ -454,15 +456,18 @@ def balanced_labels(
     return BalancedLabels(labels, gap, prices, n_moves, n_paths, potential)
 
 
-def _compiled_repair(scores: Any, group: Collective) -> Any:
-    """The Numba repair where it applies (an in-memory NumPy matrix, one process), else None."""
-    if not (_in_memory(scores) and isinstance(group, Alone)):
+def _compiled_repair(
+    scores: Any, group: Collective, compiled: bool | None, labels: np.ndarray, upper: np.ndarray
+) -> Any:
+    """The Numba repair where it applies (an in-memory NumPy matrix, one process) and
+    is asked for (``compiled`` True) or pays (None), else None."""
+    if compiled is False or not (_in_memory(scores) and isinstance(group, Alone)):
         return None
     try:
-        from .kernels.numba.repair import repair
+        from .kernels.numba.repair import pays, repair
     except ImportError:  # pragma: no cover - Numba is a dependency
         return None
-    return repair
+    return repair if compiled or pays(scores, labels, upper) else None
 
 
 def gap_from_move_costs(

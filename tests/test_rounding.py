@@ -369,8 +369,8 @@ def test_merged_rows_one_entry_per_sample_and_the_reference_agree(kind):
                 scores, potential, bounds, rows_per_block=int(rng.integers(7, 90)), **options
             )
             for name, options in {
-                "merged": {"passes": NumbaPasses(), "merge_rows": True},
-                "per sample": {"passes": NumbaPasses(), "merge_rows": False},
+                "merged": {"passes": NumbaPasses(), "compiled": True, "merge_rows": True},
+                "per sample": {"passes": NumbaPasses(), "compiled": True, "merge_rows": False},
                 "numpy passes": {"merge_rows": False},
                 "automatic": {"passes": NumbaPasses()},
                 "reference": {"compiled": False},
@@ -411,7 +411,10 @@ def test_compiled_repair_of_large_tied_clusters_equals_the_reference(kind):
             rounding.balanced_labels(
                 matrix, np.zeros(columns), bounds, rows_per_block=1000, **options
             )
-            for options in ({"compiled": False}, {"passes": NumbaPasses(), "merge_rows": False})
+            for options in (
+                {"compiled": False},
+                {"passes": NumbaPasses(), "compiled": True, "merge_rows": False},
+            )
         ]
         np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
         np.testing.assert_array_equal(runs[0].prices, runs[1].prices)
@@ -426,7 +429,10 @@ def test_tied_samples_move_together():
 
     n, k = 6_000, 12
     bounds = otlabel.count_bounds(n, np.full(k, 1 / k))
-    variants = {"merged": {"merge_rows": True}, "per sample": {"merge_rows": False}}
+    variants = {
+        "merged": {"compiled": True, "merge_rows": True},
+        "per sample": {"compiled": True, "merge_rows": False},
+    }
     variants["reference"] = {"compiled": False}
     for name, options in variants.items():
         out = rounding.balanced_labels(
@@ -485,7 +491,9 @@ def test_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
     same = np.all(scores == scores[0], axis=1)
     assert sizes[0] == same.sum() and reps.size == 300 - same.sum() + 1
     bounds = otlabel.count_bounds(300, np.full(3, 1 / 3))
-    out = rounding.balanced_labels(scores, np.zeros(3), bounds, rows_per_block=64, merge_rows=True)
+    out = rounding.balanced_labels(
+        scores, np.zeros(3), bounds, rows_per_block=64, compiled=True, merge_rows=True
+    )
     optimum = bounded_lp_optimum(scores.astype(np.float64), *bounds)
     assert exact_objective(scores, out.labels) == pytest.approx(optimum) and out.gap <= 1e-9
 
@@ -504,8 +512,9 @@ def test_tied_scores_through_torch_passes_equal_the_compiled_repair():
             torch.as_tensor(scores), np.zeros(k), bounds, rows_per_block=50, passes=TorchPasses()
         )
         compiled = rounding.balanced_labels(
-            scores, np.zeros(k), bounds, rows_per_block=50, passes=NumbaPasses(), merge_rows=False
-        )
+            scores, np.zeros(k), bounds, rows_per_block=50, passes=NumbaPasses(), compiled=True,
+            merge_rows=False,
+        )  # fmt: skip
         np.testing.assert_array_equal(on_torch.labels, compiled.labels)
         np.testing.assert_array_equal(on_torch.prices, compiled.prices)
 

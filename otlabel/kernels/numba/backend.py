@@ -15,7 +15,7 @@ from ...streaming import ChunkedScores
 from ..reference import ReferenceBackend
 from .common import CHUNK_BYTES, SUB_BLOCK_ROWS, threads
 from .log import NumbaLogKernel
-from .rounding import NumbaPasses
+from .rounding import NumbaPasses, passes_pay
 from .stored import SUBSAMPLE_SWITCH_ERROR, NumbaKernel
 from .tasks import run_tasks, task_kernel
 
@@ -64,6 +64,9 @@ class NumbaBackend(ReferenceBackend):
         return rows
 
     def rounding_passes(self, scores: Any) -> tuple[Any, int]:
+        """:class:`NumbaPasses` where they pay (:func:`.rounding.passes_pay`), else NumPy's."""
+        if not passes_pay(scores):
+            return super().rounding_passes(scores)
         row_bytes = scores.shape[1] * scores.dtype.itemsize
         return NumbaPasses(), max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
 

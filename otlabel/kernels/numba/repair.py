@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..._labels import cluster_order, place_dummies
+from .cache import at_hand
 from .entries import matrix_and_column
 from .repair_losses import count_ties, move_entries, refresh_losses
 from .repair_paths import nearest_room, settle, start_search, tight_sample_path
@@ -32,6 +33,31 @@ MERGE_EXCESS = 0.05
 #: the rows distinct.  (Identical rows one entry per sample: every unit of them
 #: ties, and paths through clusters of them grow long.)
 MERGE_SHARE = 0.99
+
+#: Units of excess at the argmax start from which the compiled repair is worth
+#: compiling in a process whose cache lacks it: the Python repair takes about a
+#: path per unit, at one to a few milliseconds a path, and compiling the repair
+#: costs tens of seconds (docs/benchmarks.md).
+COMPILE_EXCESS = 5_000
+
+
+def pays(scores: Any, labels: np.ndarray, upper: np.ndarray) -> bool:
+    """Whether :func:`repair` should repair the argmax ``labels`` (N,) under the upper
+    bounds ``upper`` (K,) rather than the Python repair (the same optimum): its
+    machine code for these scores is at hand (this process, or Numba's cache), or
+    the start leaves at least :data:`COMPILE_EXCESS` units of excess."""
+    counts = np.bincount(labels, minlength=upper.size)
+    if int(np.maximum(counts - upper, 0).sum()) >= COMPILE_EXCESS:
+        return True
+    matrix = getattr(scores, "scores", scores)  # without partial mass's column
+    if not matrix.flags.c_contiguous:  # the repair reads a C-order copy
+        matrix = np.empty((0, 0), matrix.dtype)
+    ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    table, int_table = np.zeros((1, 1)), np.zeros((1, 1), np.int64)
+    return at_hand(  # _repair's arguments, by type (the virtual column is float64)
+        _repair, matrix, floats, ints, ints, ints, floats, ints, ints, ints, ints, table,
+        int_table, int_table, ints, ints, ints, ints,
+    )  # fmt: skip
 
 
 def repair(

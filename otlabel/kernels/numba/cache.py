@@ -1,0 +1,92 @@
+"""What Numba holds compiled: whether a kernel's machine code is at hand, in this
+process or in Numba's cache (``cache=True``), without compiling it; and which
+kernels a block of code compiled.
+
+A kernel that is not at hand costs its compile on the first call of a process
+(seconds for the largest); a caller with a cheaper way to do a small job takes
+that way instead (:func:`.repair.pays`).  ``otlabel.compile()`` fills the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numba
+from numba.core import event
+from numba.core.compiler_lock import global_compiler_lock
+
+
+def at_hand(kernel: Any, *args: Any) -> bool:
+    """Whether ``kernel`` (a Numba dispatcher) has machine code for the types of
+    ``args`` without compiling: compiled in this process, or in Numba's cache (then
+    loaded, as a call would load it).
+
+    >>> import numpy as np
+    >>> from numba import njit
+    >>> @njit
+    ... def double(x):
+    ...     return 2 * x
+    >>> at_hand(double, np.zeros(3))
+    False
+    >>> double(np.zeros(3)).tolist()
+    [0.0, 0.0, 0.0]
+    >>> at_hand(double, np.zeros(3)), at_hand(double, np.zeros(3, np.float32))
+    (True, False)
+    """
+    types = tuple(numba.typeof(arg) for arg in args)
+    # under the compiler's lock no other thread compiles while the refusal listens
+    with global_compiler_lock, event.install_listener("numba:compile", _Refuse()):
+        try:
+            kernel.compile(types)
+        except _NotAtHand:
+            return False
+    return True
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """The otlabel kernels (``module.function``) that Numba compiles inside the block,
+    in the order their compiles end, once per signature (nested ones too).
+
+    >>> from numba import njit
+    >>> @njit
+    ... def double(x):
+    ...     return 2 * x
+    >>> with recording() as compiled:
+    ...     results = double(1.0), double(2.0), double(3)
+    >>> [name.rsplit(".", 1)[-1] for name in compiled]  # float64, then int64
+    ['double', 'double']
+    """
+    compiled: list[str] = []
+    with event.install_listener("numba:compile", _Record(compiled)):
+        yield compiled
+
+
+class _Record(event.Listener):
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def on_start(self, event: Any) -> None:
+        pass
+
+    def on_end(self, event: Any) -> None:
+        dispatcher, function = event.data["dispatcher"], event.data["dispatcher"].py_func
+        compiled = tuple(event.data["args"]) in dispatcher.overloads  # not refused
+        if compiled and function.__module__.startswith("otlabel."):
+            self.names.append(f"{function.__module__}.{function.__qualname__}")
+
+
+class _NotAtHand(Exception):
+    """Numba was about to compile: the machine code is neither loaded nor cached."""
+
+
+class _Refuse(event.Listener):
+    """Stops a compile as it starts (the cache was looked up first, and missed)."""
+
+    def on_start(self, event: Any) -> None:
+        raise _NotAtHand
+
+    def on_end(self, event: Any) -> None:
+        pass
