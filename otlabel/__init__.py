@@ -13,6 +13,7 @@ model's scores, by Sinkhorn-Knopp matrix scaling.
 from typing import TYPE_CHECKING, Any
 
 from .api import DEFAULT_MAX_ITER, DEFAULT_TOL, assign, predict, sinkhorn
+from .compile import compile
 from .constraints import count_bounds
 from .datasets import make_scores
 from .kernels import BackendWarning
@@ -34,6 +35,7 @@ __all__ = [
     "Result",
     "__version__",
     "assign",
+    "compile",
     "count_bounds",
     "make_scores",
     "predict",

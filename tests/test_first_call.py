@@ -1,6 +1,7 @@
-"""The first call of a process: what it compiles and what it runs in Python instead.
-Processes with a cache of their own (``NUMBA_CACHE_DIR``) where a cold cache is what
-is tested."""
+"""The first call of a process: what it compiles, what it runs in Python instead, and
+``otlabel.compile()``, which fills Numba's cache so that later processes compile
+nothing.  Processes with a cache of their own (``NUMBA_CACHE_DIR``) where a cold
+cache is what is tested."""
 
 from __future__ import annotations
 
@@ -164,3 +165,39 @@ def test_at_hand_tells_types_apart():
         at_hand(numba_rounding._argmax_rows, read_only, *arguments)
         at_hand(numba_rounding._argmax_rows, floats.astype(np.int8), *arguments)
     assert compiled == []
+
+
+def test_compile_fills_the_cache_for_later_processes(tmp_path):
+    """``python -m otlabel.compile`` in a new cache; then a new process: compiling again
+    compiles nothing, and calls down the usual paths (the sparse kernel and its finish,
+    the compiled repair and passes of a small problem, partial mass, relaxed sizes,
+    read-only scores) neither."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "otlabel.compile", "--dtypes", "float32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("compiled ") and str(tmp_path) in done.stdout
+    later = run_python(
+        """
+        import numpy as np
+        import otlabel
+        from otlabel.kernels.numba.cache import recording
+        scores = otlabel.make_scores(60_000, 100, seed=5).astype(np.float32)
+        with recording() as compiled:
+            print(otlabel.compile(dtypes=["float32"]))
+            result = otlabel.assign(scores)
+            otlabel.assign(scores[:3000], size_penalty=0.2)
+            otlabel.assign(scores[:3000], mass=0.9)
+            otlabel.predict(scores[:10], result)
+            scores.flags.writeable = False
+            otlabel.assign(scores[:3000])
+        print(compiled)
+        """,
+        str(tmp_path),
+    )
+    assert later.split("\n")[:2] == ["[]", "[]"]
