@@ -115,12 +115,21 @@ def test_a_large_excess_compiles_the_repair_even_when_the_cache_is_cold(cache, r
     assert (n, 2) in repairs and out.counts.tolist() == [n // 2, n // 2]
 
 
-def test_large_matrices_take_the_compiled_passes_even_when_the_cache_is_cold(cache, monkeypatch):
-    scores = np.zeros((100, 30), np.float32)
+def test_large_matrices_take_the_compiled_repair_and_passes_even_when_the_cache_is_cold(
+    cache, repairs, monkeypatch
+):
+    """COMPILE_ENTRIES entries or more: the rounding's kernels serve every later
+    process once compiled, and the Python paths would take seconds a call."""
+    scores = np.random.default_rng(3).normal(size=(300, 30)).astype(np.float32)
     assert not numba_rounding.passes_pay(scores)
+    otlabel.assign(scores, 0.05)
+    assert repairs == []
     monkeypatch.setattr(numba_rounding, "COMPILE_ENTRIES", scores.size)
+    monkeypatch.setattr(numba_repair, "COMPILE_ENTRIES", scores.size)
     assert numba_rounding.passes_pay(scores)
-    assert numba_rounding.passes_pay(rounding.WithColumn(scores, np.zeros(100)))
+    assert numba_rounding.passes_pay(rounding.WithColumn(scores, np.zeros(300)))
+    otlabel.assign(scores, 0.05)
+    assert repairs == [(300, 30)]
 
 
 def test_compiled_false_and_true_override_the_choice(cache, repairs):

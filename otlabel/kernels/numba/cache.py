@@ -4,7 +4,8 @@ kernels a block of code compiled.
 
 A kernel that is not at hand costs its compile on the first call of a process
 (seconds for the largest); a caller with a cheaper way to do a small job takes
-that way instead (:func:`.repair.pays`).  ``otlabel.compile()`` fills the cache.
+that way instead (:func:`.repair.pays`, :func:`.rounding.passes_pay`).
+``otlabel.compile()`` fills the cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from typing import Any
 import numba
 from numba.core import event
 from numba.core.compiler_lock import global_compiler_lock
+
+#: Entries of a matrix (N x K) from which the rounding's kernels (its passes and the
+#: repair) are worth compiling in a process whose cache lacks them: below, NumPy's
+#: passes and the Python repair take less time than compiling them; above, they take
+#: seconds a call, and the compiled ones, cached, serve every later process
+#: (docs/benchmarks.md).
+COMPILE_ENTRIES = 50_000_000
 
 
 def at_hand(kernel: Any, *args: Any) -> bool:

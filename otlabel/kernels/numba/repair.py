@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..._labels import cluster_order, place_dummies
-from .cache import at_hand
+from .cache import COMPILE_ENTRIES, at_hand
 from .entries import matrix_and_column
 from .repair_losses import count_ties, move_entries, refresh_losses
 from .repair_paths import nearest_room, settle, start_search, tight_sample_path
@@ -35,19 +35,21 @@ MERGE_EXCESS = 0.05
 MERGE_SHARE = 0.99
 
 #: Units of excess at the argmax start from which the compiled repair is worth
-#: compiling in a process whose cache lacks it: the Python repair takes about a
-#: path per unit, at one to a few milliseconds a path, and compiling the repair
-#: costs tens of seconds (docs/benchmarks.md).
+#: compiling in a process whose cache lacks it, whatever the size of the matrix:
+#: the Python repair takes about a path per unit, each a few milliseconds, and
+#: compiling the repair tens of seconds (docs/benchmarks.md).
 COMPILE_EXCESS = 5_000
 
 
 def pays(scores: Any, labels: np.ndarray, upper: np.ndarray) -> bool:
     """Whether :func:`repair` should repair the argmax ``labels`` (N,) under the upper
     bounds ``upper`` (K,) rather than the Python repair (the same optimum): its
-    machine code for these scores is at hand (this process, or Numba's cache), or
-    the start leaves at least :data:`COMPILE_EXCESS` units of excess."""
+    machine code for these scores is at hand (this process, or Numba's cache), the
+    matrix holds at least :data:`.cache.COMPILE_ENTRIES` entries, or the start leaves
+    at least :data:`COMPILE_EXCESS` units of excess."""
     counts = np.bincount(labels, minlength=upper.size)
-    if int(np.maximum(counts - upper, 0).sum()) >= COMPILE_EXCESS:
+    excess = int(np.maximum(counts - upper, 0).sum())
+    if excess >= COMPILE_EXCESS or scores.shape[0] * scores.shape[1] >= COMPILE_ENTRIES:
         return True
     matrix = getattr(scores, "scores", scores)  # without partial mass's column
     if not matrix.flags.c_contiguous:  # the repair reads a C-order copy

@@ -18,22 +18,17 @@ from numba import njit
 
 from ..._labels import cluster_order
 from .._fastmath import shifted_max
-from .cache import at_hand
+from .cache import COMPILE_ENTRIES, at_hand
 from .entries import entry_score, matrix_and_column
 from .improve import exchange_paths, improve
 from .tasks import run_tasks, task_kernel
-
-#: Entries of the matrix (N x K) from which the compiled passes are worth compiling
-#: in a process whose cache lacks them; below, NumPy's passes read the matrix in
-#: less time than the kernels take to compile (docs/benchmarks.md).
-COMPILE_ENTRIES = 50_000_000
 
 
 def passes_pay(scores: Any) -> bool:
     """Whether :class:`NumbaPasses` should read ``scores`` (N, K) (a matrix, or a stream
     of its blocks) rather than NumPy's passes (the same labels and move costs): their
     kernels are at hand for its type (this process, or Numba's cache), or it holds at
-    least :data:`COMPILE_ENTRIES` entries."""
+    least :data:`.cache.COMPILE_ENTRIES` entries."""
     if scores.shape[0] * scores.shape[1] >= COMPILE_ENTRIES:
         return True
     matrix = getattr(scores, "scores", scores)  # without partial mass's column
