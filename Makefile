@@ -34,8 +34,10 @@ docs: $(VENV)/.test
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 # The benchmark table of docs/benchmarks.md (hours at the default sizes; see
-# `otlabel bench --help`; BENCH_ARGS=--tiny proves it runs in a minute).
+# `otlabel bench --help`; BENCH_ARGS=--tiny proves it runs in a minute), after
+# every kernel is in Numba's cache: the table times warm calls.
 bench: $(VENV)/.bench
+	$(BIN)/python -m otlabel.compile
 	$(BIN)/otlabel bench $(BENCH_ARGS)
 
 test: lint docs
