@@ -166,7 +166,8 @@ def assign(
         then has no free constant (0: the cluster is inside its box).
     callback : callable or None
         ``callback(n_iter, error)`` after every pass over the matrix (for H
-        heads, every head's passes in turn; ``n_iter`` restarts at 1).
+        heads, every head's passes in turn; ``n_iter`` restarts at 1, as it does
+        after the warm solve of ``epsilon=0`` or of a small epsilon).
 
     Returns
     -------

@@ -38,6 +38,7 @@ for it (docs/architecture.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,13 +82,27 @@ class ColumnConstraint:
 
     def update(self, g: Array, log_mass: Array, epsilon: float, omega: float = 1.0) -> Array:
         """The column update: ``g + omega (exact - g)``, in normal form."""
-        exact = self.exact_update(g, log_mass, epsilon)
+        exact = self.reachable_update(g, log_mass, epsilon)
         return self.normalise(exact if omega == 1.0 else g + omega * (exact - g))
+
+    def reachable_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
+        """:meth:`exact_update`, except that a closed column (no mass left for it) that
+        no sample may join (every score ``-inf``: its mass is exactly 0, whatever ``g``)
+        keeps its potential: any finite one is optimal, and an infinite one would make
+        ``-inf + inf`` of its scores.  An open column whose mass underflowed still
+        gets an infinite update, which the loop reports as unstable."""
+        xp = namespace(log_mass)
+        kept = (log_mass == -math.inf) & self.closed()
+        return xp.where(kept, g, self.exact_update(g, log_mass, epsilon))
+
+    def closed(self) -> Any:
+        """(K,) bool: the columns that must take no mass (False: none)."""
+        return False
 
     def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``sum_k |m_k - m+_k|``, ``m+ = m exp((g+ - g)/eps)`` the mass the update would set."""
         xp = namespace(log_mass)
-        step = (self.exact_update(g, log_mass, epsilon) - g) / epsilon
+        step = (self.reachable_update(g, log_mass, epsilon) - g) / epsilon
         return xp.sum(xp.exp(log_mass) * xp.abs(xp.expm1(step)))
 
     def normalise(self, g: Array) -> Array:
@@ -140,6 +155,9 @@ class FixedSizes(ColumnConstraint):
         xp = namespace(g)
         return xp.sum(self.target * g) / xp.sum(self.target)
 
+    def closed(self) -> Any:
+        return self.target <= CLOSED_MASS
+
     def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The iterated rows' mass per column, lower and upper (K,): ``b - c`` both."""
         target = to_numpy(self.target)
@@ -189,8 +207,14 @@ class BoundedSizes(ColumnConstraint):
             return epsilon * self._log_clip_ratio(log_mass - g / epsilon)
         xp = namespace(log_mass)
         target = self.upper if self.forced == "upper" else self.lower
-        fixed = g + epsilon * (xp.log(_open(target)) - log_mass)
-        return fixed - (xp.max(fixed) if self.forced == "upper" else xp.min(fixed))
+        reachable = log_mass > -math.inf  # (a column no sample may join keeps its g)
+        fixed = xp.where(reachable, g + epsilon * (xp.log(_open(target)) - log_mass), g)
+        if self.forced == "upper":
+            return xp.where(reachable, fixed - xp.max(xp.where(reachable, fixed, -math.inf)), g)
+        return xp.where(reachable, fixed - xp.min(xp.where(reachable, fixed, math.inf)), g)
+
+    def closed(self) -> Any:
+        return self.upper <= CLOSED_MASS
 
     def mass_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The iterated rows' mass per column: ``[lo - c, hi - c]`` (K,) each."""

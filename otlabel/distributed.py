@@ -293,12 +293,12 @@ def _check_forbidden(head: Head, reports: list[Report], rounding: str | None) ->
     if all(report.patterns is None for report in reports):
         return
     offsets = np.cumsum([0] + [report.n_rows for report in reports])[:-1]
+    like = next(report.patterns for report in reports if report.patterns is not None)
     parts = [
-        (report.patterns, int(offset))
-        for report, offset in zip(reports, offsets, strict=True)
-        if report.patterns is not None
+        _all_allowed(report, like) if report.patterns is None else report.patterns
+        for report in reports
     ]
-    patterns = merge_patterns([part for part, _ in parts], [offset for _, offset in parts])
+    patterns = merge_patterns(parts, [int(offset) for offset in offsets])
     patterns.mass = patterns.mass / head.weight_total
     n_free = int(patterns.count.sum())
     counts = head.constraint.count_bounds(n_free) if rounding == "balanced" else None
@@ -346,6 +346,21 @@ def _free_rows(head: Head, labels: np.ndarray) -> Head:
         row_min=_take(head.row_min, rows),
         virtual=None if head.virtual is None else head.virtual[rows],
         known=known,
+    )
+
+
+def _all_allowed(report: Report, like: Patterns) -> Patterns:
+    """A rank without -inf: its free rows are one group, every cluster allowed (their
+    count and raw weight from its report: all rows less the known ones)."""
+    n_clusters = (report.known.size // 2) if report.known is not None else 0
+    known_count = 0 if report.known is None else int(report.known[:n_clusters].sum())
+    known_weight = 0.0 if report.known is None else float(report.known[n_clusters:].sum())
+    return Patterns(
+        np.ones((1, like.allowed.shape[1]), dtype=bool),
+        np.array([report.n_rows - known_count], np.int64),
+        np.array([report.weight_total - known_weight]),
+        [np.zeros(0, np.int64)],
+        like.unassigned,
     )
 
 

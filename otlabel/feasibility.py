@@ -43,16 +43,20 @@ __all__ = ["Patterns", "allowed_patterns", "check_feasible", "check_head", "merg
 MASS_UNITS = 1 << 29
 
 
-def check_head(head: Any, rounding: str | None, patterns: Patterns | None = None) -> None:
+def check_head(
+    head: Any, rounding: str | None, patterns: Patterns | None = None, *, shares: bool = True
+) -> None:
     """Raise if a head's forbidden pairs admit no plan or, with ``rounding="balanced"``,
-    no hard labels under its count bounds (``patterns``: its rows', if already read)."""
+    no hard labels under its count bounds (``patterns``: its rows', if already read;
+    ``shares=False``: the labels only, as ``epsilon=0`` needs)."""
     if patterns is None:
         unassigned = head.virtual is not None
         row_ids = None if head.known is None else head.known.free
         patterns = allowed_patterns(head.scores, head.log_a, unassigned=unassigned, row_ids=row_ids)
     n_rows = int(patterns.count.sum())
     counts = head.constraint.count_bounds(n_rows) if rounding == "balanced" else None
-    check_feasible(patterns, head.constraint.mass_bounds(), counts, head.name)
+    masses = head.constraint.mass_bounds() if shares else None
+    check_feasible(patterns, masses, counts, head.name)
 
 
 @dataclass
@@ -153,27 +157,29 @@ SHOWN = 5
 
 def check_feasible(
     patterns: Patterns,
-    mass_bounds: tuple[np.ndarray, np.ndarray],
+    mass_bounds: tuple[np.ndarray, np.ndarray] | None,
     count_bounds: tuple[np.ndarray, np.ndarray] | None,
     name: str,
 ) -> None:
     """Raise a ValueError, naming samples or clusters, if no plan meets the clusters'
-    ``mass_bounds`` (lower, upper (C,), of the rows' mass; ``inf``: none) on the
-    allowed pairs, or, with ``count_bounds``, if no hard labels meet those."""
-    scale = MASS_UNITS  # masses are fractions of the whole mass 1
-    free_mass = float(patterns.mass.sum())
-    lower, upper = mass_bounds
-    supply = np.rint(patterns.mass * scale).astype(np.int64)
-    slack = patterns.count.size + lower.size  # rounding: one unit per node
-    _check_flows(
-        patterns,
-        supply,
-        np.floor(np.asarray(lower) * scale),
-        np.ceil(np.minimum(np.asarray(upper), 2 * free_mass) * scale),
-        slack,
-        "mass",
-        name,
-    )
+    ``mass_bounds`` (lower, upper (C,), of the rows' mass; ``inf``: none; None: not
+    checked) on the allowed pairs, or, with ``count_bounds``, if no hard labels meet
+    those."""
+    if mass_bounds is not None:
+        scale = MASS_UNITS  # masses are fractions of the whole mass 1
+        free_mass = float(patterns.mass.sum())
+        lower, upper = mass_bounds
+        supply = np.rint(patterns.mass * scale).astype(np.int64)
+        slack = patterns.count.size + lower.size  # rounding: one unit per node
+        _check_flows(
+            patterns,
+            supply,
+            np.floor(np.asarray(lower) * scale),
+            np.ceil(np.minimum(np.asarray(upper), 2 * free_mass) * scale),
+            slack,
+            "mass",
+            name,
+        )
     if count_bounds is not None:
         low, high = count_bounds
         _check_flows(patterns, patterns.count, np.asarray(low), np.asarray(high), 0, "count", name)
@@ -195,14 +201,14 @@ def _check_flows(
         clusters = np.flatnonzero(~reached[patterns.count.size :])
         groups = np.asarray(patterns.allowed[:, clusters].any(axis=1))
         one = clusters.size == 1
+        held = supply[groups].sum()
         raise ValueError(
-            f"{name}: no plan with the forbidden (-inf) pairs meets the cluster sizes: "
+            f"{name}: {_what(units)} with the forbidden (-inf) pairs: "
             f"{_clusters(clusters, patterns)} need{'s' if one else ''} at least "
-            f"{_amount(lower[clusters].sum(), units)}, but the "
-            f"{_samples(patterns, groups)} allowed to {'it' if one else 'them'} hold only "
-            f"{_amount(supply[groups].sum(), units)}; allow more samples to "
-            f"{'that cluster' if one else 'those clusters'}, or lower "
-            f"{'its size' if one else 'their sizes'}"
+            f"{_amount(lower[clusters].sum(), units)}, but "
+            f"{_held(patterns, groups, held, units, 'it' if one else 'them')}; allow more samples "
+            f"to {'that cluster' if one else 'those clusters'}, or lower "
+            f"{'its size' if one else 'their sizes'}{_hint(units)}"
         )
     total = int(supply.sum())
     upper = np.minimum(upper, total).astype(np.int64)
@@ -211,12 +217,35 @@ def _check_flows(
         groups = reached[: patterns.count.size]
         clusters = np.flatnonzero(reached[patterns.count.size :])
         raise ValueError(
-            f"{name}: no plan with the forbidden (-inf) pairs meets the cluster sizes: "
-            f"{_samples(patterns, groups)}, holding {_amount(supply[groups].sum(), units)}, "
-            f"may go only to {_clusters(clusters, patterns)}, whose sizes take at most "
+            f"{name}: {_what(units)} with the forbidden (-inf) pairs: "
+            f"{_samples(patterns, groups)}, holding "
+            f"{_amount(supply[groups].sum(), units)}, may go only to "
+            f"{_clusters(clusters, patterns)}, which take at most "
             f"{_amount(upper[clusters].sum(), units)}; allow those samples more clusters, "
-            "or raise those clusters' sizes"
+            f"or raise those clusters' sizes{_hint(units)}"
         )
+
+
+def _held(patterns: Patterns, groups: np.ndarray, held: float, units: str, them: str) -> str:
+    """``3 samples (rows ...) allowed to them hold only 0.1 of the mass``, or none."""
+    n = int(patterns.count[groups].sum())
+    if n == 0:
+        return f"no sample is allowed to {them}"
+    verb = "holds" if n == 1 else "hold"
+    return f"{_samples(patterns, groups)} allowed to {them} {verb} only {_amount(held, units)}"
+
+
+def _what(units: str) -> str:
+    """What is missing: a plan (the shares of the mass) or hard labels (counts)."""
+    return (
+        "no plan meets the cluster sizes"
+        if units == "mass"
+        else "no hard labels meet the count bounds"
+    )
+
+
+def _hint(units: str) -> str:
+    return "" if units == "mass" else " (or take rounding='argmax')"
 
 
 def _max_flow(
@@ -245,8 +274,12 @@ def _samples(patterns: Patterns, groups: np.ndarray) -> str:
     picked = [patterns.first_rows[p] for p in np.flatnonzero(groups)]
     rows = np.sort(np.concatenate([np.zeros(0, np.int64), *picked]))
     n = int(patterns.count[groups].sum())
+    if n == 0:
+        return "no sample"
     listed = ", ".join(str(int(r)) for r in rows[:SHOWN])
     more = ", ..." if n > min(SHOWN, rows.size) else ""
+    if not listed:  # rows of ranks that hold no -inf are not numbered
+        return f"{n} sample{'s' if n != 1 else ''}"
     return f"{n} sample{'s' if n != 1 else ''} (row{'s' if n != 1 else ''} {listed}{more})"
 
 

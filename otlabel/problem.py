@@ -254,7 +254,7 @@ def _head(
     if forbidden:
         _check_forbidden_start(start, name, index)
         if check_plan:
-            check_head(head, options.rounding)
+            check_head(head, options.rounding, shares=options.epsilon > 0)
     return head
 
 

@@ -986,10 +986,11 @@ def _concave_gap(
     for direction in (+1, -1):
         n = counts.copy()
         while True:
-            if direction > 0:
-                step = constraint.slot_values(n_samples, n + 1) - price  # add a sample
-            else:
-                step = price - constraint.slot_values(n_samples, n)  # remove one
+            with np.errstate(invalid="ignore"):  # inf - inf: a cluster nobody may join
+                if direction > 0:
+                    step = constraint.slot_values(n_samples, n + 1) - price  # add a sample
+                else:
+                    step = price - constraint.slot_values(n_samples, n)  # remove one
             step = np.where(np.isnan(step), -np.inf, step)
             step[(n + direction < 0) | (n + direction > n_samples)] = -np.inf
             gains = step > 0

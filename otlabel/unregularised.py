@@ -64,6 +64,8 @@ def wants_exact_start(head: Any, options: Any, collective: Any) -> float | None:
     labels exist for its constraint (fixed sizes: K <= N)."""
     if head.init is not None or collective is not None or options.epsilon == 0:
         return None
+    if options.rounding != "balanced":  # the labels' counts are checked for it only
+        return None
     if not head.constraint.counts_bounded:  # relaxed sizes: measured slower from it
         return None
     n_rows, n_clusters = head.scores.shape
@@ -117,9 +119,12 @@ def exact_solve_output(
     certificate's (as it is: under count bounds its level is part of the optimal dual,
     so fixed sizes' ``sum_k b_k g_k = 0`` does not hold), ``f_i = -(S_{i,y_i}
     + g_{y_i})`` (every free row has a label); the record (passes, error) stays the
-    warm solve's."""
+    warm solve's, ``converged`` is True (the labels are exact, ``gap`` certifies them)."""
     assert labels.labels is not None and labels.dual is not None  # exact labels
     dual = np.asarray(labels.dual, dtype=np.float64)
+    # a cluster no sample may join has an infinite dual (relaxed sizes): any finite
+    # value gives the same labels and predictions
+    dual = np.where(np.isfinite(dual), dual, 0.0)
     n_clusters = head.scores.shape[1]
     chosen = np.asarray(np.where(labels.labels < 0, n_clusters, labels.labels), np.int64)  # (N,)
     scores = head.scores if head.virtual is None else WithColumn(head.scores, head.virtual)
@@ -133,6 +138,7 @@ def exact_solve_output(
         row_potential=from_host(-(own + dual[chosen]), xp, where),
         unassigned_potential=None if head.virtual is None else float(dual[n_clusters]),
         argmax=None,
+        converged=True,  # the answer is the labels, exact whatever the warm solve reached
     )
 
 

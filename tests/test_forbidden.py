@@ -216,12 +216,12 @@ def test_samples_with_too_few_clusters_are_refused_by_name():
     scores[:6, [0, 2, 3]] = -np.inf  # 6 samples may go only to cluster 1, which takes 5
     message = refused(scores)  # so clusters 0, 2, 3 get 14 samples, not 15
     assert "clusters [0, 2, 3] need at least 0.75 of the mass" in message
-    assert "the 14 samples (rows 6, 7, 8, 9, 10, ...) allowed to them hold only 0.7" in message
+    assert "14 samples (rows 6, 7, 8, 9, 10, ...) allowed to them hold only 0.7" in message
     scores = np.zeros((20, 4))
     scores[:6, [0, 2, 3]] = -np.inf
     message = refused(scores, min_size=0.0, max_size=0.25)  # no lower bound to fill
     assert "6 samples (rows 0, 1, 2, 3, 4, ...)" in message
-    assert "may go only to cluster [1], whose sizes take at most 0.25" in message
+    assert "may go only to cluster [1], which take at most 0.25" in message
 
 
 def test_bounds_that_cannot_be_met_are_refused():
@@ -318,3 +318,38 @@ def test_two_and_three_ranks_give_the_single_process_answer(tmp_path):
     )
     labels = np.concatenate([outcome["result"]["labels"] for outcome in three])
     np.testing.assert_array_equal(labels, single.labels)
+
+
+def test_a_cluster_that_no_free_sample_may_join():
+    """Known labels fill cluster 3 and every other sample forbids it: its mass is 0
+    whatever its potential, which stays finite (it was an overflow of the column
+    update)."""
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((100, 4))
+    scores[25:, 3] = -np.inf
+    known = np.full(100, -1)
+    known[:25] = 3
+    for kwargs in ({}, {"max_size": 0.25}, {"min_size": 0.25}, {"min_size": 0.2, "max_size": 0.3}):
+        for epsilon in (0.05, 0):
+            res = otlabel.assign(scores, epsilon, known_labels=known, **kwargs)
+            assert res.counts[3] == 25 and res.gap <= 1e-9
+            assert kwargs.get("min_size") == 0.2 or res.counts.tolist() == [25] * 4
+            assert np.isfinite(res.potential).all() and uses_only_allowed(scores, res.labels)
+
+
+def test_epsilon_zero_checks_the_labels_only():
+    """No plan with the exact shares (1.6 samples for cluster 3 from one allowed row),
+    but labels within floor..ceil exist: epsilon=0 solves it, epsilon > 0 refuses."""
+    scores = np.zeros((8, 5))
+    scores[:7, 3] = -np.inf
+    assert "no plan meets the cluster sizes" in refused(scores)
+    res = otlabel.assign(scores, 0)
+    assert res.labels[7] == 3 and res.counts.tolist() == [2, 1, 2, 1, 2] and res.converged
+    weighted = np.zeros((4, 2))
+    weighted[:2, 1] = -np.inf
+    res = otlabel.assign(weighted, 0, sample_weights=[0.4, 0.4, 0.1, 0.1])
+    assert res.labels.tolist() == [0, 0, 1, 1]
+    counts = np.zeros((6, 3))
+    counts[:3, 1:] = -np.inf  # 3 samples only for cluster 0, which holds 2
+    with pytest.raises(ValueError, match="no hard labels meet the count bounds"):
+        otlabel.assign(counts, 0)

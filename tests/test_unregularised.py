@@ -150,3 +150,13 @@ def test_a_small_epsilon_from_the_exact_dual_reaches_the_plain_loops_plan(seed, 
     assert np.abs(fast.plan - plain.plan).sum() < 1e-4
     np.testing.assert_array_equal(fast.labels, plain.labels)
     assert fast.n_iter < plain.n_iter
+
+
+def test_the_exact_start_is_for_balanced_labels_and_max_iter_bounds_each_solve():
+    scores = np.random.default_rng(5).normal(size=(1_000, 5))
+    with pytest.warns(otlabel.ConvergenceWarning):
+        cold = otlabel.assign(scores, 0.001, rounding="argmax", max_iter=20)
+    assert cold.start != "exact"
+    with pytest.warns(otlabel.ConvergenceWarning):
+        res = otlabel.assign(scores, 0.001, max_iter=60)
+    assert res.start == "exact" and res.phases["start"] <= 60 and res.n_iter <= 60
