@@ -87,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compiled = compile(dtypes=args.dtypes)
     where = os.environ.get("NUMBA_CACHE_DIR") or "beside the installed package"
     print(
-        f"compiled {len(compiled)} kernels into Numba's cache ({where}) "
-        f"in {time.perf_counter() - began:.1f} s"
+        f"compiled {len(set(compiled))} kernels ({len(compiled)} signatures) into "
+        f"Numba's cache ({where}) in {time.perf_counter() - began:.1f} s"
     )
     return 0
 
