@@ -605,14 +605,31 @@ def test_ctrl_c_mid_solve_exits_130_with_one_line_and_no_output(tmp_path):
     # an epsilon that is not small against the scores (no warm solve first): passes only
     argv += ["--epsilon", "0.02", "--tol", "1e-14", "--max-iter", "1000000", "--no-progress"]
     argv += ["--backend", "numpy"]  # no compiling: the interruption lands in the passes
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell without job control starts background commands with SIGINT ignored,
+        # and a child inherits that: the command must hear Ctrl-C as a terminal's does
+        preexec_fn=_hear_ctrl_c,
+    )
     assert process.stdout.readline().startswith("scores")  # the solve starts next
     time.sleep(4.0)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:  # a process that did not stop leaves no pipes open for the next test
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr
     assert re.fullmatch(r"otlabel assign: interrupted after \d+ passes, error \S+", lines[0])
     assert list(tmp_path.iterdir()) == [tmp_path / "scores.npy"]
     np.testing.assert_array_equal(np.load(path), scores)
+
+
+def _hear_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
