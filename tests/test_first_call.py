@@ -6,15 +6,19 @@ cache is what is tested."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import otlabel
 from otlabel import rounding
+from otlabel.kernels import stamp
 
 pytest.importorskip("numba")
 from otlabel.kernels.numba import backend as numba_backend
@@ -210,3 +214,56 @@ def test_compile_fills_the_cache_for_later_processes(tmp_path):
         str(tmp_path),
     )
     assert later.split("\n")[:2] == ["[]", "[]"]
+
+
+def test_a_changed_kernel_file_makes_every_cached_kernel_stale(tmp_path):
+    """A kernel compiles the kernels it calls from other files into itself: its cache
+    entry must not outlive a change to any kernel file.  A process compiles a kernel;
+    a later one whose kernel files differ (their digest, here replaced) finds it stale;
+    one with the same files loads it."""
+    compile_it = """
+        import numpy as np
+        {patch}
+        from otlabel.kernels.numba.cache import at_hand
+        from otlabel.kernels.numba.rounding import NumbaPasses, _argmax_rows
+        block, potential = np.eye(4, dtype=np.float32), np.zeros(4)
+        arguments = (block, np.zeros(0), potential, np.zeros(4, np.int64), 0, 4)
+        print(at_hand(_argmax_rows, *arguments))
+        NumbaPasses.argmax(block, potential)
+    """
+    changed = "from otlabel.kernels import stamp; stamp.kernel_digest = lambda: 'edited'"
+    assert run_python(compile_it.format(patch=""), str(tmp_path)).split() == ["False"]
+    assert run_python(compile_it.format(patch=changed), str(tmp_path)).split() == ["False"]
+    assert run_python(compile_it.format(patch=changed), str(tmp_path)).split() == ["True"]
+    assert run_python(compile_it.format(patch=""), str(tmp_path)).split() == ["False"]
+
+
+def test_the_kernel_digest_covers_every_file_with_kernels(tmp_path):
+    """Every file of the kernels package that compiles with Numba is in the digest, and
+    a change to any one of them (a callee's too) changes it."""
+    package = Path(stamp.__file__).parent
+    with_numba = {
+        path
+        for path in package.rglob("*.py")
+        if re.search(r"^(from|import) numba", path.read_text(), re.M)
+    }
+    assert with_numba and with_numba <= set(stamp.kernel_files())
+    copy = tmp_path / "kernels"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = stamp.kernel_digest(copy)
+    assert before == stamp.kernel_digest()
+    for name in ("numba/repair_losses.py", "_fastmath.py"):
+        edited = copy / name
+        edited.write_text(edited.read_text() + "\n")
+        stamp.kernel_digest.cache_clear()
+        assert stamp.kernel_digest(copy) != before
+        before = stamp.kernel_digest(copy)
+
+
+def test_every_kernel_is_located_by_the_stamped_locator():
+    """The cache locators registered before the kernels: a kernel's stamp is its file's
+    and the kernel files' digest."""
+    assert stamp.stamp_kernel_caches()
+    locator = numba_repair._repair._cache._impl.locator
+    assert type(locator).__name__.startswith("Stamped")
+    assert locator.get_source_stamp()[1] == stamp.kernel_digest()

@@ -25,6 +25,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic, overload
 
+from .stamp import stamp_kernel_caches
+
+stamp_kernel_caches()  # before the kernels below are decorated
+
 _SHIFTER32 = np.float32(1.5 * 2**23)
 _SHIFTER32_BITS = np.int32(np.float32(1.5 * 2**23).view(np.int32))
 _LOG2E32 = np.float32(1.4426950408889634)

@@ -41,6 +41,10 @@ with ``contract`` (fused multiply-add) and ``nnan`` for the column maxima
 
 from __future__ import annotations
 
+from ..stamp import stamp_kernel_caches
+
+stamp_kernel_caches()  # before any kernel below is decorated
+
 from .backend import NumbaBackend, row_extremes
 from .common import CHUNK_BYTES, FLUSH_EXPONENT, TASK_ROWS, rebuild_drift, threads
 from .log import NumbaLogKernel
