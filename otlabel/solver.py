@@ -90,8 +90,8 @@ def solve_head(
     virtual = None if head.virtual is None else backend.vectors(head.scores, head.virtual)[0]
     constraint = head.constraint.to(potential)
     run = _Phases(head, options, log_a, constraint, record, reducer, virtual)
-    if run.omega == "auto" and start.weight > 1.0:  # the subsample's, for the same problem
-        run.omega = start.weight
+    if start.weight > 1.0:  # the subsample's, for the same problem
+        run.weight = start.weight
     kernel = backend.first_kernel(head, log_a, options, warm=start.kind != "zero")
     try:
         with quiet(potential):  # a non-finite iterate is detected by the loop itself
@@ -138,6 +138,8 @@ class _Phases:
         self.constraint, self.record, self.reducer = constraint, record, reducer
         self.virtual = virtual  # (N,) s0 of partial mass's virtual column, or None
         self.omega = options.overrelaxation if constraint.relaxable else 1.0
+        #: with omega "auto", the weight the last phase (or the start) settled on
+        self.weight: float | None = None
         self.potential: Array = None  # where the current phase started
 
     def main(self, kernel: Kernel, potential: Array) -> tuple[Iterate | None, Kernel]:
@@ -195,7 +197,7 @@ class _Phases:
         self, kernel: Kernel, potential: Array, tol: float, passes: int, patience: int | None
     ) -> Iterate:
         self.potential = potential
-        return solve(
+        last = solve(
             kernel,
             self.constraint,
             self.options.epsilon,
@@ -203,11 +205,15 @@ class _Phases:
             tol=tol,
             max_iter=passes,
             omega=self.omega,
+            weight=self.weight if self.omega == "auto" else None,
             reducer=self.reducer,
             record=self.record,
             patience=patience,
             virtual=self.virtual,
         )
+        if self.weight is not None or last.weight > 1.0:  # the next phase goes on at it
+            self.weight = last.weight
+        return last
 
     def left(self) -> int:
         return self.options.max_iter - len(self.record.errors)
@@ -242,6 +248,7 @@ def solve(
     tol: float,
     max_iter: int,
     omega: float | str = 1.0,
+    weight: float | None = None,
     reducer: Reducer | None = None,
     record: Record | None = None,
     patience: int | None = None,
@@ -254,7 +261,14 @@ def solve(
     """
     best, since_best = math.inf, 0
     passes = iterate(
-        kernel, constraint, epsilon, potential, omega=omega, reducer=reducer, virtual=virtual
+        kernel,
+        constraint,
+        epsilon,
+        potential,
+        omega=omega,
+        weight=weight,
+        reducer=reducer,
+        virtual=virtual,
     )
     for current in passes:
         if record is not None:
@@ -274,6 +288,7 @@ def iterate(
     potential: Array,
     *,
     omega: float | str = 1.0,
+    weight: float | None = None,
     reducer: Reducer | None = None,
     virtual: Array | None = None,
 ) -> Iterator[Iterate]:
@@ -283,7 +298,8 @@ def iterate(
     ``constraint`` the column constraint (:mod:`otlabel.constraints`), on the
     potential's device; ``omega`` the over-relaxation weight: 1 is plain
     Sinkhorn-Knopp, a number in (0, 2) a fixed weight, ``"auto"`` the weight of
-    :class:`OverRelaxation`.  Between two iterates the column update is applied.
+    :class:`OverRelaxation` (from ``weight``, an earlier solve's, without a
+    warm-up, if given).  Between two iterates the column update is applied.
     ``reducer``: for one shard of a problem sharded over processes, combines the
     shard's column partial and row error with every other shard's (identical on
     every shard, so that every shard takes the same steps).  ``virtual`` (N,):
@@ -296,7 +312,7 @@ def iterate(
     """
     g = constraint.normalise(potential)
     n_iter, previous = 0, None
-    schedule = OverRelaxation(omega)
+    schedule = OverRelaxation(omega, weight)
     while True:
         weight = schedule.weight
         g_real, virtual_rows = _split(g, virtual, epsilon)
@@ -545,27 +561,40 @@ class OverRelaxation:
     errors give the contraction rate ``r`` per pass, and the weight becomes the
     successive-over-relaxation optimum ``2 / (1 + sqrt(1 - r))``, at most
     :attr:`MAX_WEIGHT` (measured on the benchmark problems: 4 to 5 times fewer
-    passes at SeLa's settings, and 1.9 diverges).  Switching it on causes a
-    transient of a few passes in which the error rises; should the error then
-    make no new best for :attr:`PATIENCE` passes, the weight falls back to 1
-    for good: plain Sinkhorn-Knopp, which always converges.
+    passes at SeLa's settings, where the optimum is 1.67 to 1.77; at a small
+    epsilon the rate nears 1 and 1.9 halves the passes of 1.8).  ``weight``: the weight an
+    earlier solve of the same problem settled on (a subsample's, or the phase
+    before, for ``"auto"``), taken from the first pass without a warm-up.
+
+    Switching a weight on causes a transient in which the error rises, then
+    falls at the weight's rate, which may take many passes to come back to the
+    error before the switch.  The guard therefore asks for progress, not for a
+    new best: after :attr:`PATIENCE` passes at a weight, should the error be no
+    lower than :attr:`WINDOW` passes before, the weight's excess over 1 halves
+    (below 1.05: plain Sinkhorn-Knopp, which always converges).
     """
 
     WARMUP = 8
-    MAX_WEIGHT = 1.8
+    MAX_WEIGHT = 1.9
     PATIENCE = 30
+    WINDOW = 15
 
-    def __init__(self, omega: float | str) -> None:
+    def __init__(self, omega: float | str, weight: float | None = None) -> None:
         self.adaptive = omega == "auto"
-        self.weight = 1.0 if self.adaptive else float(omega)
+        self.warmed_up = self.adaptive and weight is not None
+        if self.adaptive:
+            self.weight = 1.0 if weight is None else float(weight)
+        else:
+            self.weight = float(omega)
         self.errors: list[float] = []
-        self.best, self.stalled = math.inf, 0
+        self.at_weight = 0  # passes made at the current weight
 
     def observe(self, error: float) -> None:
         """Record a pass's error; may change :attr:`weight` for the next pass."""
         self.errors.append(error)
-        if self.adaptive and len(self.errors) == self.WARMUP:
+        if self.adaptive and not self.warmed_up and len(self.errors) == self.WARMUP:
             self.weight = self._optimal_weight()
+            self.warmed_up, self.at_weight = True, 0
         if self.weight > 1.0:
             self._guard(error)
 
@@ -577,12 +606,11 @@ class OverRelaxation:
         return min(self.MAX_WEIGHT, 2.0 / (1.0 + math.sqrt(1.0 - rate)))
 
     def _guard(self, error: float) -> None:
-        if error < self.best:
-            self.best, self.stalled = error, 0
-        else:
-            self.stalled += 1
-        if self.stalled >= self.PATIENCE:
-            self.weight = 1.0
+        self.at_weight += 1
+        if self.at_weight > self.PATIENCE and error >= self.errors[-1 - self.WINDOW]:
+            excess = (self.weight - 1.0) / 2
+            self.weight = 1.0 + excess if excess >= 0.05 else 1.0
+            self.at_weight = 0
 
 
 def _split(g: Array, virtual: Array | None, epsilon: float) -> tuple[Array, Array | None]:

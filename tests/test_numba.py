@@ -771,9 +771,9 @@ def test_main_solve_takes_the_subsample_starts_overrelaxation_weight(monkeypatch
     weights = []
     init = solver.OverRelaxation.__init__
 
-    def spy(self, omega):
-        weights.append(omega)
-        init(self, omega)
+    def spy(self, omega, weight=None):
+        weights.append(omega if weight is None else weight)
+        init(self, omega, weight)
 
     monkeypatch.setattr(solver.OverRelaxation, "__init__", spy)
     res = otlabel.assign(scores, 0.04, overrelaxation=overrelaxation)

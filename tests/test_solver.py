@@ -257,6 +257,60 @@ def test_diverging_weight_falls_back_to_plain_sinkhorn():
     assert res.converged
 
 
+def test_the_guard_waits_out_a_transient_and_halves_a_weight_that_makes_no_progress():
+    """A rise then a steady fall (the transient after switching a weight on) keeps the
+    weight however long the fall takes; an error that stops falling halves its excess
+    over 1, then again, down to plain Sinkhorn-Knopp."""
+    schedule = solver.OverRelaxation("auto", weight=1.8)
+    transient = [1e-3 * 1.3**t for t in range(8)] + [1e-3 * 8 * 0.97**t for t in range(150)]
+    for error in transient:
+        schedule.observe(error)
+    assert schedule.weight == 1.8
+    stuck = solver.OverRelaxation("auto", weight=1.8)
+    weights = []
+    for t in range(200):
+        stuck.observe(1e-3 * (1.0 + 0.1 * np.sin(t)))  # oscillates, no net progress
+        weights.append(stuck.weight)
+    assert weights[30] == 1.8 and 1.4 in weights and weights[-1] == 1.0
+    assert all(later <= earlier for earlier, later in itertools.pairwise(weights))
+
+
+def test_auto_weight_from_the_warm_up_rate_and_the_cap():
+    """The successive-over-relaxation optimum ``2 / (1 + sqrt(1 - r))`` of the warm-up's
+    rate r per pass, capped; a given weight skips the warm-up; a fixed one is kept."""
+    for rate, expected in [(0.64, 2 / 1.6), (0.9999, solver.OverRelaxation.MAX_WEIGHT)]:
+        schedule = solver.OverRelaxation("auto")
+        for t in range(solver.OverRelaxation.WARMUP):
+            assert schedule.weight == 1.0
+            schedule.observe(rate**t)
+        assert schedule.weight == pytest.approx(expected)
+    assert solver.OverRelaxation("auto", weight=1.5).weight == 1.5
+    assert solver.OverRelaxation(1.3, weight=1.5).weight == 1.3
+
+
+def test_the_finish_goes_on_at_the_weight_of_the_float32_passes(monkeypatch):
+    """float32 passes, then the float64 finish: the finish takes the weight the passes
+    before it settled on instead of warming up again (which cost 2 000 passes at a
+    small epsilon), and the answer is the plain loop's."""
+    scores = np.random.default_rng(0).normal(size=(4000, 30)).astype(np.float32)
+    made = []
+    init = solver.OverRelaxation.__init__
+
+    def spy(self, omega, weight=None):
+        init(self, omega, weight)
+        made.append(self)
+
+    monkeypatch.setattr(solver.OverRelaxation, "__init__", spy)
+    res = otlabel.sinkhorn(scores, 0.005, tol=1e-6, max_iter=20_000)
+    assert res.converged and res.phases["log"] > 0 and res.phases["finish"] > 1
+    first, finish = made[0], made[-1]
+    assert first.weight > 1.0 and finish.warmed_up
+    assert len(finish.errors) == res.phases["finish"] - 1  # the last pass stops it
+    monkeypatch.undo()
+    plain = otlabel.sinkhorn(scores, 0.005, tol=1e-9, max_iter=50_000)
+    np.testing.assert_allclose(res.potential, plain.potential, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad, error", [(2.0, ValueError), (0.0, ValueError), ("fast", TypeError)])
 def test_overrelaxation_is_validated(bad, error):
     with pytest.raises(error, match="overrelaxation: expected 'auto' or a number in"):
