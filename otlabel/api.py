@@ -355,7 +355,8 @@ def solve_and_label(
         assert labels.labels is not None  # epsilon=0 is validated with exact labels
         plan = label_plan(head.scores, labels.labels, head.log_a)
     elif options.return_plan:
-        plan = plan_of(head.scores, solved.row_potential, solved.potential, options.epsilon)
+        log_a = head.log_a if head.virtual is None else None  # rows of the real columns only
+        plan = plan_of(head.scores, solved.row_potential, solved.potential, options.epsilon, log_a)
     outcome = HeadOutcome(solved, labels.labels, None, labels.gap, labels.cost, plan)
     if head.known is not None:
         outcome = with_known_rows(outcome, head.known, head.scores)

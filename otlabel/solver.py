@@ -684,11 +684,34 @@ def row_blocks(matrix: Array, rows_per_block: int) -> Iterator[tuple[slice, Arra
         yield rows, matrix[rows, ...]
 
 
-def plan_of(scores: Array, row_potential: Array, potential: Array, epsilon: float) -> Array:
-    """The plan ``exp((S_ik + f_i + g_k) / eps)`` (N, K), in the scores' dtype."""
+def plan_of(
+    scores: Array,
+    row_potential: Array,
+    potential: Array,
+    epsilon: float,
+    log_a: np.ndarray | None = None,
+) -> Array:
+    """The plan ``exp((S_ik + f_i + g_k) / eps)`` (N, K), in the scores' dtype.
+
+    Computed as ``exp((S_ik + g_k - m_i) / eps + (f_i + m_i) / eps)`` with ``m_i`` the
+    row's best ``S_ik + g_k``, so that no exponent overflows.  Where the scores are
+    so large against epsilon that ``f_i``'s float64 rounding moves the exponent by
+    more than ``1e-6`` (scores of 1e30 at epsilon 0.04), ``f_i`` cannot carry its
+    row's scale: given ``log_a`` (N,) (the sample weights' logs, no virtual
+    column), such a row is the plain row update at ``g``, ``a_i softmax((S_i + g) / eps)``.
+    """
     xp = namespace(scores, row_potential, potential)
     plan = xp.empty_like(scores)
     for rows, block in row_blocks(scores, block_rows(scores.shape[1])):
-        exponent = xp.astype(block, potential.dtype) + row_potential[rows][:, None] + potential
-        plan[rows, ...] = xp.astype(xp.exp(exponent / epsilon), scores.dtype)
+        shifted = xp.astype(block, potential.dtype) + potential  # (B, K)
+        best = xp.max(shifted, axis=1)  # (B,) finite: a row has an allowed cluster
+        exponent = (shifted - best[:, None]) / epsilon  # (B, K), at most 0
+        log_scale = (row_potential[rows] + best) / epsilon  # (B,)
+        if log_a is not None:
+            coarse = xp.abs(best) * 2.0**-52 > 1e-6 * epsilon
+            if bool(xp.any(coarse)):
+                weights = xp.asarray(log_a[rows], dtype=log_scale.dtype, device=log_scale.device)
+                exact = weights - xp.log(xp.sum(xp.exp(exponent), axis=1))
+                log_scale = xp.where(coarse, exact, log_scale)
+        plan[rows, ...] = xp.astype(xp.exp(exponent + log_scale[:, None]), scores.dtype)
     return plan

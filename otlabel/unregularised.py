@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from ._arrays import device_of, from_host, namespace, to_numpy
+from .central_dual import central_dual
 from .initializers import Start, start_of
 from .rounding import HardLabels, WithColumn, hard_labels, label_scores
 from .solver import SolveOutput, solve_head
 
 __all__ = [
     "SMALL_EPSILON",
+    "TINY_EPSILON",
     "WARM_SPREAD",
     "WARM_TOL",
     "exact_solve_output",
@@ -54,6 +56,9 @@ WARM_SPREAD = 0.005
 SPREAD_ROWS = 1024
 #: An epsilon below this fraction of the warm one starts from the exact labels' dual.
 SMALL_EPSILON = 0.6
+#: An epsilon below this fraction of the warm one starts from the labels' central
+#: dual (:mod:`otlabel.central_dual`) where their plan meets the sizes.
+TINY_EPSILON = 1e-3
 #: The warm solve's tolerance (at most the caller's): the exact labels need only a
 #: potential close enough that the repair has little to move.
 WARM_TOL = 1e-3
@@ -92,8 +97,26 @@ def exact_start(head: Any, options: Any, warm: float) -> Start:
         unassigned=solved.unassigned_potential,
         argmax=None if solved.argmax is None else to_numpy(solved.argmax),
     )
-    assert labels.dual is not None  # exact labels carry their dual
-    return Start(labels.dual, "exact", solved.n_iter)
+    assert labels.dual is not None and labels.labels is not None  # exact labels
+    dual = labels.dual
+    if wants_central_dual(head, options, warm, labels.labels):
+        dual, _ = central_dual(head.scores, labels.labels, dual)
+    return Start(dual, "exact", solved.n_iter)
+
+
+def wants_central_dual(head: Any, options: Any, warm: float, labels: np.ndarray) -> bool:
+    """Whether a solve at ``options.epsilon`` should start from the labels' central dual:
+    an epsilon below :data:`TINY_EPSILON` times the warm one, where Sinkhorn cannot
+    move the rounding's dual off its ties, and a plan of the labels that meets the
+    fixed sizes to ``tol`` (so that the entropic plan at that epsilon is theirs)."""
+    if options.epsilon >= TINY_EPSILON * warm or head.constraint.kind != "fixed":
+        return False
+    if head.virtual is not None or head.known is not None:
+        return False
+    n_clusters = head.scores.shape[1]
+    masses = np.bincount(labels, weights=np.exp(head.log_a), minlength=n_clusters)
+    target = np.asarray(to_numpy(head.constraint.target), dtype=np.float64)
+    return float(np.sum(np.abs(masses - target))) <= options.tol / 2
 
 
 def warm_epsilon(head: Any, collective: Any = None) -> float:
