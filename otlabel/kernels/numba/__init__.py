@@ -24,7 +24,8 @@ The modules, one kind of kernel each:
   sparse kernel's entries;
 - :mod:`.rounding`: :class:`NumbaPasses`, the rounding's reads of the matrix;
 - :mod:`.repair`: the shortest-path repair of exact labels, with its least
-  losses (:mod:`.repair_losses`), searches (:mod:`.repair_paths`), identical
+  losses (:mod:`.repair_losses`) and their candidate lists
+  (:mod:`.repair_candidates`), searches (:mod:`.repair_paths`), identical
   rows (:mod:`.row_classes`) and view of the entries (:mod:`.entries`);
 - :mod:`.improve`: the exchanges of relaxed sizes.
 

@@ -18,7 +18,8 @@ from numba import njit
 from ..._labels import cluster_order, place_dummies
 from .cache import COMPILE_ENTRIES, at_hand
 from .entries import matrix_and_column
-from .repair_losses import count_ties, move_entries, refresh_losses
+from .repair_candidates import candidate_depth, candidate_lists, fill_candidates
+from .repair_losses import least_units, move_entries, refresh_losses
 from .repair_paths import nearest_room, settle, start_search, tight_sample_path
 from .rounding import cluster_min_loss_args
 from .row_classes import entry_table, expand_labels, fill_class_samples, row_classes
@@ -33,6 +34,10 @@ MERGE_EXCESS = 0.05
 #: the rows distinct.  (Identical rows one entry per sample: every unit of them
 #: ties, and paths through clusters of them grow long.)
 MERGE_SHARE = 0.99
+
+#: Entries of the matrix from which the candidate lists are filled on every thread
+#: (below, handing the clusters to the pool costs more than it saves).
+PARALLEL_FILL = 1 << 21
 
 #: Units of excess at the argmax start from which the compiled repair is worth
 #: compiling in a process whose cache lacks it, whatever the size of the matrix:
@@ -56,10 +61,12 @@ def pays(scores: Any, labels: np.ndarray, upper: np.ndarray) -> bool:
         matrix = np.empty((0, 0), matrix.dtype)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     table, int_table = np.zeros((1, 1)), np.zeros((1, 1), np.int64)
+    candidates = candidate_lists(1, 1)
     return at_hand(  # _repair's arguments, by type (the virtual column is float64)
         _repair, matrix, floats, ints, ints, ints, floats, ints, ints, ints, ints, table,
-        int_table, int_table, ints, ints, ints, ints,
-    )  # fmt: skip
+        int_table, int_table, ints, ints, ints, ints, candidates,
+    ) and at_hand(fill_candidates, matrix, floats, ints, ints, ints, candidates, table,
+                  int_table, 0, 1)  # fmt: skip
 
 
 def repair(
@@ -101,21 +108,28 @@ def repair(
     move_cost = np.full((n_clusters, n_clusters), np.inf)
     # the first entry (in member order) of each least loss, -1 where not known
     first_of = np.full((n_clusters, n_clusters), -1, dtype=np.int64)
+    spare = upper - lower
+    n_dummies = int(upper.sum()) - n_samples
+    dummies = place_dummies(prices, spare, upper - counts, n_dummies).astype(np.int64)
+    occupancy = (counts + dummies).astype(np.int64)
     if classes is None:  # entries are samples: no rows nor amounts stored
         rows, amount = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        entry_cluster = labels
-        with_args = getattr(passes, "move_costs_with_args", None)
-        for first_row in range(0, n_samples, rows_per_block):  # C as the reference reads it
-            block = scores[first_row : first_row + rows_per_block]
-            own = labels[first_row : first_row + rows_per_block]
-            if with_args is not None:
-                with_args(block, own, move_cost, first_of, first_row)
-            else:
-                passes.move_costs(block, own, move_cost)
+        members, start, count = entry_table(labels, counts, dummies, upper)
+        depth = candidate_depth(n_clusters, excess)
+        candidates = candidate_lists(n_clusters, depth)
+        if depth:  # C, its first samples and the candidate lists in one read
+            threads = None if matrix.size >= PARALLEL_FILL else 1
+            run_tasks(
+                threads, fill_candidates, n_clusters, matrix, virtual, members, start, count,
+                candidates, move_cost, first_of,
+            )  # fmt: skip
+        else:
+            _sample_move_costs(scores, labels, move_cost, first_of, rows_per_block, passes)
         class_of = class_start = class_samples = np.zeros(0, np.int64)
     else:
         rows, amount, class_of = classes
         entry_cluster = labels[rows]
+        candidates = candidate_lists(n_clusters, 0)
         order = cluster_order(entry_cluster)
         clusters, firsts = np.unique(entry_cluster[order], return_index=True)
         run_tasks(
@@ -126,11 +140,7 @@ def repair(
         class_start = np.concatenate([[0], np.cumsum(amount)]).astype(np.int64)
         class_samples = np.empty(n_samples, np.int64)
         fill_class_samples(class_of, class_start, class_samples)
-    spare = upper - lower
-    n_dummies = int(upper.sum()) - n_samples
-    dummies = place_dummies(prices, spare, upper - counts, n_dummies).astype(np.int64)
-    occupancy = (counts + dummies).astype(np.int64)
-    members, start, count = entry_table(entry_cluster, counts, dummies, upper)
+        members, start, count = entry_table(entry_cluster, counts, dummies, upper)
     prices = prices.astype(np.float64)  # a copy
     tie = np.full((n_clusters, n_clusters), -1, dtype=np.int64)  # -1: not counted yet
     n_stale = np.zeros(n_clusters, dtype=np.int64)  # each row's minima to recompute
@@ -142,7 +152,7 @@ def repair(
     while True:  # merged entries split: grow the entry arrays when they may run out
         moved, paths, full = _repair(
             matrix, virtual, rows, amount, n_entries, prices, upper, spare, dummies,
-            occupancy, move_cost, tie, first_of, n_stale, members, start, count,
+            occupancy, move_cost, tie, first_of, n_stale, members, start, count, candidates,
         )  # fmt: skip
         n_moves, n_paths = n_moves + int(moved), n_paths + int(paths)
         if not full:
@@ -156,7 +166,7 @@ def repair(
 @njit(cache=True)
 def _repair(
     scores, virtual, rows, amount, n_entries, prices, upper, spare, dummies, occupancy,
-    move_cost, tie, first_of, n_stale, members, start, count,
+    move_cost, tie, first_of, n_stale, members, start, count, candidates,
 ):  # fmt: skip
     """Shortest paths until no cluster is over-full; returns ``(units moved, paths,
     the entry arrays may run out)`` (checked before a path, so that a call resumes
@@ -190,7 +200,7 @@ def _repair(
             for k in range(n_clusters):  # exact move costs for the certificate
                 refresh_losses(
                     k, scores, virtual, rows, amount, members, start, count, move_cost, tie,
-                    first_of, n_stale, columns,
+                    first_of, n_stale, columns, candidates,
                 )  # fmt: skip
             return n_moves, n_paths, False
         if _may_run_out(rows, n_entries, n_clusters):
@@ -201,7 +211,7 @@ def _repair(
             end = nearest_room(
                 prices, upper, spare, dummies, occupancy, move_cost, distance, parent,
                 by_dummy, unsettled, full, scores, virtual, rows, amount, members, start,
-                count, tie, first_of, n_stale, columns,
+                count, tie, first_of, n_stale, columns, candidates,
             )  # fmt: skip
             if end < 0:
                 if limit < 0:
@@ -210,6 +220,7 @@ def _repair(
             if limit >= 0 and not tight_sample_path(
                 source, end, parent, by_dummy, distance, prices, move_cost, scores, virtual,
                 rows, amount, members, start, count, tie, first_of, n_stale, columns,
+                candidates,
             ):  # fmt: skip
                 break
             node, tied, samples_only = end, False, True
@@ -217,11 +228,10 @@ def _repair(
                 giver = parent[node]
                 samples_only &= not by_dummy[node]
                 if not by_dummy[node] and tie[giver, node] < 0:
-                    tie[giver, node], hit = count_ties(
+                    tie[giver, node], first_of[giver, node] = least_units(
                         scores, virtual, giver, node, move_cost[giver, node], rows, amount,
-                        members, start[giver], count[giver],
+                        members, start[giver], count[giver], candidates,
                     )  # fmt: skip
-                    first_of[giver, node] = members[start[giver] + hit]
                 tied |= not by_dummy[node] and tie[giver, node] > 1
                 node = giver
             units = _capacity(
@@ -239,7 +249,7 @@ def _repair(
                     move_entries(
                         giver, node, units, scores, virtual, rows, amount, n_entries,
                         move_cost, tie, first_of, n_stale, members, start, count, moved,
-                        dropped, dropped_at,
+                        dropped, dropped_at, candidates,
                     )  # fmt: skip
                 node = giver
             n_moves += units
@@ -256,11 +266,31 @@ def _repair(
                 break
             refresh_losses(
                 end, scores, virtual, rows, amount, members, start, count, move_cost, tie,
-                first_of, n_stale, columns,
+                first_of, n_stale, columns, candidates,
             )  # fmt: skip
             settle(end, prices, spare, dummies, move_cost, distance, parent, by_dummy, unsettled)
         for k in range(n_clusters):
             prices[k] = prices[k] - min(distance[k], limit)
+
+
+def _sample_move_costs(
+    scores: Any,
+    labels: np.ndarray,
+    move_cost: np.ndarray,
+    first_of: np.ndarray,
+    rows_per_block: int,
+    passes: Any,
+) -> None:
+    """``C`` and the first sample of each least loss, as the reference reads them
+    (block by block, by the passes), where there are no candidate lists."""
+    with_args = getattr(passes, "move_costs_with_args", None)
+    for first_row in range(0, labels.size, rows_per_block):
+        block = scores[first_row : first_row + rows_per_block]
+        own = labels[first_row : first_row + rows_per_block]
+        if with_args is not None:
+            with_args(block, own, move_cost, first_of, first_row)
+        else:
+            passes.move_costs(block, own, move_cost)
 
 
 @njit(cache=True)

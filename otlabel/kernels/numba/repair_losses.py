@@ -12,26 +12,36 @@ import numpy as np
 from numba import njit, prange
 
 from .entries import entry_amount, entry_row, entry_score
+from .repair_candidates import arrive, depart, listed_least, refill, start_refill
 
 
 @njit(cache=True)
-def count_ties(scores, virtual, giver, taker, least, rows, amount, members, first, size):
+def least_units(
+    scores, virtual, giver, taker, least, rows, amount, members, first, size, candidates
+):  # fmt: skip
     """The giver's units whose loss ``S_ig - S_it`` is ``least`` (its minimum), and the
-    position of the first of them in its list."""
-    total, hit = 0, size
+    first entry of them in member order: from the candidate list where it decides
+    them, else from a scan of the giver's entries, which refills the list."""
+    listed, listed_loss, units, arg = listed_least(candidates, giver, taker)
+    if listed and listed_loss == least:
+        return units, arg
+    start_refill(candidates, giver, taker)
+    total, hit = 0, -1
     for j in range(size):
         e = members[first + j]
         i = entry_row(rows, e)
-        if entry_score(scores, virtual, i, giver) - entry_score(scores, virtual, i, taker) == least:
+        loss = entry_score(scores, virtual, i, giver) - entry_score(scores, virtual, i, taker)
+        refill(candidates, giver, taker, loss, e)
+        if loss == least:
             total += entry_amount(amount, e)
-            hit = min(hit, j)
+            hit = e if hit < 0 else hit
     return total, hit
 
 
 @njit(cache=True)
 def move_entries(
     giver, taker, units, scores, virtual, rows, amount, n_entries, move_cost, tie, first_of,
-    n_stale, members, start, count, moved, dropped, dropped_at,
+    n_stale, members, start, count, moved, dropped, dropped_at, candidates,
 ):  # fmt: skip
     """Move ``units`` of the giver's entries of least loss towards ``taker`` (the first
     ones in member order; the last one split if it holds more), keeping the order
@@ -94,6 +104,8 @@ def move_entries(
         i, a = entry_row(rows, e), entry_amount(amount, e)
         row = scores[i]
         own, was = entry_score(scores, virtual, i, taker), entry_score(scores, virtual, i, giver)
+        arrive(candidates, scores, virtual, taker, e)  # (one entry per sample)
+        depart(candidates, scores, virtual, giver, e)
         if dense:  # every column updated: selects, plain stores, two loops (vectorised)
             for k in range(n_real):
                 _take_dense(k, own - np.float64(row[k]), taker, e, a, least_t, tie_t, first_t)
@@ -224,21 +236,29 @@ def _drop(k, giver, e, a, tie_g, first_g, dropped, dropped_at, n_dropped):
 @njit(cache=True)
 def refresh_losses(
     giver, scores, virtual, rows, amount, members, start, count, move_cost, tie, first_of,
-    n_stale, columns,
+    n_stale, columns, candidates,
 ):  # fmt: skip
-    """Recompute the giver's stale minima (if any), all in one read of its entries."""
+    """Recompute the giver's stale minima (if any): from the candidate lists that
+    decide them, the others in one read of its entries."""
     if n_stale[giver] == 0:
         return
     n_columns = 0
     for k in range(tie.shape[1]):
-        if tie[giver, k] <= STALE:
+        if tie[giver, k] > STALE:
+            continue
+        listed, least, units, arg = listed_least(candidates, giver, k)
+        if listed:
+            move_cost[giver, k], tie[giver, k], first_of[giver, k] = least, units, arg
+        else:
             columns[n_columns] = k
             n_columns += 1
+    n_stale[giver] = 0
+    if n_columns == 0:
+        return
     _recompute_minima(
         scores, virtual, giver, columns, n_columns, rows, amount, members, start[giver],
-        count[giver], move_cost, tie, first_of,
+        count[giver], move_cost, tie, first_of, candidates,
     )  # fmt: skip
-    n_stale[giver] = 0
 
 
 #: Entries x columns above which a giver's whole row of minima is recomputed in
@@ -253,7 +273,7 @@ MINIMA_BLOCK = 256
 @njit(cache=True)
 def _recompute_minima(
     scores, virtual, giver, columns, n_columns, rows, amount, members, first, size,
-    move_cost, tie, first_of,
+    move_cost, tie, first_of, candidates,
 ):  # fmt: skip
     """``C[g, k]``, the units that attain it and the first entry that does, over the
     giver's entries, for the ``columns`` given.
@@ -263,7 +283,7 @@ def _recompute_minima(
     columns (tied scores), the whole row at once (every value exact): the entries'
     rows read in order, by blocks of :data:`MINIMA_BLOCK` contiguous columns, in
     parallel over blocks when there is much to read (a collapsed start's large
-    clusters).
+    clusters).  A column scanned on its own refills its candidate list.
     """
     n_clusters, n_real = move_cost.shape[1], scores.shape[1]
     if 2 * n_columns > n_clusters:  # most of them: the whole row
@@ -285,10 +305,12 @@ def _recompute_minima(
     for c in range(n_columns):
         k = columns[c]
         least, units, arg = np.inf, 0, -1
+        start_refill(candidates, giver, k)
         for j in range(size):
             e = members[first + j]
             i = entry_row(rows, e)
             loss = entry_score(scores, virtual, i, giver) - entry_score(scores, virtual, i, k)
+            refill(candidates, giver, k, loss, e)
             if loss < least:
                 least, units, arg = loss, entry_amount(amount, e), e
             elif loss == least:

@@ -30,7 +30,7 @@ def start_search(source, distance, parent, by_dummy, unsettled):
 def nearest_room(
     prices, upper, spare, dummies, occupancy, move_cost, distance, parent, by_dummy,
     unsettled, full, scores, virtual, rows, amount, members, start, count, tie, first_of,
-    n_stale, columns,
+    n_stale, columns, candidates,
 ):  # fmt: skip
     """Dijkstra on, from where it stands, to the nearest cluster with room (-1: none).
 
@@ -49,7 +49,7 @@ def nearest_room(
             return node
         refresh_losses(
             node, scores, virtual, rows, amount, members, start, count, move_cost, tie,
-            first_of, n_stale, columns,
+            first_of, n_stale, columns, candidates,
         )  # fmt: skip
         settle(node, prices, spare, dummies, move_cost, distance, parent, by_dummy, unsettled)
 
@@ -104,7 +104,7 @@ def settle(node, prices, spare, dummies, move_cost, distance, parent, by_dummy, 
 @njit(cache=True)
 def tight_sample_path(
     source, end, parent, by_dummy, distance, prices, move_cost, scores, virtual, rows,
-    amount, members, start, count, tie, first_of, n_stale, columns,
+    amount, members, start, count, tie, first_of, n_stale, columns, candidates,
 ):  # fmt: skip
     """Whether the path to ``end`` has sample edges only, each still as cheap as when
     it was relaxed (a giver's least loss only grows, when its last unit of least
@@ -116,7 +116,7 @@ def tight_sample_path(
             return False
         refresh_losses(
             giver, scores, virtual, rows, amount, members, start, count, move_cost, tie,
-            first_of, n_stale, columns,
+            first_of, n_stale, columns, candidates,
         )  # fmt: skip
         edge = (move_cost[giver, node] - prices[giver]) + prices[node]
         if distance[giver] + (0.0 if edge < 0.0 else edge) != distance[node]:
