@@ -4,8 +4,9 @@ Lloyd's algorithm alternates an assignment step and a centre update.  Here the
 assignment step is otlabel's problem on the scores ``S_ik = 2 x_i.c_k -
 ||c_k||^2`` (``-||x_i - c_k||^2`` up to the row constant ``||x_i||^2``, which
 changes no label): the labels that minimise ``sum_i ||x_i - c_{y_i}||^2`` under
-the cluster-size constraint, exact, with a certificate, warm-started from the
-previous step's potential.  scikit-learn (the ``sklearn`` extra) gives the
+the cluster-size constraint, exact, with a certificate and an optimal dual, each
+step started from the previous step's dual (late steps: one read of the scores and
+the repair of the few samples left to move).  scikit-learn (the ``sklearn`` extra) gives the
 estimator conventions, the k-means++ seeding and the input validation.
 """
 
@@ -33,9 +34,12 @@ except ImportError as missing:  # pragma: no cover - the extra is installed by `
 
 from ._arrays import library_of, to_numpy
 from ._kmeans_data import Samples, samples_of
-from .api import assign
+from .api import assign, sinkhorn
+from .constraints import BoundedSizes, count_bounds
+from .kernels import resolve_backend
 from .prediction import predict
-from .result import ConvergenceWarning, Result
+from .result import ConvergenceWarning
+from .rounding import argmax_labels, balanced_labels
 
 __all__ = ["EXPECTED_FAILED_CHECKS", "KMeans"]
 
@@ -51,6 +55,11 @@ EPSILON_SHARE = 0.01
 #: from across a gap of thousands of epsilon) is cut short without a warning.
 SOLVE_TOL = 1e-3
 SOLVE_MAX_ITER = 100
+#: A step starts from the previous step's optimal dual, without a Sinkhorn solve,
+#: when the argmax labels there leave at most this share of the samples to move
+#: (the exact repair moves one in tens of microseconds; a Sinkhorn pass reads the
+#: whole matrix).
+NEAR_SHARE = 0.01
 #: A memmap is seeded by k-means++ on this many rows drawn at random (k-means++
 #: reads X once per centre: on a file larger than memory, from disk).
 SEED_ROWS = 100_000
@@ -88,8 +97,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ``min_size <= n_k <= max_size``.  Lloyd's algorithm: each assignment step
     finds the labels that minimise the inertia under the constraint (the LP
     optimum, certified by ``gap_``: :func:`otlabel.assign` with exact labels on
-    the scores :math:`S_{ik} = 2 x_i \cdot c_k - \|c_k\|^2`, warm-started from the
-    previous step's potential); each centre update takes the weighted means.
+    the scores :math:`S_{ik} = 2 x_i \cdot c_k - \|c_k\|^2`, started from the
+    previous step's optimal dual); each centre update takes the weighted means.
     Neither step raises the inertia, so the fit stops at a fixed point (labels
     unchanged), when the centres move less than ``tol``, or at ``max_iter``.
     ``min_size=0, max_size=1.0`` is plain k-means (scikit-learn's, from the same
@@ -150,9 +159,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     counts_ : array (K,) int64
         The clusters' sizes.
     potential_ : array (K,) float64
-        The last assignment step's cluster potential ``g`` (in the units of
-        squared distances): :meth:`predict` labels new samples by
-        :math:`\mathrm{argmax}_k (-\|x - c_k\|^2 + g_k)`.
+        The last assignment step's optimal dual ``g`` (in the units of squared
+        distances): every training sample's label maximises
+        :math:`-\|x - c_k\|^2 + g_k` (complementary slackness), so
+        :meth:`predict`, which labels samples by that argmax, gives ``labels_``
+        on them wherever the maximum is unique.
     gap_ : float
         The last assignment step's certificate: its labels' inertia is within
         ``N gap_`` of the least under the constraint (0 up to rounding).
@@ -261,8 +272,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         r"""Labels of new samples from the fitted centres and potential:
         :math:`\mathrm{argmax}_k (-\|x - c_k\|^2 + g_k)`.
 
-        On samples like the training samples the sizes follow the fit's; a
-        batch's labels do not depend on the rest of the batch.  For labels that
+        On the training samples it gives ``labels_`` wherever the maximum is
+        unique (``potential_`` is the last step's optimal dual); on samples like
+        them the sizes follow the fit's.  A batch's labels do not depend on the
+        rest of the batch.  For labels that
         meet the size constraint on the batch itself, see :meth:`predict_exact`.
 
         Parameters
@@ -311,7 +324,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         sizes = self._sizes
         if min_size is not None or max_size is not None:
             sizes = bounded_sizes(min_size, max_size, self.n_clusters, samples.n_samples)
-        step = AssignmentStep(samples, sizes, self._epsilon)
+        step = AssignmentStep(samples, sizes, self._epsilon, self.potential_)
         with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
             return step(self._centres).labels
 
@@ -532,6 +545,18 @@ class Sizes:
             "size_penalty": self.size_penalty,
         }
 
+    def count_bounds(self, n_samples: int, n_clusters: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(K,) least and largest counts for N samples, as ``assign`` takes them (``floor``
+        and ``ceil`` of N times the fractions); None for relaxed sizes."""
+        if self.size_penalty is not None:
+            return None
+        if self.min_size is None and self.max_size is None:
+            weights = self.cluster_weights
+            weights = np.ones(n_clusters) if weights is None else to_numpy(weights)
+            return count_bounds(n_samples, weights)
+        lower, upper = (np.asarray(bound, np.float64) for bound in (self.min_size, self.max_size))
+        return BoundedSizes(lower, upper).count_bounds(n_samples)
+
 
 def size_constraint(estimator: KMeans, n_samples: int) -> Sizes:
     """The constraint of ``estimator``'s size parameters for N samples."""
@@ -618,32 +643,115 @@ def size_counts(
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class StepLabels:
+    """An assignment step's exact labels, their counts, optimal dual and certificate."""
+
+    labels: Any  # (N,) int64, in the scores' library
+    counts: Any  # (K,) int64
+    potential: Any  # (K,) float64: the exact labels' optimal dual g (squared-distance units)
+    gap: float  # certified (optimum - achieved) / N
+
+
 class AssignmentStep:
     """The exact assignment step, each call warm-started from the previous one's
-    potential, at one epsilon (set by the first call's scores)."""
+    optimal dual.
 
-    def __init__(self, samples: Samples, sizes: Sizes, epsilon: float | None = None) -> None:
+    A call reads the argmax labels at the previous step's dual (one pass over the
+    scores).  When they are near the bounds (at most :data:`NEAR_SHARE` of the
+    samples to move), the exact labels come from that dual directly: the repair
+    of the samples left to move (:func:`otlabel.rounding.balanced_labels`; for a
+    stream or a tensor, :func:`otlabel.assign` at ``epsilon=0`` with one pass).
+    Otherwise (the first call, a large move of the centres, relaxed sizes) a
+    Sinkhorn solve at :attr:`epsilon` (set by the first call's scores) brings the
+    potential close first.  Either way the labels are the exact optimum and
+    :attr:`potential` their optimal dual.
+    """
+
+    def __init__(
+        self,
+        samples: Samples,
+        sizes: Sizes,
+        epsilon: float | None = None,
+        potential: Any = None,
+    ) -> None:
         self.samples = samples
         self.sizes = sizes
         self.epsilon = epsilon
-        self.potential: Any = None
+        self.potential: Any = potential
 
-    def __call__(self, centres: np.ndarray) -> Result:
+    def __call__(self, centres: np.ndarray) -> StepLabels:
+        scores = self.samples.scores(centres)
+        start, argmax = self.potential, None
+        if start is not None:
+            argmax = self._near_labels(scores, start)
+        if argmax is None:
+            start = self._closer(scores, centres, start)
+        step = self._exact(scores, start, argmax)
+        self.potential = step.potential
+        return step
+
+    def _near_labels(self, scores: Any, potential: Any) -> np.ndarray | None:
+        """The argmax labels at ``potential`` (N,) on the host when they leave at most
+        :data:`NEAR_SHARE` of the samples to move under the count bounds, else None
+        (always for relaxed sizes)."""
+        bounds = self._count_bounds(potential)
+        if bounds is None:
+            return None
+        lower, upper = bounds
+        if isinstance(scores, np.ndarray):
+            passes, rows_per_block = _rounding_passes(scores)
+            labels = argmax_labels(scores, to_numpy(potential), rows_per_block, passes)
+        else:
+            labels = to_numpy(predict(scores, potential))
+        counts = np.bincount(labels, minlength=lower.size)
+        to_move = np.maximum(counts - upper, 0).sum() + np.maximum(lower - counts, 0).sum()
+        return labels if to_move <= NEAR_SHARE * self.samples.n_samples else None
+
+    def _count_bounds(self, potential: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        n_clusters = int(np.asarray(to_numpy(potential)).size)
+        return self.sizes.count_bounds(self.samples.n_samples, n_clusters)
+
+    def _closer(self, scores: Any, centres: np.ndarray, start: Any) -> Any:
+        """The potential of a Sinkhorn solve from ``start`` at :attr:`epsilon`."""
         if self.epsilon is None:
             self.epsilon = epsilon_for(self.samples.score_sample(centres))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
+            solved = sinkhorn(
+                scores, self.epsilon, **self.sizes.arguments(), init=start, tol=SOLVE_TOL,
+                max_iter=SOLVE_MAX_ITER, method="log",
+            )  # fmt: skip
+        return solved.potential
+
+    def _exact(self, scores: Any, start: Any, argmax: np.ndarray | None) -> StepLabels:
+        """The exact labels from ``start`` and their dual: repaired from the argmax
+        labels ``argmax`` (in-memory scores), else by ``assign`` at ``epsilon=0``
+        (one Sinkhorn pass from ``start``, then the exact labels)."""
+        if argmax is not None and isinstance(scores, np.ndarray):
+            bounds = self._count_bounds(start)
+            assert bounds is not None  # argmax labels are only judged under count bounds
+            passes, rows_per_block = _rounding_passes(scores)
+            exact = balanced_labels(
+                scores, to_numpy(start), bounds, rows_per_block=rows_per_block, passes=passes,
+                argmax=argmax,
+            )  # fmt: skip
+            counts = np.bincount(exact.labels, minlength=bounds[0].size)
+            assert exact.potential is not None  # balanced labels carry their dual
+            return StepLabels(exact.labels, counts, exact.potential, float(exact.gap))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             result = assign(
-                self.samples.scores(centres),
-                self.epsilon,
-                **self.sizes.arguments(),
-                init=self.potential,
-                tol=SOLVE_TOL,
-                max_iter=SOLVE_MAX_ITER,
+                scores, 0, **self.sizes.arguments(), init=start, tol=SOLVE_TOL, max_iter=1,
                 method="log",
-            )
-        self.potential = result.potential
-        return result
+            )  # fmt: skip
+        return StepLabels(result.labels, result.counts, result.potential, float(result.gap))
+
+
+def _rounding_passes(scores: np.ndarray) -> tuple[Any, int]:
+    """Who reads an in-memory score matrix for the exact labels, in blocks of how many
+    rows: the backend ``assign`` would pick."""
+    return resolve_backend("auto", [scores]).rounding_passes(scores)
 
 
 def epsilon_for(scores: np.ndarray) -> float:
@@ -657,7 +765,7 @@ class Run:
     """One run of Lloyd's loop: its centres, last assignment step, inertia, iterations."""
 
     centres: np.ndarray  # (K, d) float64
-    step: Result
+    step: StepLabels
     inertia: float
     n_iter: int
     epsilon: float

@@ -322,6 +322,61 @@ def test_predict_is_the_argmax_with_the_fitted_potential(rng):
     assert model.score(new) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [{"min_size": 40, "max_size": 90}, {}, {"cluster_weights": [0.1, 0.2, 0.2, 0.2, 0.3]}],
+    ids=["bounded", "equal", "fixed"],
+)
+@pytest.mark.parametrize("max_iter", [1, 300], ids=["one-step", "converged"])
+def test_the_potential_is_the_exact_labels_optimal_dual(rng, sizes, max_iter):
+    """``potential_`` is the last step's optimal dual: every label is a best cluster at
+    it (complementary slackness), so ``predict`` on the training samples gives
+    ``labels_`` wherever that best cluster is unique; the dual objective at it equals
+    the labels' (and the LP optimum)."""
+    X = blobs(rng)
+    model = KMeans(5, random_state=0, max_iter=max_iter, **sizes).fit(X)
+    scores = score_matrix(X, model.cluster_centers_)
+    shifted = scores + np.asarray(model.potential_)
+    rows = np.arange(X.shape[0])
+    slack = shifted.max(axis=1) - shifted[rows, model.labels_]
+    scale = np.abs(scores).max()
+    assert np.all(slack <= 1e-9 * scale)
+    top_two = np.sort(shifted, axis=1)[:, -2:]
+    unique = top_two[:, 1] - top_two[:, 0] > 1e-9 * scale
+    assert unique.mean() > 0.9
+    predicted = np.asarray(model.predict(X))
+    np.testing.assert_array_equal(predicted[unique], model.labels_[unique])
+    lower, upper = (np.asarray(b) for b in _bounds_of(sizes, X.shape[0]))
+    potential = np.asarray(model.potential_)
+    # D(g) = sum_i max_k (S_ik + g_k) - sum_k n_k(g) g_k, n_k(g) = lower where g_k > 0
+    dual = shifted.max(axis=1).sum() - np.sum(np.where(potential > 0, lower, upper) * potential)
+    optimum = bounded_lp_optimum(scores, lower, upper)
+    assert dual == pytest.approx(optimum, rel=1e-9)
+    assert label_score(scores, model.labels_) == pytest.approx(optimum, rel=1e-9)
+
+
+def _bounds_of(sizes, n_samples, n_clusters=5):
+    if "cluster_weights" in sizes:
+        return otlabel.count_bounds(n_samples, np.asarray(sizes["cluster_weights"]))
+    if not sizes:
+        return otlabel.count_bounds(n_samples, np.full(n_clusters, 1 / n_clusters))
+    return np.full(n_clusters, sizes["min_size"]), np.full(n_clusters, sizes["max_size"])
+
+
+def test_a_tensor_fit_gives_the_dual_too(rng):
+    """Tensors take ``assign`` at ``epsilon=0`` for their exact steps: the same labels,
+    centres and optimal dual as NumPy's repair from the dual."""
+    torch = pytest.importorskip("torch")
+    X = blobs(rng, dtype=np.float32)
+    start = X[:5]
+    on_numpy = KMeans(5, init=start, min_size=40, max_size=80).fit(X)
+    on_torch = KMeans(5, init=start, min_size=40, max_size=80).fit(torch.from_numpy(X))
+    np.testing.assert_array_equal(on_torch.labels_.numpy(), on_numpy.labels_)
+    scores = score_matrix(X, on_numpy.cluster_centers_) + np.asarray(on_torch.potential_.cpu())
+    slack = scores.max(axis=1) - scores[np.arange(X.shape[0]), on_numpy.labels_]
+    assert np.all(slack <= 1e-4 * np.abs(scores).max())  # float32 scores
+
+
 def test_cluster_command_writes_labels_and_centres(tmp_path, capsys, rng):
     X = blobs(rng, dtype=np.float32)
     np.save(tmp_path / "X.npy", X)
