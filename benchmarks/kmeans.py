@@ -221,10 +221,18 @@ def main() -> None:
         f"# otlabel.KMeans benchmark, {datetime.date.today()}, {_cpu()} "
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    otlabel.compile()  # every kernel in Numba's cache first: no fit compiles or waits
+    print(f"load average before: {_load()}")
     if args.case in ("bounded", "all"):
         bounded_case(args)
     if args.case in ("equal", "all"):
         equal_case(args)
+    print(f"load average after: {_load()}")
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs on the machine slow every fit)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

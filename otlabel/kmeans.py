@@ -68,6 +68,12 @@ SEED_ROWS = 100_000
 #: each product (and BLAS threads that spin waiting for work would share the cores
 #: with them: measured on 2 cores, 23 000 x 50 into 10 clusters, 3 to 6 times slower).
 BLAS_THREADS = 1
+#: Score-matrix entries (N K) below which a fit runs the compiled kernels on one
+#: thread: each pass of a step then takes about a millisecond or less, and handing
+#: its tasks to other threads costs more, most of all on busy cores (measured on 2
+#: cores shared with other jobs, 23 000 x 50 into 10 clusters: 45-50 ms per
+#: iteration on two threads, 13-16 on one).
+SERIAL_ENTRIES = 1 << 22
 #: ``n_init="auto"``: runs per fit by initialisation, as in scikit-learn.
 AUTO_RUNS = {"k-means++": 1, "random": 10}
 
@@ -263,7 +269,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         sizes = size_constraint(self, n_samples)
         tol = self.tol * samples.mean_variance() if self.tol > 0 else 0.0
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with (
+            threadpool_limits(limits=BLAS_THREADS, user_api="blas"),
+            kernel_threads(samples, self.n_clusters),
+        ):
             best = self._best_run(samples, sizes, tol)
         self._keep(best, samples, sizes)
         return self
@@ -325,7 +334,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if min_size is not None or max_size is not None:
             sizes = bounded_sizes(min_size, max_size, self.n_clusters, samples.n_samples)
         step = AssignmentStep(samples, sizes, self._epsilon, self.potential_)
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with (
+            threadpool_limits(limits=BLAS_THREADS, user_api="blas"),
+            kernel_threads(samples, self.n_clusters),
+        ):
             return step(self._centres).labels
 
     def transform(self, X: Any) -> Any:
@@ -746,6 +758,13 @@ class AssignmentStep:
                 method="log",
             )  # fmt: skip
         return StepLabels(result.labels, result.counts, result.potential, float(result.gap))
+
+
+def kernel_threads(samples: Samples, n_clusters: int) -> Any:
+    """The threads of the compiled kernels during a fit: one below
+    :data:`SERIAL_ENTRIES` score entries, else all (a context)."""
+    small = samples.n_samples * n_clusters < SERIAL_ENTRIES
+    return resolve_backend("auto", [samples.data]).context(1 if small else None)
 
 
 def _rounding_passes(scores: np.ndarray) -> tuple[Any, int]:
