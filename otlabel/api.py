@@ -151,7 +151,7 @@ def assign(
         Weight ``omega`` of over-relaxed Sinkhorn: each potential moves to
         ``(1 - omega) old + omega new``.  ``"auto"`` runs a few plain passes,
         measures the convergence rate and takes the successive-over-relaxation
-        optimum (at most 1.9; 4 to 5 times fewer passes at SeLa's settings),
+        optimum (at most 1.8; 4 to 5 times fewer passes at SeLa's settings),
         halving its excess over 1 whenever the error stops falling, and carries
         it from phase to phase of the solve.  A number in (0, 2) fixes it;
         1.0 is plain Sinkhorn-Knopp as SeLa runs it.  The fixed point (and so

@@ -99,6 +99,11 @@ class ColumnConstraint:
         """(K,) bool: the columns that must take no mass (False: none)."""
         return False
 
+    def reaching(self, unreachable: np.ndarray) -> ColumnConstraint:
+        """The constraint told which columns no sample may join ((K,) bool): itself,
+        unless it must know them to keep their potential (relaxed sizes)."""
+        return self
+
     def error(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``sum_k |m_k - m+_k|``, ``m+ = m exp((g+ - g)/eps)`` the mass the update would set."""
         xp = namespace(log_mass)
@@ -254,6 +259,10 @@ class RelaxedSizes(ColumnConstraint):
     penalty: Array  # (K,) tau > 0, inf allowed
     known: Array | None = None  # (K,) c, mass of the known samples
     known_counts: np.ndarray | None = None
+    #: (K,) bool: the clusters no sample may join (every score ``-inf``): their mass is
+    #: 0 whatever ``g``, and the update keeps their potential (the optimum,
+    #: ``-tau log(0 / b)``, is infinite and would make ``-inf + inf`` of their scores)
+    unreachable: Array | None = None
 
     kind = "relaxed"
     counts_bounded = False
@@ -261,9 +270,21 @@ class RelaxedSizes(ColumnConstraint):
 
     def to(self, like: Array) -> RelaxedSizes:
         known = None if self.known is None else _moved(self.known, like)
+        unreachable = None if self.unreachable is None else _moved(self.unreachable, like)
         return replace(
-            self, target=_moved(self.target, like), penalty=_moved(self.penalty, like), known=known
+            self,
+            target=_moved(self.target, like),
+            penalty=_moved(self.penalty, like),
+            known=known,
+            unreachable=unreachable,
         )
+
+    def closed(self) -> Any:
+        """The clusters no sample may join (:attr:`unreachable`)."""
+        return False if self.unreachable is None else self.unreachable
+
+    def reaching(self, unreachable: np.ndarray) -> RelaxedSizes:
+        return replace(self, unreachable=unreachable if unreachable.any() else None)
 
     def exact_update(self, g: Array, log_mass: Array, epsilon: float) -> Array:
         """``tau/(tau+eps) eps log(b/W)``; with known mass, Newton on

@@ -38,7 +38,13 @@ from . import _validation as check
 from ._arrays import device_of, from_host, library_of, namespace, to_numpy
 from .api import solve_and_label
 from .constraints import ColumnConstraint, FixedSizes
-from .feasibility import Patterns, allowed_patterns, check_feasible, merge_patterns
+from .feasibility import (
+    Patterns,
+    allowed_patterns,
+    check_feasible,
+    merge_patterns,
+    unreachable_columns,
+)
 from .problem import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
@@ -303,6 +309,7 @@ def _check_forbidden(head: Head, reports: list[Report], rounding: str | None) ->
     n_free = int(patterns.count.sum())
     counts = head.constraint.count_bounds(n_free) if rounding == "balanced" else None
     check_feasible(patterns, head.constraint.mass_bounds(), counts, "local_scores")
+    head.constraint = head.constraint.reaching(unreachable_columns(patterns, head.scores.shape[1]))
 
 
 def _known_constraint(

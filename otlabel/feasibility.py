@@ -45,10 +45,10 @@ MASS_UNITS = 1 << 29
 
 def check_head(
     head: Any, rounding: str | None, patterns: Patterns | None = None, *, shares: bool = True
-) -> None:
+) -> Patterns:
     """Raise if a head's forbidden pairs admit no plan or, with ``rounding="balanced"``,
     no hard labels under its count bounds (``patterns``: its rows', if already read;
-    ``shares=False``: the labels only, as ``epsilon=0`` needs)."""
+    ``shares=False``: the labels only, as ``epsilon=0`` needs); returns the patterns."""
     if patterns is None:
         unassigned = head.virtual is not None
         row_ids = None if head.known is None else head.known.free
@@ -57,6 +57,12 @@ def check_head(
     counts = head.constraint.count_bounds(n_rows) if rounding == "balanced" else None
     masses = head.constraint.mass_bounds() if shares else None
     check_feasible(patterns, masses, counts, head.name)
+    return patterns
+
+
+def unreachable_columns(patterns: Patterns, n_clusters: int) -> np.ndarray:
+    """(K,) bool: the clusters that no row's pattern allows."""
+    return ~np.any(patterns.allowed[:, :n_clusters], axis=0)
 
 
 @dataclass

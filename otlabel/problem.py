@@ -20,7 +20,7 @@ from . import _validation as check
 from ._arrays import device_of, from_host, is_half, namespace, to_numpy
 from ._system import available_memory
 from .constraints import BoundedSizes, ColumnConstraint, FixedSizes, RelaxedSizes
-from .feasibility import check_head
+from .feasibility import check_head, unreachable_columns
 from .initializers import STARTS
 from .kernels import resolve_backend
 from .streaming import ChunkedScores
@@ -254,7 +254,8 @@ def _head(
     if forbidden:
         _check_forbidden_start(start, name, index)
         if check_plan:
-            check_head(head, options.rounding, shares=options.epsilon > 0)
+            patterns = check_head(head, options.rounding, shares=options.epsilon > 0)
+            head.constraint = constraint.reaching(unreachable_columns(patterns, n_clusters))
     return head
 
 

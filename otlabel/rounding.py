@@ -945,8 +945,9 @@ class _Exchanges(_Transfers):
         bound = float(np.max(reward))
         best, target = 0.0, -1
         while not settled.all():
-            node = int(np.argmin(np.where(settled, np.inf, distance)))
-            if not np.isfinite(distance[node]) or (prune and distance[node] >= bound - best):
+            unsettled = np.where(settled, np.inf, distance)  # (K,)
+            node = int(np.argmin(unsettled))  # all inf: a settled node, which stops here
+            if not np.isfinite(unsettled[node]) or (prune and distance[node] >= bound - best):
                 break
             settled[node] = True
             gain = reward[node] - distance[node]

@@ -164,8 +164,8 @@ class _Phases:
                         f"method='scaling': {unstable}; the scores spread too far over "
                         "epsilon for this domain, use method='log' or 'auto'"
                     ) from None
-                if fallen_back:  # the log domain itself: no domain to fall back to
-                    raise
+                if fallen_back or kernel.method == "log":  # no domain to fall back to
+                    raise _beyond_range(unstable, self.head, options) from None
                 fallen_back = True
                 kernel.restore()
                 potential = unstable.potential
@@ -561,8 +561,9 @@ class OverRelaxation:
     errors give the contraction rate ``r`` per pass, and the weight becomes the
     successive-over-relaxation optimum ``2 / (1 + sqrt(1 - r))``, at most
     :attr:`MAX_WEIGHT` (measured on the benchmark problems: 4 to 5 times fewer
-    passes at SeLa's settings, where the optimum is 1.67 to 1.77; at a small
-    epsilon the rate nears 1 and 1.9 halves the passes of 1.8).  ``weight``: the weight an
+    passes at SeLa's settings, where the optimum is 1.67 to 1.77; a cap of 1.9
+    took fewer passes at small epsilons but three times more where bounds force
+    the sizes).  ``weight``: the weight an
     earlier solve of the same problem settled on (a subsample's, or the phase
     before, for ``"auto"``), taken from the first pass without a warm-up.
 
@@ -575,7 +576,7 @@ class OverRelaxation:
     """
 
     WARMUP = 8
-    MAX_WEIGHT = 1.9
+    MAX_WEIGHT = 1.8
     PATIENCE = 30
     WINDOW = 15
 
@@ -631,6 +632,16 @@ def _with_virtual_column(
     return ColumnPartial(
         xp.concat([columns.log_max, xp.reshape(top, (1,))]),
         xp.concat([columns.scaled_sum, xp.reshape(scaled, (1,))]),
+    )
+
+
+def _beyond_range(unstable: UnstableIteration, head: Head, options: Options) -> FloatingPointError:
+    """The log domain's own overflow, as an error that names the way out."""
+    dtype = getattr(head.scores, "dtype", "the scores' dtype")
+    return FloatingPointError(
+        f"{head.name}: {unstable} at epsilon={options.epsilon:g}: the scores' spread over "
+        f"epsilon is beyond the range of {dtype}; pass float64 scores, a larger epsilon, "
+        "or epsilon=0 for the exact labels"
     )
 
 

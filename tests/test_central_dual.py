@@ -87,12 +87,14 @@ def test_forbidden_pairs_constrain_nothing():
 
 
 @pytest.mark.parametrize("epsilon, scale", [(1e-9, 1.0), (1e-12, 1.0), (0.04, 1e30), (0.5, 1e12)])
-def test_an_epsilon_far_below_the_scores_converges_to_the_exact_labels(epsilon, scale):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_epsilon_far_below_the_scores_converges_to_the_exact_labels(epsilon, scale, backend):
     """Sinkhorn cannot move the rounding's dual off its ties at such an epsilon (5 000
     passes, error 3e-4, before); from the central dual the labels' plan is the
-    entropic plan, and the first pass checks it."""
+    entropic plan, and the first pass checks it (the reference kernels kept the
+    sample weights apart from the row's frame for it: they drowned in 1e31)."""
     scores = np.random.default_rng(3).normal(size=(3000, 12)) * scale
-    res = otlabel.assign(scores, epsilon, return_plan=True)
+    res = otlabel.assign(scores, epsilon, return_plan=True, backend=backend)
     exact = otlabel.assign(scores, 0.0)
     assert res.converged and res.error <= 1e-4 and res.start == "exact"
     np.testing.assert_array_equal(res.labels, exact.labels)
@@ -113,3 +115,19 @@ def test_sizes_the_labels_cannot_meet_leave_the_dual_to_sinkhorn():
     fits = build_problem(scores[:999], 1e-9)
     exact = otlabel.assign(scores[:999], 0.0)
     assert unregularised.wants_central_dual(fits.heads[0], fits.options, 0.005, exact.labels)
+
+
+@pytest.mark.parametrize("epsilon", [1e300, 1.0])
+def test_scores_near_the_float64_limit(epsilon):
+    """The spread of scores of 1e300 (their squares overflow) is measured in units of
+    the largest: an epsilon of their size is not small, 1.0 is tiny."""
+    scores = np.random.default_rng(0).standard_normal((3000, 10)) * 1e300
+    res = otlabel.assign(scores, epsilon)
+    assert res.converged and res.start == ("exact" if epsilon == 1.0 else "zero")
+    np.testing.assert_array_equal(res.labels, otlabel.assign(scores, 0.0).labels)
+
+
+def test_float32_beyond_its_range_is_a_clear_error():
+    scores = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
+    with pytest.raises(FloatingPointError, match="float64 scores, a larger epsilon"):
+        otlabel.assign(scores, 1e-40)

@@ -139,6 +139,29 @@ def test_relaxed_sizes_labels_are_the_slot_lp_optimum(seed):
     assert res.gap <= 1e-9
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+@pytest.mark.parametrize("epsilon", [0.1, 0.0])
+def test_relaxed_sizes_with_a_cluster_no_sample_may_join(backend, epsilon):
+    """Relaxed sizes pull every cluster toward its share, but no sample may join the
+    last one: it stays empty, its potential finite (the column update overflowed
+    before), and the labels are the slot LP's optimum (the NumPy backend's exchanges
+    looped for ever, picking a settled cluster again)."""
+    _, scores = forbidden_scores(11, 40, 4)
+    scores[:, 3] = -np.inf
+    b, tau = np.array([0.3, 0.3, 0.2, 0.2]), 0.5
+    given = scores
+    if backend == "torch":
+        given = pytest.importorskip("torch").from_numpy(scores)
+    res = otlabel.assign(
+        given, epsilon, cluster_weights=b, size_penalty=tau, backend=backend, return_plan=True
+    )
+    labels, plan = np.asarray(res.labels), np.asarray(res.plan)
+    assert res.converged and np.isfinite(np.asarray(res.potential)).all()
+    assert np.all(plan[:, 3] == 0) and np.bincount(labels, minlength=4)[3] == 0
+    optimum = slot_lp_optimum(scores, kl_slots(40, b, tau))
+    assert relaxed_objective(scores, labels, b, tau) == pytest.approx(optimum, rel=1e-9)
+
+
 # --------------------------------------------------------------------------
 # every backend, dtype and domain: the plan exactly zero there
 # --------------------------------------------------------------------------

@@ -237,13 +237,14 @@ def update_rows(
     if virtual is not None:
         xp = namespace(log_row_sum)
         log_row_sum = xp.logaddexp(log_row_sum, virtual + frame)
-    exact = log_a - log_row_sum + frame  # fhat / eps
+    exact_scale = log_a - log_row_sum  # fhat / eps - frame, kept apart from the frame:
+    exact = exact_scale + frame  # fhat / eps (``frame`` may be 1e31, and drown the weights)
     if previous is None:
-        return epsilon * exact, exact - frame, 0.0
+        return epsilon * exact, exact_scale, 0.0
     xp = namespace(exact)
-    relaxed = (1.0 - omega) * (previous / epsilon) + omega * exact
-    row_error = xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(relaxed - exact)))  # 0-d: no host sync
-    return epsilon * relaxed, relaxed - frame, row_error
+    log_scale = (1.0 - omega) * (previous / epsilon - frame) + omega * exact_scale
+    row_error = xp.sum(xp.exp(log_a) * xp.abs(xp.expm1(log_scale - exact_scale)))  # 0-d
+    return epsilon * (log_scale + frame), log_scale, row_error
 
 
 class LogKernel(Kernel):
