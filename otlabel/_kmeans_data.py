@@ -210,6 +210,8 @@ class StreamedSamples(DenseSamples):
     """A NumPy memmap: the scores never held whole, each block computed when the
     solve reads it (:class:`~otlabel.ChunkedScores`), from the mapped rows."""
 
+    streamed = True
+
     def scores(self, centres: np.ndarray) -> Any:
         product, norms = _score_operands(centres, self.dtype)
         n_clusters = centres.shape[0]
@@ -223,6 +225,36 @@ class StreamedSamples(DenseSamples):
 
     def host(self) -> Any:
         return np.asarray(self.data)
+
+    def labels_and_margins(
+        self, centres: np.ndarray, potential: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``argmax_k (S_ik + g_k)`` (N,) int64 and by how much it beats the second best
+        (N,) float64 (inf for one cluster), block by block (:meth:`block_scores`)."""
+        labels = np.empty(self.n_samples, np.int64)
+        margins = np.empty(self.n_samples)
+        for start in range(0, self.n_samples, BLOCK_ROWS):
+            stop = min(start + BLOCK_ROWS, self.n_samples)
+            shifted = self.block_scores(centres, start, stop).astype(np.float64) + potential
+            rows = np.arange(stop - start)
+            best = shifted.argmax(axis=1)
+            top = shifted[rows, best]
+            shifted[rows, best] = -np.inf
+            labels[start:stop] = best
+            margins[start:stop] = top - shifted.max(axis=1)
+        return labels, margins
+
+    def rows_scores(self, centres: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The scores of ``rows`` (m,) (increasing) (m, K) in X's dtype, from the same
+        blocks as :meth:`block_scores` reads (the same values, bit for bit)."""
+        out = np.empty((rows.size, centres.shape[0]), self.dtype)
+        edges = np.searchsorted(rows, np.arange(0, self.n_samples + BLOCK_ROWS, BLOCK_ROWS))
+        for block, start in enumerate(range(0, self.n_samples, BLOCK_ROWS)):
+            first, last = edges[block], edges[block + 1]
+            if first < last:
+                stop = min(start + BLOCK_ROWS, self.n_samples)
+                out[first:last] = self.block_scores(centres, start, stop)[rows[first:last] - start]
+        return out
 
 
 class SparseSamples(Samples):

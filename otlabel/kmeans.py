@@ -33,13 +33,13 @@ except ImportError as missing:  # pragma: no cover - the extra is installed by `
     ) from missing
 
 from ._arrays import library_of, to_numpy
-from ._kmeans_data import Samples, samples_of
+from ._kmeans_data import Samples, StreamedSamples, samples_of
 from .api import assign, sinkhorn
 from .constraints import BoundedSizes, count_bounds
 from .kernels import resolve_backend
 from .prediction import predict
 from .result import ConvergenceWarning
-from .rounding import argmax_labels, balanced_labels
+from .rounding import argmax_labels, balanced_labels, dual_level
 
 __all__ = ["EXPECTED_FAILED_CHECKS", "KMeans"]
 
@@ -693,6 +693,9 @@ class AssignmentStep:
         self.potential: Any = potential
 
     def __call__(self, centres: np.ndarray) -> StepLabels:
+        bounds = self.sizes.count_bounds(self.samples.n_samples, centres.shape[0])
+        if self.samples.streamed and bounds is not None:
+            return self._streamed(centres, bounds)
         scores = self.samples.scores(centres)
         start, argmax = self.potential, None
         if start is not None:
@@ -710,15 +713,31 @@ class AssignmentStep:
         bounds = self._count_bounds(potential)
         if bounds is None:
             return None
-        lower, upper = bounds
         if isinstance(scores, np.ndarray):
             passes, rows_per_block = _rounding_passes(scores)
             labels = argmax_labels(scores, to_numpy(potential), rows_per_block, passes)
         else:
             labels = to_numpy(predict(scores, potential))
-        counts = np.bincount(labels, minlength=lower.size)
-        to_move = np.maximum(counts - upper, 0).sum() + np.maximum(lower - counts, 0).sum()
-        return labels if to_move <= NEAR_SHARE * self.samples.n_samples else None
+        near = _to_move(labels, bounds) <= NEAR_SHARE * self.samples.n_samples
+        return labels if near else None
+
+    def _streamed(self, centres: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> StepLabels:
+        """The exact step on scores computed block by block: the argmax labels and
+        margins at the previous dual (or, when far, at a Sinkhorn potential), then
+        the exact labels of the samples of least margin (:func:`margin_labels`)."""
+        samples, start = self.samples, self.potential
+        assert isinstance(samples, StreamedSamples)  # the one kind streamed
+        found: tuple[np.ndarray, np.ndarray] | None = None
+        if start is not None:
+            labels, margins = samples.labels_and_margins(centres, to_numpy(start))
+            if _to_move(labels, bounds) <= NEAR_SHARE * samples.n_samples:
+                found = labels, margins
+        if found is None:
+            start = self._closer(samples.scores(centres), centres, start)
+            found = samples.labels_and_margins(centres, to_numpy(start))
+        step = margin_labels(samples, centres, to_numpy(start), *found, bounds)
+        self.potential = step.potential
+        return step
 
     def _count_bounds(self, potential: Any) -> tuple[np.ndarray, np.ndarray] | None:
         n_clusters = int(np.asarray(to_numpy(potential)).size)
@@ -758,6 +777,112 @@ class AssignmentStep:
                 method="log",
             )  # fmt: skip
         return StepLabels(result.labels, result.counts, result.potential, float(result.gap))
+
+
+#: The samples of least margin that :func:`margin_labels` first solves for: at least
+#: this many, and this many per sample to move at the start ...
+MARGIN_ROWS = 1 << 16
+MARGIN_ROWS_PER_MOVE = 4
+#: ... and this many times more at each retry.
+MARGIN_GROWTH = 4
+#: The certificate of :func:`margin_labels` proves the labels optimal when it is at
+#: most this share of the largest score (rounding).
+GAP_TOLERANCE = 1e-12
+
+
+def margin_labels(
+    samples: StreamedSamples,
+    centres: np.ndarray,
+    potential: np.ndarray,
+    labels: np.ndarray,
+    margins: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
+) -> StepLabels:
+    """The exact labels under count bounds without the whole score matrix: the
+    samples of least margin solved exactly in memory, the others kept at their
+    argmax, and proved optimal.
+
+    ``labels`` and ``margins`` (N,): the argmax labels at ``potential`` and by how
+    much each beats its second best.  The samples whose margin is below a
+    threshold ``tau`` are solved exactly (their rows in memory, the bounds less the
+    counts of the others: :func:`otlabel.rounding.balanced_labels`), giving a dual
+    ``g'``.  A sample of margin at least ``tau`` stays at a best cluster under
+    ``g'`` when ``tau`` is at least the spread ``max_k (g'_k - g_k) - min_k (g'_k -
+    g_k)``; then every sample is at a best cluster, and the certificate (the
+    price term of the counts, at the best level of the dual) proves the labels
+    optimal.  Otherwise more samples are solved (:data:`MARGIN_GROWTH` times
+    more), up to all of them.
+    """
+    n_samples, (lower, upper) = labels.size, bounds
+    wanted = max(MARGIN_ROWS, MARGIN_ROWS_PER_MOVE * _to_move(labels, bounds))
+    while True:
+        active, tau = _least_margins(margins, wanted)
+        fixed = np.bincount(labels, minlength=lower.size) - np.bincount(
+            labels[active], minlength=lower.size
+        )
+        if active.size < n_samples and np.any(fixed > upper):
+            wanted *= MARGIN_GROWTH
+            continue
+        step, certified = _solved_rows(samples, centres, potential, labels, active, fixed, bounds)
+        shift = np.asarray(step.potential) - potential
+        if active.size == n_samples or (np.ptp(shift) <= tau and certified):
+            return step
+        wanted *= MARGIN_GROWTH
+
+
+def _least_margins(margins: np.ndarray, wanted: int) -> tuple[np.ndarray, float]:
+    """The samples (increasing) whose margin is below the ``wanted``-th least, and
+    that margin (inf: all of them)."""
+    if wanted >= margins.size:
+        return np.arange(margins.size), np.inf
+    tau = float(np.partition(margins, wanted)[wanted])
+    return np.flatnonzero(margins < tau), tau
+
+
+def _solved_rows(
+    samples: StreamedSamples,
+    centres: np.ndarray,
+    potential: np.ndarray,
+    labels: np.ndarray,
+    active: np.ndarray,
+    fixed: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
+) -> tuple[StepLabels, bool]:
+    """The exact labels of the ``active`` samples under the bounds less the ``fixed``
+    counts, the others at ``labels``; the dual at its best level for all the
+    counts, and the certificate of the active rows and the counts (the samples
+    kept are at a best cluster: :func:`margin_labels` checks it), and whether it
+    is at rounding level (:data:`GAP_TOLERANCE` of the largest score)."""
+    lower, upper = bounds
+    rows = samples.rows_scores(centres, active)
+    passes, rows_per_block = _rounding_passes(rows)
+    exact = balanced_labels(
+        rows, potential, (np.maximum(lower - fixed, 0), upper - fixed),
+        rows_per_block=rows_per_block, passes=passes,
+    )  # fmt: skip
+    assert exact.potential is not None  # balanced labels carry their dual
+    chosen = labels.copy()
+    chosen[active] = exact.labels
+    counts = np.bincount(chosen, minlength=lower.size)
+    prices = -np.asarray(exact.potential)
+    dual = dual_level(counts, prices, lower, upper) - prices
+    row_terms = 0.0
+    for start in range(0, active.size, rows_per_block):  # float64 a block at a time
+        shifted = rows[start : start + rows_per_block].astype(np.float64) + dual
+        own = exact.labels[start : start + rows_per_block]
+        row_terms += float(np.sum(shifted.max(axis=1) - shifted[np.arange(own.size), own]))
+    price_term = float(np.sum((counts - np.where(dual > 0, lower, upper)) * dual))
+    gap = max(0.0, (row_terms + price_term) / labels.size)
+    scale = float(np.abs(rows).max()) if rows.size else 0.0
+    return StepLabels(chosen, counts, dual, gap), gap <= GAP_TOLERANCE * (1.0 + scale)
+
+
+def _to_move(labels: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> int:
+    """The samples that the argmax ``labels`` put beyond the count bounds: over the
+    upper ones and short of the lower ones."""
+    lower, upper = bounds
+    counts = np.bincount(labels, minlength=lower.size)
+    return int(np.maximum(counts - upper, 0).sum() + np.maximum(lower - counts, 0).sum())
 
 
 def kernel_threads(samples: Samples, n_clusters: int) -> Any:

@@ -247,6 +247,37 @@ def test_a_memmap_fit_equals_the_in_memory_fit(rng, tmp_path):
     np.testing.assert_array_equal(streamed.predict(mapped), in_memory.predict(X))
 
 
+@pytest.mark.parametrize(
+    "sizes", [{"min_size": 300, "max_size": 500}, {}], ids=["bounded", "equal"]
+)
+def test_a_memmap_step_solves_the_least_margins_and_proves_the_rest(monkeypatch, tmp_path, sizes):
+    """A memmap's exact step holds only the rows of least margin (here first 50, then
+    4 times more until the dual moves less than their margin): the in-memory fit's
+    labels, a dual that certifies them, and the LP optimum."""
+    import otlabel.kmeans as kmeans_module
+
+    monkeypatch.setattr(kmeans_module, "MARGIN_ROWS", 50)
+    monkeypatch.setattr(kmeans_module, "MARGIN_ROWS_PER_MOVE", 1)
+    X = blobs(np.random.default_rng(3), n_samples=2500, dtype=np.float32)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    start, _ = kmeans_plusplus(X, 5, random_state=0)
+    for max_iter in (1, 300):
+        in_memory = KMeans(5, init=start, max_iter=max_iter, **sizes).fit(X)
+        streamed = KMeans(5, init=start, max_iter=max_iter, **sizes).fit(mapped)
+        np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+        assert streamed.gap_ <= 1e-9 and streamed.n_iter_ == in_memory.n_iter_
+        scores = score_matrix(X, streamed.cluster_centers_)
+        shifted = scores + streamed.potential_  # the dual certifies the labels (float32)
+        slack = shifted.max(axis=1) - shifted[np.arange(X.shape[0]), streamed.labels_]
+        assert np.all(slack <= 1e-5 * np.abs(scores).max())
+        lower, upper = (
+            (np.full(5, 300), np.full(5, 500)) if sizes else (np.full(5, 500), np.full(5, 500))
+        )
+        optimum = bounded_lp_optimum(scores, lower, upper)
+        assert label_score(scores, streamed.labels_) == pytest.approx(optimum, rel=1e-6)
+
+
 def test_torch_tensors_in_tensors_out(rng):
     torch = pytest.importorskip("torch")
     X = blobs(rng, dtype=np.float32)

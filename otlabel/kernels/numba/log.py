@@ -23,6 +23,11 @@ from .common import (
 )
 from .tasks import run_tasks, task_kernel
 
+#: The bytes of one block of a stream's rows (a view of an array's needs none:
+#: :data:`.common.CHUNK_BYTES`): each is computed or read into memory, so that a
+#: stream's pass holds this much, not a gigabyte.
+STREAM_CHUNK_BYTES = 1 << 26
+
 
 @task_kernel(fastmath=ELEMENTS)
 def _log_sweep(scores, g_scaled, inv_eps, terms, frame, first_block, last_block):
@@ -85,7 +90,8 @@ class NumbaLogKernel(Kernel):
         self.floor = 0.0 if self.exact else FLOAT32_ERROR_FLOOR
         self.exp_floor = EXP_FLOOR["float32" if self.dtype == np.float32 else "float64"]
         row_bytes = scores.shape[1] * scores.dtype.itemsize
-        self.rows_per_chunk = max(SUB_BLOCK_ROWS, CHUNK_BYTES // row_bytes)
+        chunk = CHUNK_BYTES if isinstance(scores, np.ndarray) else STREAM_CHUNK_BYTES
+        self.rows_per_chunk = max(SUB_BLOCK_ROWS, chunk // row_bytes)
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         return (potential / self.epsilon).astype(self.dtype)  # (K,) g / eps
