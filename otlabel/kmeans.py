@@ -744,13 +744,22 @@ class AssignmentStep:
         return self.sizes.count_bounds(self.samples.n_samples, n_clusters)
 
     def _closer(self, scores: Any, centres: np.ndarray, start: Any) -> Any:
-        """The potential of a Sinkhorn solve from ``start`` at :attr:`epsilon`."""
+        """The potential of a Sinkhorn solve from ``start`` at :attr:`epsilon` (a
+        stream without a start: from a solve on :data:`START_ROWS` of its rows)."""
         if self.epsilon is None:
             self.epsilon = epsilon_for(self.samples.score_sample(centres))
+        samples, epsilon = self.samples, self.epsilon
+        large = samples.n_samples > START_ROWS
+        if start is None and large and isinstance(samples, StreamedSamples):
+            rows = np.linspace(0, samples.n_samples - 1, START_ROWS).astype(np.int64)
+            start = self._solve(samples.rows_scores(centres, rows), epsilon, None)
+        return self._solve(scores, epsilon, start)
+
+    def _solve(self, scores: Any, epsilon: float, start: Any) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             solved = sinkhorn(
-                scores, self.epsilon, **self.sizes.arguments(), init=start, tol=SOLVE_TOL,
+                scores, epsilon, **self.sizes.arguments(), init=start, tol=SOLVE_TOL,
                 max_iter=SOLVE_MAX_ITER, method="log",
             )  # fmt: skip
         return solved.potential
@@ -779,6 +788,9 @@ class AssignmentStep:
         return StepLabels(result.labels, result.counts, result.potential, float(result.gap))
 
 
+#: A stream's first step starts from a solve on this many of its rows, evenly spread
+#: (the solve's own start on a stream would copy a tenth of its rows or more).
+START_ROWS = 100_000
 #: The samples of least margin that :func:`margin_labels` first solves for: at least
 #: this many, and this many per sample to move at the start ...
 MARGIN_ROWS = 1 << 16

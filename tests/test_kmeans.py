@@ -252,12 +252,14 @@ def test_a_memmap_fit_equals_the_in_memory_fit(rng, tmp_path):
 )
 def test_a_memmap_step_solves_the_least_margins_and_proves_the_rest(monkeypatch, tmp_path, sizes):
     """A memmap's exact step holds only the rows of least margin (here first 50, then
-    4 times more until the dual moves less than their margin): the in-memory fit's
-    labels, a dual that certifies them, and the LP optimum."""
+    4 times more until the dual moves less than their margin), its first solve starts
+    from a solve on a few of its rows: the in-memory fit's labels, a dual that
+    certifies them, and the LP optimum."""
     import otlabel.kmeans as kmeans_module
 
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS", 50)
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS_PER_MOVE", 1)
+    monkeypatch.setattr(kmeans_module, "START_ROWS", 500)  # the first step from 500 rows
     X = blobs(np.random.default_rng(3), n_samples=2500, dtype=np.float32)
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
