@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ._arrays import namespace
+from ._arrays import device_of, namespace
 
 if TYPE_CHECKING:
     from .initializers import Start
@@ -364,6 +364,7 @@ class Kernel:
     phase = "log"
     exact = True
     floor = 0.0
+    log_a: Array  # (N,) the logs of the row masses, one per row it sweeps
 
     def column_state(self, potential: Array) -> Array:
         """Per-iteration state derived once from the cluster potential ``g``."""
@@ -651,20 +652,30 @@ def _unstable(kernel: Kernel, potential: Array, n_done: int) -> UnstableIteratio
 
 
 def sweep_all(kernel: Kernel, state: Array, update: RowUpdate) -> tuple[Array, ColumnPartial, Any]:
-    """One pass over all row blocks: the new f and the column masses of (f, g)."""
-    f_blocks = []
+    """One pass over all row blocks: the new f and the column masses of (f, g).
+
+    A single block's f is returned as the sweep wrote it; blocks' are written into
+    one (N,) vector as they come (a stream's pass then holds the previous f and
+    this one, not also a list of blocks and their concatenation)."""
+    n_rows = kernel.log_a.shape[0]
+    f: Array = None
     columns: ColumnPartial | None = None
     row_error: Any = 0.0
     for rows, block in kernel.blocks():
         result = kernel.sweep(block, rows, state, update)
-        f_blocks.append(result.row_potential)
+        if f is None and rows.stop - rows.start == n_rows:
+            f = result.row_potential
+        else:
+            if f is None:
+                first = result.row_potential
+                xp, where = namespace(first), device_of(first)
+                f = xp.empty((n_rows,), dtype=first.dtype, device=where)
+            f[rows] = result.row_potential
         columns = result.columns if columns is None else columns.combine(result.columns)
         row_error = row_error + result.row_error
+        del block, result  # a stream's next block is read without this one held
     assert columns is not None, "a problem has at least one row"
-    if len(f_blocks) == 1:  # one block (an array in memory): no copy
-        return f_blocks[0], columns, row_error
-    xp = namespace(f_blocks[0])
-    return xp.concat(f_blocks), columns, row_error
+    return f, columns, row_error
 
 
 def _all_finite(x: Array) -> bool:

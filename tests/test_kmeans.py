@@ -260,6 +260,19 @@ def test_a_memmap_step_solves_the_least_margins_and_proves_the_rest(monkeypatch,
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS", 50)
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS_PER_MOVE", 1)
     monkeypatch.setattr(kmeans_module, "START_ROWS", 500)  # the first step from 500 rows
+    solves_per_step: list[int] = []  # of the least-margin rows, each step
+    margin_labels, solved_rows = kmeans_module.margin_labels, kmeans_module._solved_rows
+
+    def counted_step(*args):
+        solves_per_step.append(0)
+        return margin_labels(*args)
+
+    def counted_solve(*args):
+        solves_per_step[-1] += 1
+        return solved_rows(*args)
+
+    monkeypatch.setattr(kmeans_module, "margin_labels", counted_step)
+    monkeypatch.setattr(kmeans_module, "_solved_rows", counted_solve)
     X = blobs(np.random.default_rng(3), n_samples=2500, dtype=np.float32)
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
@@ -278,6 +291,7 @@ def test_a_memmap_step_solves_the_least_margins_and_proves_the_rest(monkeypatch,
         )
         optimum = bounded_lp_optimum(scores, lower, upper)
         assert label_score(scores, streamed.labels_) == pytest.approx(optimum, rel=1e-6)
+    assert max(solves_per_step) >= 2  # a proof failed: more rows solved, from the same labels
 
 
 def test_torch_tensors_in_tensors_out(rng):

@@ -178,6 +178,32 @@ def test_nan_in_a_chunk_names_the_row():
         otlabel.assign(otlabel.ChunkedScores(lambda a, b: bad[a:b], n_samples=100), 0.1)
 
 
+@pytest.mark.skipif(not installed("numba"), reason="needs numba")
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_stream_checked_in_blocks_names_the_rows_and_finds_forbidden_pairs(monkeypatch, backend):
+    """A stream is validated a block at a time (here 16 rows; the Numba backend
+    keeps a byte per row, not the row extremes): the rows named are the matrix's,
+    and a ``-inf`` in a late block is a forbidden pair."""
+    import otlabel.kernels.numba.backend as numba_backend
+
+    scores = _scores(n=100, k=4)
+    monkeypatch.setattr(numba_backend, "STREAM_CHUNK_BYTES", 16 * 4 * scores.itemsize)
+    for row, value, match in [(61, np.nan, "row 61"), (97, np.inf, "row 97")]:
+        bad = scores.copy()
+        bad[row, 2] = value
+        with pytest.raises(ValueError, match=match):
+            otlabel.assign(otlabel.ChunkedScores(bad), 0.1, backend=backend)
+    bad = scores.copy()
+    bad[[70, 83]] = -np.inf
+    with pytest.raises(ValueError, match=r"2 row\(s\) are -inf for every cluster \(rows 70, 83\)"):
+        otlabel.assign(otlabel.ChunkedScores(bad), 0.1, backend=backend)
+    forbidden = scores.copy()
+    forbidden[90:, 0] = -np.inf  # the last block's rows may not join cluster 0
+    result = otlabel.assign(otlabel.ChunkedScores(forbidden), 0.1, backend=backend)
+    assert result.converged and not np.any(result.labels[90:] == 0)
+    np.testing.assert_array_equal(result.labels, otlabel.assign(forbidden, 0.1).labels)
+
+
 def test_callable_that_raises_names_the_rows():
     def failing(i0, i1):
         if i1 > 10:

@@ -14,7 +14,7 @@ from ...solver import Kernel, row_blocks
 from ...streaming import ChunkedScores
 from ..reference import ReferenceBackend
 from .common import CHUNK_BYTES, SUB_BLOCK_ROWS, threads
-from .log import NumbaLogKernel
+from .log import STREAM_CHUNK_BYTES, NumbaLogKernel
 from .rounding import NumbaPasses, passes_pay
 from .stored import SUBSAMPLE_SWITCH_ERROR, NumbaKernel
 from .tasks import run_tasks, task_kernel
@@ -35,12 +35,15 @@ class NumbaBackend(ReferenceBackend):
     def validate(self, scores: Any, name: str) -> tuple[Any, Any, bool]:
         """Scores finite or ``-inf``, checked by a vectorised sum per row (3 to 4 times
         faster than the extremes, which only the scaling domain needs:
-        :meth:`extremes_of`); rows holding ``-inf`` are read again, exactly."""
-        if not isinstance(scores, np.ndarray):
+        :meth:`extremes_of`); rows holding ``-inf`` are read again, exactly.  A stream
+        of NumPy blocks is checked a block at a time and keeps one byte per row, not
+        its (N,) float64 extremes."""
+        if not (isinstance(scores, np.ndarray) or _numpy_stream(scores)):
             return super().validate(scores, name)
-        status = np.empty(scores.shape[0], dtype=np.int8)
+        status = np.empty(scores.shape[0], dtype=np.int8)  # (N,) what each row holds
+        chunk = CHUNK_BYTES if isinstance(scores, np.ndarray) else STREAM_CHUNK_BYTES
         for rows, block in row_blocks(
-            scores, max(1, CHUNK_BYTES // (scores.shape[1] * scores.itemsize))
+            scores, max(1, chunk // (scores.shape[1] * scores.dtype.itemsize))
         ):
             block = np.ascontiguousarray(block)
             run_tasks(None, _row_status, block.shape[0], block, status[rows])
@@ -121,11 +124,12 @@ def _float32_array(scores: Any) -> bool:
 
 def _float32_stream(scores: Any) -> bool:
     """A stream of NumPy float32 blocks: its stored kernel is built in one read of it."""
-    return (
-        isinstance(scores, ChunkedScores)
-        and scores.library == "numpy"
-        and np.dtype(scores.dtype) == np.float32
-    )
+    return _numpy_stream(scores) and np.dtype(scores.dtype) == np.float32
+
+
+def _numpy_stream(scores: Any) -> bool:
+    """A :class:`~otlabel.ChunkedScores` whose blocks are NumPy arrays."""
+    return isinstance(scores, ChunkedScores) and scores.library == "numpy"
 
 
 # --------------------------------------------------------------------------

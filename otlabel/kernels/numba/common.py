@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -204,14 +204,15 @@ class RowTerms(NamedTuple):
 
 
 def row_terms(
-    log_a: np.ndarray, a: np.ndarray, epsilon: float, rows: slice, update: RowUpdate
+    log_a: np.ndarray, a: np.ndarray | None, epsilon: float, rows: slice, update: RowUpdate
 ) -> RowTerms:
     """The :class:`RowTerms` of the rows ``rows`` (the kernels divide the previous f
-    by eps as they read it)."""
+    by eps as they read it); ``a`` None (a stream's): the masses from ``log_a``."""
     previous, virtual = update.rows(rows), update.virtual_rows(rows)
+    log_a_rows = log_a[rows]
     return RowTerms(
-        log_a[rows],
-        a[rows],
+        log_a_rows,
+        np.exp(log_a_rows) if a is None else a[rows],
         _float64_or_placeholder(previous),
         epsilon,
         float(update.omega),
@@ -225,6 +226,13 @@ def _float64_or_placeholder(values: np.ndarray | None) -> np.ndarray:
     if values is None:
         return np.zeros(1)
     return np.ascontiguousarray(values, dtype=np.float64)
+
+
+def row_masses(log_a: np.ndarray, scores: Any) -> np.ndarray | None:
+    """The row masses ``exp(log_a)`` (N,), kept by a kernel so that a pass takes no
+    ``exp`` per row; None for a stream (its masses are taken a block at a time, so
+    that a pass over N rows on disk holds no more (N,) vectors than it needs)."""
+    return np.exp(log_a) if isinstance(scores, np.ndarray) else None
 
 
 class Frame(NamedTuple):

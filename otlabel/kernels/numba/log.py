@@ -16,6 +16,7 @@ from .common import (
     ELEMENTS,
     SUB_BLOCK_ROWS,
     float64_sum,
+    row_masses,
     row_terms,
     sub_block_partial,
     sweep_frame,
@@ -82,7 +83,7 @@ class NumbaLogKernel(Kernel):
         precise: bool = False,
     ) -> None:
         self.scores, self.log_a, self.epsilon = scores, log_a, epsilon  # array or ChunkedScores
-        self.a = np.exp(log_a)  # (N,) the row masses themselves: no exp per row per pass
+        self.a = row_masses(log_a, scores)  # (N,) or None: a stream's by block
         self.n_threads = n_threads
         self.storage = np.float32 if scores.dtype == np.float32 else np.float64
         self.dtype = np.float64 if precise else self.storage  # of the arithmetic

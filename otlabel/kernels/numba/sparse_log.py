@@ -17,6 +17,7 @@ from .common import (
     FLUSH_EXPONENT,
     TASK_ROWS,
     drifted,
+    row_masses,
     row_terms,
     sub_block_partial,
     sweep_frame,
@@ -111,7 +112,7 @@ class SparseLogKernel(Kernel):
         self.scores = scores  # (N, K), intact: a sparse kernel never replaces them
         self.rebuild = rebuild  # the entries chosen again at a potential (None: not sparse)
         self.dense: Kernel | None = None  # the precise log kernel, once entries won't do
-        self.a = np.exp(log_a)
+        self.a = row_masses(log_a, scores)  # (N,) or None: a stream's by block
 
     def column_state(self, potential: np.ndarray) -> np.ndarray:
         if self.dense is None and drifted(

@@ -15,6 +15,7 @@ from .common import (
     TASK_ROWS,
     drifted,
     rebuild_drift,
+    row_masses,
     row_terms,
     sweep_frame,
 )
@@ -90,7 +91,7 @@ class NumbaKernel(Kernel):
         self.g_built = np.zeros(0)  # g / eps where G was built (its flushed set)
         self.can_store = True
         self.q_scale = float(scores.shape[0] * scores.shape[1])  # see stored_row
-        self.a = np.exp(log_a)
+        self.a = row_masses(log_a, scores)  # (N,) or None: a stream's by block
 
     @property
     def method(self) -> str:  # type: ignore[override]
