@@ -910,9 +910,10 @@ class _Exchanges(_Transfers):
     def improve(self, slot_values: Any) -> int:
         """Move samples along the best exchange while it gains; returns the moves."""
         n_moves = 0
+        floor = _GAIN_TOLERANCE * self._magnitude(slot_values)  # a gain's rounding level
         while True:
             distance, parent, target, gain = self._best_exchange(slot_values, prune=True)
-            if target < 0 or gain <= _GAIN_TOLERANCE * (1.0 + abs(self.prices).max()):
+            if target < 0 or gain <= floor:
                 return n_moves
             self.prices = self.prices - np.minimum(distance, distance[target])
             node = target
@@ -920,6 +921,14 @@ class _Exchanges(_Transfers):
                 self._move(int(parent[node]), node, False, 1)
                 node = int(parent[node])
             n_moves += 1
+
+    def _magnitude(self, slot_values: Any) -> float:
+        """The largest finite price, slot value or move cost: the scale of a gain (in
+        the scores' units, whatever they are: 1e-10 as well as 1e10)."""
+        with np.errstate(invalid="ignore"):
+            terms = [self.prices, slot_values(self.counts), self.move_cost.ravel()]
+        finite = [np.abs(t[np.isfinite(t)]) for t in terms]
+        return max((float(t.max()) for t in finite if t.size), default=0.0)
 
     def dual_prices(self, slot_values: Any) -> np.ndarray:
         """The certificate's prices ``p_k - D(k)``, from a full Dijkstra at the end."""
@@ -961,7 +970,8 @@ class _Exchanges(_Transfers):
         return distance, parent, target, best
 
 
-#: An exchange must gain more than this (relative to the prices) to be made.
+#: An exchange must gain more than this, relative to the prices, slot values and move
+#: costs, to be made.
 _GAIN_TOLERANCE = 1e-12
 
 

@@ -639,10 +639,11 @@ def _with_virtual_column(
 def _beyond_range(unstable: UnstableIteration, head: Head, options: Options) -> FloatingPointError:
     """The log domain's own overflow, as an error that names the way out."""
     dtype = getattr(head.scores, "dtype", "the scores' dtype")
+    wider = "" if str(dtype).endswith("float64") else "pass float64 scores, "
     return FloatingPointError(
         f"{head.name}: {unstable} at epsilon={options.epsilon:g}: the scores' spread over "
-        f"epsilon is beyond the range of {dtype}; pass float64 scores, a larger epsilon, "
-        "or epsilon=0 for the exact labels"
+        f"epsilon is beyond the range of {dtype}; {wider}pass a larger epsilon, or "
+        "epsilon=0 for the exact labels"
     )
 
 

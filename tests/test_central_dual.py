@@ -129,5 +129,14 @@ def test_scores_near_the_float64_limit(epsilon):
 
 def test_float32_beyond_its_range_is_a_clear_error():
     scores = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
-    with pytest.raises(FloatingPointError, match="float64 scores, a larger epsilon"):
+    with pytest.raises(FloatingPointError, match="pass float64 scores, pass a larger epsilon"):
         otlabel.assign(scores, 1e-40)
+
+
+def test_float64_beyond_its_range_does_not_ask_for_float64():
+    """Partial mass at scores of 1e30 over epsilon 0.04: the way out named is a larger
+    epsilon or epsilon=0, not the float64 the scores already are."""
+    scores = np.random.default_rng(0).standard_normal((500, 6)) * 1e30
+    with pytest.raises(FloatingPointError, match="range of float64; pass a larger epsilon"):
+        otlabel.assign(scores, 0.04, mass=0.9)
+    assert (otlabel.assign(scores, 0, mass=0.9).labels == -1).sum() == 50

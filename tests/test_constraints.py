@@ -100,8 +100,11 @@ def test_small_tau_gives_plain_argmax():
     np.testing.assert_array_equal(res.labels, np.argmax(scores, axis=1))
 
 
+@pytest.mark.parametrize("unit", [1.0, 1e-10, 1e10])
 @pytest.mark.parametrize("seed", range(25))
-def test_relaxed_labels_are_the_exact_optimum(seed):
+def test_relaxed_labels_are_the_exact_optimum(seed, unit):
+    """In any unit: scores, epsilon and tau scaled together (the exchanges' rounding
+    level is relative to the scale of the scores, not an absolute 1e-12)."""
     rng = np.random.default_rng(100 + seed)
     n, k = int(rng.integers(4, 40)), int(rng.integers(2, 6))
     scores = rng.normal(size=(n, k)) * rng.choice([0.3, 2.0])
@@ -110,11 +113,11 @@ def test_relaxed_labels_are_the_exact_optimum(seed):
     b = rng.random(k) + 0.3
     b /= b.sum()
     tau = float(rng.choice([0.1, 0.5, 2.0, 10.0]))
-    res = otlabel.assign(scores, 0.2, cluster_weights=b, size_penalty=tau)
+    res = otlabel.assign(scores * unit, 0.2 * unit, cluster_weights=b, size_penalty=tau * unit)
     optimum = slot_lp_optimum(scores, kl_slots(n, b, tau))
     achieved = relaxed_objective(scores, res.labels, b, tau)
     assert achieved == pytest.approx(optimum, rel=1e-9, abs=1e-9)
-    assert res.gap <= 1e-9
+    assert res.gap <= 1e-9 * unit
 
 
 def test_relaxed_labels_brute_force():
