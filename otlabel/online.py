@@ -13,13 +13,14 @@ finite, finite codes everywhere.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _validation as check
-from ._arrays import library_of, namespace
+from ._arrays import library_of, namespace, to_numpy
 from .problem import Options, Problem, build_problem
 from .solver import ColumnPartial, iterate, plan_of
 
@@ -49,7 +50,8 @@ def soft_assign(
     scores : array (B, K)
         The minibatch's scores (e.g. cosine similarities to the prototypes), NumPy,
         Torch (CPU or CUDA; float16 and bfloat16 read in float32) or CuPy.  No
-        gradient flows through the codes.
+        gradient flows through the codes.  ``-inf`` forbids a sample-cluster pair
+        (its code is 0); a row or a cluster that is ``-inf`` throughout is an error.
     epsilon : float, default 0.05
         Entropic regularisation in score units (SwAV: 0.05).
     n_iter : int, default 3
@@ -95,7 +97,10 @@ def soft_assign(
     """
     collective = _collective(group)
     try:
-        given = _validated(scores, epsilon, n_iter, tol, queue, cluster_weights, size_penalty)
+        given = _validated(
+            scores, epsilon, n_iter, tol, queue, cluster_weights, size_penalty,
+            local=collective is None,
+        )  # fmt: skip
         report = None if collective is None else _report(given, cluster_weights, size_penalty)
     except Exception as error:
         if collective is None:
@@ -137,8 +142,13 @@ def _validated(
     queue: Any,
     cluster_weights: Any,
     size_penalty: Any,
+    *,
+    local: bool = True,
 ) -> _Given:
-    """Every check of :func:`soft_assign`'s arguments (each error names its argument)."""
+    """Every check of :func:`soft_assign`'s arguments (each error names its argument).
+    ``local``: the rows are all the rows, so forbidden pairs are checked to admit a
+    plan here (over ranks, a cluster forbidden to every row of every rank is an
+    error after the column masses are combined: :func:`_check_reachable`)."""
     n_iter = check.positive_int(n_iter, "n_iter")  # type: ignore[assignment]
     if tol is not None:
         tol = check.positive_float(tol, "tol")
@@ -151,6 +161,7 @@ def _validated(
         size_penalty=size_penalty,
         method="log",
         rounding=None,
+        check_plan=local,
     )  # the one validation path: finite scores, weights, epsilon, sizes
     return _Given(n_iter, tol, batch, rows, problem)
 
@@ -192,6 +203,7 @@ def _codes(
     # SwAV's first step scales the columns of exp(S / eps): that is the start g.
     log_mass = _column_log_mass(rows, epsilon, collective)
     xp = namespace(log_a)
+    _check_reachable(log_mass)
     start = epsilon * (xp.log(constraint.target) - log_mass)
     if constraint.kind == "relaxed":  # the relaxed column step from exp(S / eps)
         start = start / (1.0 + epsilon / constraint.penalty)
@@ -209,12 +221,27 @@ def _column_log_mass(rows: Any, epsilon: float, collective: Any) -> Any:
     """``log sum_i exp(S_ik / eps)`` (K,), over every rank's rows."""
     xp = namespace(rows)
     x = xp.astype(rows, xp.float64) / epsilon  # (n, K)
-    col_max = xp.max(x, axis=0)  # (K,)
-    scaled = xp.sum(xp.exp(x - col_max), axis=0)
+    col_max = xp.max(x, axis=0)  # (K,) -inf: a column forbidden to every row here
+    shift = xp.where(col_max == -math.inf, xp.zeros_like(col_max), col_max)
+    scaled = xp.sum(xp.exp(x - shift), axis=0)
     columns = ColumnPartial(xp.astype(col_max, xp.float64), xp.astype(scaled, xp.float64))
     if collective is not None:
         columns, _ = collective.combine(columns, [])
     return columns.log_mass()
+
+
+def _check_reachable(log_mass: Any) -> None:
+    """Raise naming the clusters that are ``-inf`` for every row (of every rank): no
+    code can give them their share."""
+    unreachable = np.flatnonzero(~np.isfinite(to_numpy(log_mass)))
+    if unreachable.size:
+        listed = ", ".join(str(int(k)) for k in unreachable[:5])
+        more = ", ..." if unreachable.size > 5 else ""
+        raise ValueError(
+            f"scores: cluster(s) {listed}{more} are -inf for every sample (and every "
+            "queued one): no code can give them their share; give them a finite score "
+            "for some sample, or leave those clusters out"
+        )
 
 
 def _scores(value: Any, name: str) -> Any:
@@ -224,8 +251,11 @@ def _scores(value: Any, name: str) -> Any:
         )
     matrix = check.matrix(value, name)
     xp = namespace(matrix)
-    if not bool(xp.all(xp.isfinite(matrix))):
-        raise ValueError(f"{name}: contains NaN or infinite values; scores must be finite")
+    if bool(xp.any(xp.isnan(matrix) | (matrix == math.inf))):
+        raise ValueError(
+            f"{name}: contains NaN or +inf; scores must be finite, or -inf for a "
+            "sample-cluster pair that is forbidden (its code is 0)"
+        )
     return matrix
 
 

@@ -84,6 +84,10 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
     cluster_w = rng.random(7) + 0.5
     bad = [shards[0], shards[1].copy()]
     bad[1][17, 3] = np.nan
+    forbidden = scores.copy()
+    forbidden[:230, 6] = -np.inf  # cluster 6: none of rank 0's rows, all of rank 1's
+    unreachable = scores.copy()
+    unreachable[:, 6] = -np.inf  # cluster 6: no row of any rank
     cases = [
         {"shards": shards, "epsilon": 0.1, "kwargs": {"tol": 1e-9}},
         {"shards": shards, "epsilon": 0.1, "kwargs": {"tol": 1e-9, "backend": "numpy"}},
@@ -97,8 +101,12 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
         {"shards": bad, "epsilon": 0.1},
         {"shards": [shards[0], shards[1][:, :5]], "epsilon": 0.1},
         {"shards": shards, "epsilon": 0.5, "soft": True, "kwargs": {"n_iter": 4}},
+        {"shards": shards_of(forbidden, sizes), "epsilon": 0.5, "soft": True},
+        {"shards": shards_of(unreachable, sizes), "epsilon": 0.5, "soft": True},
     ]
-    balanced, on_numpy, on_torch, nan_case, k_case, soft = launch(2, cases, tmp_path)
+    balanced, on_numpy, on_torch, nan_case, k_case, soft, soft_forbidden, soft_unreachable = launch(
+        2, cases, tmp_path
+    )
 
     assert_equals_single(balanced, scores, sizes, 0.1, tol=1e-9)
     assert balanced[0]["result"]["backend"] == "numba"
@@ -122,6 +130,13 @@ def test_two_ranks_with_uneven_shards(tmp_path, rng):
     codes = otlabel.soft_assign(scores, 0.5, n_iter=4)
     np.testing.assert_allclose(soft[0]["codes"], codes[:230], rtol=1e-12)
     np.testing.assert_allclose(soft[1]["codes"], codes[230:], rtol=1e-12)
+    codes = otlabel.soft_assign(forbidden, 0.5)  # a cluster forbidden on one rank only
+    assert np.all(codes[:230, 6] == 0)
+    np.testing.assert_allclose(soft_forbidden[0]["codes"], codes[:230], rtol=1e-12)
+    np.testing.assert_allclose(soft_forbidden[1]["codes"], codes[230:], rtol=1e-12)
+    for outcome in soft_unreachable:  # found once the ranks' column masses are combined
+        assert outcome["error"][0] == "ValueError"
+        assert "cluster(s) 6 are -inf for every sample" in outcome["error"][1]
     for outcome in k_case:
         assert outcome["error"] == (
             "ValueError",
@@ -352,7 +367,8 @@ def test_arguments_that_differ_between_ranks_raise_on_every_rank(tmp_path, rng):
             "soft": True,
             "per_rank": {"tol": [None, 1e-6]},
         },
-        "rank 1: scores: contains NaN or infinite values; scores must be finite": {
+        "rank 1: scores: contains NaN or +inf; scores must be finite, or -inf for a "
+        "sample-cluster pair that is forbidden (its code is 0)": {
             "shards": with_nan,
             "epsilon": 0.1,
             "soft": True,

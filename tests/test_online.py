@@ -109,12 +109,41 @@ def test_bad_arguments_are_named(cosine, kwargs, error, match):
 
 
 def test_bad_scores_are_named(cosine):
+    for value in (np.inf, np.nan):
+        bad = cosine.copy()
+        bad[3, 4] = value
+        with pytest.raises(ValueError, match=r"scores: contains NaN or \+inf"):
+            otlabel.soft_assign(bad)
     bad = cosine.copy()
-    bad[3, 4] = np.inf
-    with pytest.raises(ValueError, match="scores: contains NaN or infinite"):
+    bad[7] = -np.inf
+    with pytest.raises(ValueError, match=r"scores: 1 row\(s\) are -inf for every cluster"):
         otlabel.soft_assign(bad)
+    bad = cosine.copy()
+    bad[:, [4, 9]] = -np.inf
+    with pytest.raises(ValueError, match=r"clusters \[4, 9\] need .* no sample is allowed"):
+        otlabel.soft_assign(bad)
+    with pytest.raises(ValueError, match=r"clusters \[4, 9\] need"):  # the queue too
+        otlabel.soft_assign(bad[5:], queue=bad[:5])
     with pytest.raises(TypeError, match=r"scores: expected an array \(B, K\)"):
         otlabel.soft_assign(cosine.tolist())
+
+
+@pytest.mark.parametrize("size_penalty", [None, 0.5])
+def test_forbidden_pairs_get_no_code_and_converge_to_the_plan(size_penalty):
+    """``-inf`` forbids a pair, as in ``assign``: its code is exactly 0, the rows sum
+    to 1, and many iterations reach N times the converged plan of ``sinkhorn``."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, size=(64, 4))
+    scores[rng.random((64, 4)) < 0.25] = -np.inf
+    scores[scores.max(axis=1) == -np.inf, 0] = 0.3  # every sample allowed somewhere
+    codes = otlabel.soft_assign(scores, 0.1, size_penalty=size_penalty)
+    assert np.all(codes[np.isinf(scores)] == 0.0)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-12)
+    codes = otlabel.soft_assign(scores, 0.1, n_iter=5000, tol=1e-12, size_penalty=size_penalty)
+    plan = otlabel.sinkhorn(
+        scores, 0.1, size_penalty=size_penalty, tol=1e-12, max_iter=100_000, return_plan=True
+    ).plan
+    np.testing.assert_allclose(codes, 64 * plan, atol=1e-9)
 
 
 def test_relaxed_sizes_follow_the_data_where_fixed_sizes_cannot():
