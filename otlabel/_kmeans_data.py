@@ -71,6 +71,45 @@ class Samples:
         self.data = data
         self.weights = weights
         self.n_samples, self.n_features = (int(n) for n in data.shape)
+        self.origin: Any = None  # (d,) in X's dtype and library: see :meth:`centre_at`
+        self.origin64: np.ndarray | None = None  # the same, float64 on the host
+
+    def centre_at(self, origin: np.ndarray | None) -> None:
+        """Measure the scores and norms from ``origin`` (d,) float64 (None: from 0).
+
+        The labels do not change (``2 (x - o).(c - o) - ||c - o||^2`` is ``2 x.c -
+        ||c||^2`` less a constant per sample), but their rounding does: float32
+        samples far from 0 (coordinates of 40.7 spread by 0.05) lose the distances
+        between them in ``2 x.c`` and ``||c||^2``, which are then huge and nearly
+        equal; from their mean they keep them.  Ignored for sparse samples (read as
+        scikit-learn reads them, from 0)."""
+        if origin is None or not np.any(origin) or not self.centred:
+            self.origin = self.origin64 = None
+            return
+        cast = np.asarray(origin, dtype=np.float64).astype(self.host_dtype)
+        self.origin64 = cast.astype(np.float64)  # the same point for X and the centres
+        self.origin = self.like_data(cast)
+
+    #: Whether :meth:`centre_at` applies (False for sparse samples).
+    centred = True
+
+    def mean(self) -> np.ndarray | None:
+        """The samples' mean (d,) float64 (None where they are not centred)."""
+        raise NotImplementedError
+
+    def _from_origin(self, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of X less the origin, in X's dtype (a view without one)."""
+        rows = self.data[start:stop]
+        return rows if self.origin is None else rows - self.origin
+
+    def _score_operands(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``2 (C - o)^T`` (d, K) and ``||c_k - o||^2`` (K,) on the host in X's dtype,
+        from the centres (K, d) float64 as cast, ``o`` the origin."""
+        if self.origin64 is not None:
+            centres = centres - self.origin64
+        cast = centres.astype(self.host_dtype)
+        norms = np.einsum("kd,kd->k", cast, cast, dtype=np.float64)
+        return np.ascontiguousarray(2 * cast.T), norms.astype(self.host_dtype)
 
     @property
     def dtype(self) -> Any:
@@ -104,6 +143,14 @@ class Samples:
     def squared_norms(self, start: int, stop: int) -> Any:
         """``||x_i||^2`` of rows ``start:stop``, float64, in X's library."""
         raise NotImplementedError
+
+    def largest_squared_norm(self) -> float:
+        """``max_i ||x_i - o||^2`` in float64, one read of X."""
+        largest = 0.0
+        for start in range(0, self.n_samples, BLOCK_ROWS):
+            norms = self.squared_norms(start, min(start + BLOCK_ROWS, self.n_samples))
+            largest = max(largest, float(norms.max()))
+        return largest
 
     def row(self, index: int) -> np.ndarray:
         """Sample ``index`` (d,) as float64 on the host."""
@@ -145,13 +192,6 @@ class Samples:
         return float(distances @ to_numpy(self.weights))
 
 
-def _score_operands(centres: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``2 C^T`` (d, K) and ``||c_k||^2`` (K,) in ``dtype``, from the centres as cast."""
-    cast = centres.astype(dtype)
-    norms = np.einsum("kd,kd->k", cast, cast, dtype=np.float64)
-    return np.ascontiguousarray(2 * cast.T), norms.astype(dtype)
-
-
 class DenseSamples(Samples):
     """A NumPy array in memory: the scores in one (N, K) matrix, reused every step."""
 
@@ -163,14 +203,14 @@ class DenseSamples(Samples):
         shape = (self.n_samples, centres.shape[0])
         if self.buffer is None or self.buffer.shape != shape:
             self.buffer = np.empty(shape, self.dtype)
-        product, norms = _score_operands(centres, self.dtype)
+        product, norms = self._score_operands(centres)
         for start in range(0, self.n_samples, BLOCK_ROWS):
             stop = min(start + BLOCK_ROWS, self.n_samples)
             self._fill(self.buffer[start:stop], start, stop, product, norms)
         return self.buffer
 
     def block_scores(self, centres: np.ndarray, start: int, stop: int) -> np.ndarray:
-        product, norms = _score_operands(centres, self.dtype)
+        product, norms = self._score_operands(centres)
         block = np.empty((stop - start, centres.shape[0]), self.dtype)
         self._fill(block, start, stop, product, norms)
         return block
@@ -178,7 +218,7 @@ class DenseSamples(Samples):
     def _fill(
         self, out: np.ndarray, start: int, stop: int, product: np.ndarray, norms: np.ndarray
     ) -> None:
-        np.matmul(self.data[start:stop], product, out=out)
+        np.matmul(self._from_origin(start, stop), product, out=out)
         out -= norms
         if self.weights is not None:
             out *= self.weights[start:stop, None].astype(self.dtype)
@@ -191,14 +231,17 @@ class DenseSamples(Samples):
         return _label_distances(np.asarray(self.data), centres.astype(self.dtype), labels)
 
     def squared_norms(self, start: int, stop: int) -> np.ndarray:
-        block = self.data[start:stop]
+        block = self._from_origin(start, stop)
         return np.einsum("nd,nd->n", block, block, dtype=np.float64)
 
-    def mean_variance(self) -> float:
+    def mean(self) -> np.ndarray:
         totals = np.zeros(self.n_features)
         for start in range(0, self.n_samples, BLOCK_ROWS):
             totals += self.data[start : start + BLOCK_ROWS].sum(axis=0, dtype=np.float64)
-        mean = totals / self.n_samples
+        return totals / self.n_samples
+
+    def mean_variance(self) -> float:
+        mean = self.mean() if self.origin64 is None else self.origin64  # fit: the mean
         spread = np.zeros(self.n_features)
         for start in range(0, self.n_samples, BLOCK_ROWS):
             block = self.data[start : start + BLOCK_ROWS].astype(np.float64) - mean
@@ -213,7 +256,7 @@ class StreamedSamples(DenseSamples):
     streamed = True
 
     def scores(self, centres: np.ndarray) -> Any:
-        product, norms = _score_operands(centres, self.dtype)
+        product, norms = self._score_operands(centres)
         n_clusters = centres.shape[0]
 
         def rows(start: int, stop: int) -> np.ndarray:
@@ -260,11 +303,16 @@ class StreamedSamples(DenseSamples):
 class SparseSamples(Samples):
     """A SciPy CSR matrix: sparse products for the scores and the centre sums."""
 
+    centred = False
+
+    def mean(self) -> None:
+        return None
+
     def scores(self, centres: np.ndarray) -> np.ndarray:
         return self.block_scores(centres, 0, self.n_samples)
 
     def block_scores(self, centres: np.ndarray, start: int, stop: int) -> np.ndarray:
-        product, norms = _score_operands(centres, self.dtype)
+        product, norms = self._score_operands(centres)
         block = np.asarray(self.data[start:stop] @ product) - norms
         if self.weights is not None:
             block *= self.weights[start:stop, None].astype(self.dtype)
@@ -312,7 +360,7 @@ class TorchSamples(Samples):
         return to_numpy(self.data[:0]).dtype
 
     def _operands(self, centres: np.ndarray) -> tuple[Any, Any]:
-        product, norms = _score_operands(centres, self.host_dtype)
+        product, norms = self._score_operands(centres)
         return self.like_data(product), self.like_data(norms)
 
     def scores(self, centres: np.ndarray) -> Any:
@@ -322,7 +370,11 @@ class TorchSamples(Samples):
         if self.buffer is None or tuple(self.buffer.shape) != shape:
             self.buffer = torch.empty(shape, dtype=self.dtype, device=self.data.device)
         product, norms = self._operands(centres)
-        torch.addmm(norms, self.data, product, beta=-1, out=self.buffer)
+        rows = self.n_samples if self.origin is None else BLOCK_ROWS  # a centred copy's
+        for start in range(0, self.n_samples, rows):
+            stop = min(start + rows, self.n_samples)
+            out = self.buffer[start:stop]
+            torch.addmm(norms, self._from_origin(start, stop), product, beta=-1, out=out)
         if self.weights is not None:
             self.buffer *= self.weights[:, None].to(self.dtype)
         return self.buffer
@@ -331,7 +383,7 @@ class TorchSamples(Samples):
         import torch
 
         product, norms = self._operands(centres)
-        block = torch.addmm(norms, self.data[start:stop], product, beta=-1)
+        block = torch.addmm(norms, self._from_origin(start, stop), product, beta=-1)
         if self.weights is not None:
             block *= self.weights[start:stop, None].to(self.dtype)
         return block
@@ -371,8 +423,13 @@ class TorchSamples(Samples):
     def squared_norms(self, start: int, stop: int) -> Any:
         import torch
 
-        block = self.data[start:stop].to(torch.float64)
+        block = self._from_origin(start, stop).to(torch.float64)
         return (block * block).sum(dim=1)
+
+    def mean(self) -> np.ndarray:
+        import torch
+
+        return to_numpy(torch.mean(self.data, dim=0, dtype=torch.float64))
 
     def mean_variance(self) -> float:
         import torch

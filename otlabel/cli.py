@@ -998,7 +998,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _size_or_npy(text: str | None, option: str) -> int | float | np.ndarray | None:
     """``--min-size`` / ``--max-size`` of ``otlabel cluster``: an integer is a count."""
-    if text is not None and re.fullmatch(r"\d+", text.strip()):
+    if text is not None and re.fullmatch(r"[-+]?\d+", text.strip()):
         return int(text)
     return _number_or_npy(text, option, SIZES)
 

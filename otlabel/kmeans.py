@@ -12,6 +12,7 @@ estimator conventions, the k-means++ seeding and the input validation.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
     from sklearn.cluster import kmeans_plusplus
+    from sklearn.exceptions import ConvergenceWarning as FewClustersWarning
     from sklearn.utils import check_random_state
     from sklearn.utils.validation import check_array, check_is_fitted, validate_data
     from threadpoolctl import threadpool_limits
@@ -114,14 +116,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_clusters : int, default 8
         K, the number of clusters.
-    init : {"k-means++", "random"} or array (K, d), default "k-means++"
+    init : {"k-means++", "random"}, callable or array (K, d), default "k-means++"
         The initial centres: scikit-learn's k-means++ seeding
         (:func:`sklearn.cluster.kmeans_plusplus`), K samples drawn at random
-        (with probability proportional to their weight), or given.  A memmap is
-        seeded from :data:`SEED_ROWS` rows drawn at random.
+        (with probability proportional to their weight), ``init(X, n_clusters,
+        random_state)``'s, or given.  A memmap is seeded from :data:`SEED_ROWS`
+        rows drawn at random, so with ``random_state`` alone it does not start
+        where the same samples in memory do (pass the centres to make it).
     n_init : "auto" or int, default "auto"
         Runs from different initial centres; the fit keeps the run of least
-        inertia.  "auto": 1 for k-means++ or given centres, 10 for "random".
+        inertia.  "auto": 1 for k-means++ or given centres, 10 for "random" or a
+        callable.
     max_iter : int, default 300
         Most Lloyd iterations of a run.
     tol : float, default 1e-4
@@ -260,6 +265,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         self._check_parameters()
         samples = self._samples(X, sample_weight, reset=True)
+        samples.centre_at(samples.mean())  # the scores' rounding: see Samples.centre_at
+        _check_range(samples)
         n_samples = samples.n_samples
         if self.n_clusters > n_samples:
             plural = "" if n_samples == 1 else "s"
@@ -275,21 +282,34 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         ):
             best = self._best_run(samples, sizes, tol)
         self._keep(best, samples, sizes)
+        held = int(np.count_nonzero(to_numpy(self.counts_)))
+        if held < self.n_clusters:  # sizes of 0 allowed, as scikit-learn warns
+            warnings.warn(
+                f"Number of distinct clusters ({held}) found smaller than n_clusters "
+                f"({self.n_clusters}): {self.n_clusters - held} ended empty (possibly "
+                "duplicate points in X); give min_size >= 1 to keep every cluster",
+                FewClustersWarning,
+                stacklevel=2,
+            )
         return self
 
-    def predict(self, X: Any) -> Any:
+    def predict(self, X: Any, sample_weight: Any = None) -> Any:
         r"""Labels of new samples from the fitted centres and potential:
-        :math:`\mathrm{argmax}_k (-\|x - c_k\|^2 + g_k)`.
+        :math:`\mathrm{argmax}_k (-w \|x - c_k\|^2 + g_k)`, ``w`` the sample's
+        weight (1 by default).
 
-        On the training samples it gives ``labels_`` wherever the maximum is
-        unique (``potential_`` is the last step's optimal dual); on samples like
-        them the sizes follow the fit's.  A batch's labels do not depend on the
-        rest of the batch.  For labels that
-        meet the size constraint on the batch itself, see :meth:`predict_exact`.
+        On the training samples, with the fit's ``sample_weight``, it gives
+        ``labels_`` wherever the maximum is unique (``potential_`` is the last
+        step's optimal dual, and the step weighs each sample's distances by its
+        weight); on samples like them the sizes follow the fit's.  A batch's labels
+        do not depend on the rest of the batch.  For labels that meet the size
+        constraint on the batch itself, see :meth:`predict_exact`.
 
         Parameters
         ----------
         X : array (n, d), CSR matrix, memmap or Torch tensor
+        sample_weight : array (n,) or None
+            The samples' weights, as in :meth:`fit` (None: 1 each).
 
         Returns
         -------
@@ -297,7 +317,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             In X's library.
         """
         check_is_fitted(self)
-        samples = self._samples(X, None, reset=False)
+        samples = self._samples(X, sample_weight, reset=False)
         scores = samples.scores(self._centres)
         return predict(scores, self.potential_)
 
@@ -333,6 +353,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         sizes = self._sizes
         if min_size is not None or max_size is not None:
             sizes = bounded_sizes(min_size, max_size, self.n_clusters, samples.n_samples)
+        elif samples.n_samples < self.n_clusters:
+            sizes = sizes.as_bounds(samples.n_samples, self.n_clusters)
         step = AssignmentStep(samples, sizes, self._epsilon, self.potential_)
         with (
             threadpool_limits(limits=BLAS_THREADS, user_api="blas"),
@@ -353,7 +375,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return samples.distances_to(self._centres)
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
-        """Minus the inertia of ``X`` with its :meth:`predict` labels."""
+        """Minus the weighted inertia of ``X`` with its :meth:`predict` labels (given
+        the same ``sample_weight``)."""
         check_is_fitted(self)
         samples = self._samples(X, sample_weight, reset=False)
         labels = predict(samples.scores(self._centres), self.potential_)
@@ -368,8 +391,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         _check_count(self.max_iter, "max_iter")
         if self.n_init != "auto":
             _check_count(self.n_init, "n_init")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or self.tol < 0:
-            raise ValueError(f"tol: expected a number >= 0, got {self.tol!r}")
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= tol < math.inf:
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
         if isinstance(self.init, str) and self.init not in AUTO_RUNS:
             raise ValueError(
                 f"init: expected 'k-means++', 'random' or an array of centres "
@@ -390,6 +414,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return best
 
     def _n_runs(self) -> int:
+        if callable(self.init):
+            return 10 if self.n_init == "auto" else int(self.n_init)
         if not isinstance(self.init, str):
             if self.n_init not in ("auto", 1):
                 warnings.warn(
@@ -403,7 +429,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _samples(self, X: Any, sample_weight: Any, *, reset: bool) -> Samples:
         """X validated (dtype, shape, finite values, feature count) as a reader."""
-        streamed = isinstance(X, np.memmap)
+        mapped = isinstance(X, np.memmap)
+        if mapped and not reset and X.ndim == 2:  # before a copy of the wrong features
+            self._check_features(int(X.shape[1]), reset)
+        streamed = mapped and _streamable(X)
         if library_of(X) == "torch":
             data = _checked_tensor(X)
             self._check_features(int(data.shape[1]), reset)
@@ -417,7 +446,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 reset=reset,
             )
         weights = _sample_weights(sample_weight, data)
-        return samples_of(data, weights, streamed=streamed)
+        samples = samples_of(data, weights, streamed=streamed)
+        if not reset:  # new samples, measured from the fit's origin
+            samples.centre_at(self._origin)
+        return samples
 
     def _check_features(self, n_features: int, reset: bool) -> None:
         if reset:
@@ -430,6 +462,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _initial_centres(self, samples: Samples, random_state: Any) -> np.ndarray:
         """(K, d) float64 centres to start a run from."""
+        if callable(self.init):
+            chosen = self.init(samples.host(), self.n_clusters, random_state)
+            return _given_centres(chosen, self.n_clusters, samples.n_features, "init(X)")
         if not isinstance(self.init, str):
             return _given_centres(self.init, self.n_clusters, samples.n_features)
         rows, weights = _seeding_rows(samples, random_state)
@@ -448,6 +483,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _keep(self, run: Run, samples: Samples, sizes: Sizes) -> None:
         step = run.step
         self._centres = run.centres
+        self._origin = samples.origin64
         self._sizes = sizes
         self._epsilon = run.epsilon
         self.cluster_centers_ = samples.like_data(run.centres.astype(samples.host_dtype))
@@ -459,9 +495,47 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = run.n_iter
 
 
+def _streamable(X: np.memmap) -> bool:
+    """Whether a memmap is read block by block as it is (C order, float32 or float64);
+    else it is read into memory whole, with a warning that says how to avoid it."""
+    if X.flags.c_contiguous and X.dtype in (np.float32, np.float64):
+        return True
+    layout = "C-ordered" if X.flags.c_contiguous else "not C-ordered"
+    copy_bytes = X.size * (X.dtype.itemsize if X.dtype == np.float32 else 8)
+    warnings.warn(
+        f"X: a memmap of dtype {X.dtype}, {layout}, is copied into memory whole "
+        f"({copy_bytes / 1e9:.2g} GB) and fitted there; to fit it block by block, save it "
+        "C-ordered as float32 or float64 (np.save(path, np.ascontiguousarray(X, "
+        "dtype=np.float32)))",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return False
+
+
 def _check_count(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _check_range(samples: Samples) -> None:
+    """Raise if a weighted score ``w_i (2 (x_i - o).(c - o) - ||c - o||^2)`` could
+    overflow X's dtype: a centre lies in the samples' hull, so ``|score| <= 4 w_max
+    max_i ||x_i - o||^2``."""
+    largest = 4.0 * samples.largest_squared_norm()
+    weight = 1.0 if samples.weights is None else float(to_numpy(samples.weights).max())
+    limit = float(np.finfo(samples.host_dtype).max) / 16  # room for the sums' rounding
+    if largest > limit:
+        raise ValueError(
+            f"X: squared distances up to {largest:.3g} overflow {samples.host_dtype} "
+            f"(at most {limit:.3g}); pass float64 samples, or scale X down"
+        )
+    if largest * weight > limit:
+        raise ValueError(
+            f"sample_weight: weights up to {weight:.3g} times squared distances up to "
+            f"{largest:.3g} overflow {samples.host_dtype}; scale the weights down (only "
+            "their ratios matter)"
+        )
 
 
 def _checked_tensor(X: Any) -> Any:
@@ -470,6 +544,8 @@ def _checked_tensor(X: Any) -> Any:
 
     if X.ndim != 2:
         raise ValueError(f"X: expected a 2-D tensor (n_samples, n_features), got {X.ndim}-D")
+    if X.is_complex():
+        raise ValueError(f"X: complex samples ({X.dtype}) have no k-means; pass real ones")
     if X.dtype in (torch.float16, torch.bfloat16):
         X = X.float()
     elif X.dtype not in (torch.float32, torch.float64):
@@ -494,13 +570,20 @@ def _sample_weights(sample_weight: Any, data: Any) -> Any:
             f"sample_weight: expected shape ({n_samples},), one weight per sample of X, "
             f"got {weights.shape}"
         )
-    weights = weights.astype(np.float64)
+    try:
+        if np.iscomplexobj(weights):
+            raise TypeError("complex")
+        weights = weights.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sample_weight: expected real numbers, got an array of {weights.dtype}"
+        ) from None
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(
             "sample_weight: expected finite weights >= 0; drop the samples of weight NaN or "
             "inf, and give negative ones 0"
         )
-    if weights.sum() <= 0:
+    if not np.any(weights > 0):
         raise ValueError("sample_weight: every weight is zero; give some samples a weight > 0")
     if library_of(data) == "torch":
         import torch
@@ -509,11 +592,11 @@ def _sample_weights(sample_weight: Any, data: Any) -> Any:
     return weights
 
 
-def _given_centres(init: Any, n_clusters: int, n_features: int) -> np.ndarray:
-    centres = check_array(init, dtype=np.float64, input_name="init")
+def _given_centres(init: Any, n_clusters: int, n_features: int, name: str = "init") -> np.ndarray:
+    centres = check_array(to_numpy(init), dtype=np.float64, input_name=name)
     if centres.shape != (n_clusters, n_features):
         raise ValueError(
-            f"init: expected initial centres of shape (n_clusters, n_features) = "
+            f"{name}: expected initial centres of shape (n_clusters, n_features) = "
             f"({n_clusters}, {n_features}), got {centres.shape}"
         )
     return centres.copy()
@@ -556,6 +639,15 @@ class Sizes:
             "cluster_weights": self.cluster_weights,
             "size_penalty": self.size_penalty,
         }
+
+    def as_bounds(self, n_samples: int, n_clusters: int) -> Sizes:
+        """Fixed proportions as the count bounds they give N samples (the exact step
+        of fixed sizes needs K <= N; a batch of fewer samples has bounds 0..1)."""
+        bounds = self.count_bounds(n_samples, n_clusters)
+        if bounds is None or self.min_size is not None:
+            return self
+        lower, upper = bounds
+        return Sizes(min_size=lower / n_samples, max_size=upper / n_samples)
 
     def count_bounds(self, n_samples: int, n_clusters: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(K,) least and largest counts for N samples, as ``assign`` takes them (``floor``
@@ -921,7 +1013,8 @@ def _rounding_passes(scores: np.ndarray) -> tuple[Any, int]:
 
 def epsilon_for(scores: np.ndarray) -> float:
     """:data:`EPSILON_SHARE` of the scores' standard deviation (1 if they are all equal)."""
-    spread = float(np.std(scores, dtype=np.float64))
+    unit = float(np.abs(scores).max(initial=0.0))  # squares of 1e300 would overflow
+    spread = unit * float(np.std(scores / unit, dtype=np.float64)) if unit > 0 else 0.0
     return EPSILON_SHARE * spread if spread > 0 else 1.0
 
 

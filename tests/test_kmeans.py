@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import scipy.sparse as sparse
 from _helpers import bounded_lp_optimum
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import kmeans_plusplus
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import check_estimator
 
 import otlabel
@@ -99,7 +101,9 @@ def test_the_assignment_step_matches_brute_force_on_tiny_problems(seed):
     n_samples, n_clusters = 6, 3
     X = rng.integers(-2, 3, size=(n_samples, 2)).astype(np.float64)  # many ties
     centres = rng.normal(size=(n_clusters, 2))
-    model = KMeans(n_clusters, init=centres, max_iter=1, min_size=0, max_size=1.0).fit(X)
+    with warnings.catch_warnings():  # a centre may be left without samples
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = KMeans(n_clusters, init=centres, max_iter=1, min_size=0, max_size=1.0).fit(X)
     lower, upper = np.array([1, 0, 2]), np.array([3, 2, 4])
     scores = score_matrix(X, model.cluster_centers_)
     best = max(
@@ -308,6 +312,40 @@ def test_torch_tensors_in_tensors_out(rng):
     assert on_torch.transform(torch.from_numpy(X[:10])).dtype == torch.float32
 
 
+@pytest.mark.parametrize("kind", ["array", "memmap", "torch"])
+@pytest.mark.parametrize("offset", [1e4, np.array([40.7, -74.0, 12.5, 3e3])])
+def test_float32_samples_far_from_zero_keep_their_distances(rng, tmp_path, kind, offset):
+    """float32 points far from 0 (spread 1 at 1e4, or GPS-like coordinates spread
+    0.05): ``2 x.c`` and ``||c||^2`` are huge and nearly equal, so the scores are
+    measured from the samples' mean.  Every step's labels are then the LP optimum
+    of the true distances, as for the same points near 0, and predict, transform
+    and predict_exact agree with them."""
+    spread = 0.05 if isinstance(offset, np.ndarray) else 1.0
+    near = blobs(rng, n_samples=600) * spread
+    X = (near + offset).astype(np.float32)
+    data = X
+    if kind == "memmap":
+        np.save(tmp_path / "X.npy", X)
+        data = np.load(tmp_path / "X.npy", mmap_mode="r")
+    elif kind == "torch":
+        data = pytest.importorskip("torch").from_numpy(X)
+    start, _ = kmeans_plusplus(X.astype(np.float64), 5, random_state=0)
+    model = KMeans(5, init=start, min_size=100).fit(data)
+    centres = np.asarray(model.cluster_centers_, dtype=np.float64)
+    scores = score_matrix(X, centres)  # the true distances, in float64
+    labels = np.asarray(model.labels_)
+    optimum = bounded_lp_optimum(scores, np.full(5, 100), np.full(5, 600))
+    assert label_score(scores, labels) == pytest.approx(optimum, rel=1e-7)
+    assert model.gap_ <= 1e-9 and model.n_iter_ < 60
+    shifted = KMeans(5, init=start - offset, min_size=100).fit((X - offset).astype(np.float64))
+    assert model.inertia_ == pytest.approx(shifted.inertia_, rel=1e-5)
+    distances = np.asarray(model.transform(data), dtype=np.float64)
+    np.testing.assert_allclose(distances**2, -scores, rtol=1e-3, atol=1e-5 * -scores.min())
+    assert np.mean(np.asarray(model.predict(data)) == labels) > 0.99
+    exact = np.asarray(model.predict_exact(data))
+    assert label_score(scores, exact) == pytest.approx(optimum, rel=1e-7)
+
+
 # --------------------------------------------------------------------------
 # bad input: the error names the argument and the fix
 # --------------------------------------------------------------------------
@@ -352,6 +390,65 @@ def test_bad_sample_weights_raise_naming_them(rng):
         KMeans(2).fit(X, sample_weight=np.ones(19))
     with pytest.raises(ValueError, match=r"sample_weight: expected finite weights >= 0"):
         KMeans(2).fit(X, sample_weight=-np.ones(20))
+    for weights, dtype in [(np.array(["a"] * 20), "<U1"), (np.ones(20) * 1j, "complex128")]:
+        with pytest.raises(ValueError, match=f"sample_weight: expected real numbers, .*{dtype}"):
+            KMeans(2).fit(X, sample_weight=weights)
+    with pytest.raises(ValueError, match=r"sample_weight: weights up to 1e\+308 times .*scale"):
+        KMeans(2).fit(X, sample_weight=np.full(20, 1e308))
+    huge = KMeans(2, random_state=0).fit(X, sample_weight=np.full(20, 1e300))  # ratios matter
+    np.testing.assert_array_equal(huge.labels_, KMeans(2, random_state=0).fit(X).labels_)
+
+
+def test_samples_whose_distances_overflow_their_dtype_raise_naming_x():
+    X = np.random.default_rng(0).normal(size=(20, 2)) * 1e20
+    with pytest.raises(ValueError, match=r"X: squared distances up to .* overflow float32"):
+        KMeans(2).fit(X.astype(np.float32))
+    assert KMeans(2).fit(X).gap_ <= 1e-9  # float64 holds them
+
+
+@pytest.mark.parametrize("tol", [float("nan"), float("inf"), -1.0])
+def test_a_tolerance_that_is_not_a_finite_number_raises(tol):
+    with pytest.raises(ValueError, match=r"tol: expected a finite number >= 0"):
+        KMeans(2, tol=tol).fit(np.random.default_rng(0).normal(size=(10, 2)))
+
+
+def test_a_complex_tensor_raises():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"X: complex samples \(torch.complex128\)"):
+        KMeans(2).fit(torch.ones((10, 2), dtype=torch.complex128))
+
+
+def test_a_callable_init_is_called_as_scikit_learn_calls_it(rng):
+    X = blobs(rng)
+    calls = []
+
+    def first_rows(data, n_clusters, random_state):
+        calls.append((data.shape, n_clusters, type(random_state).__name__))
+        return data[random_state.choice(data.shape[0], n_clusters, replace=False)]
+
+    model = KMeans(5, init=first_rows, random_state=0).fit(X)
+    assert calls == [((300, 4), 5, "RandomState")] * 10  # n_init "auto": 10 runs
+    assert len(np.unique(model.labels_)) == 5
+    with pytest.raises(ValueError, match=r"init\(X\): expected initial centres of shape"):
+        KMeans(5, init=lambda data, k, state: data[:2]).fit(X)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "float16"])
+def test_a_memmap_that_cannot_be_streamed_warns_that_it_is_read_whole(rng, tmp_path, layout):
+    X = blobs(rng)
+    saved = np.asfortranarray(X) if layout == "fortran" else X.astype(np.float16)
+    np.save(tmp_path / "X.npy", saved)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    with pytest.warns(RuntimeWarning, match=r"X: a memmap of dtype .* is copied into memory"):
+        model = KMeans(5, random_state=0).fit(mapped)
+    np.testing.assert_array_equal(model.labels_, KMeans(5, random_state=0).fit(saved).labels_)
+
+
+def test_clusters_left_empty_warn_as_scikit_learn_does():
+    X = np.repeat(np.eye(3), 10, axis=0)  # 3 distinct points for 5 clusters
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(3\) .* n_clusters \(5\)"):
+        model = KMeans(5, min_size=0, max_size=1.0, random_state=0).fit(X)
+    assert sorted(np.asarray(model.counts_).tolist()) == [0, 0, 10, 10, 10]
 
 
 # --------------------------------------------------------------------------
@@ -367,6 +464,41 @@ def test_predict_is_the_argmax_with_the_fitted_potential(rng):
     np.testing.assert_array_equal(model.predict(new), scores.argmax(axis=1))
     expected = label_score(score_matrix(new, model.cluster_centers_), model.predict(new))
     assert model.score(new) == pytest.approx(expected, rel=1e-12)
+
+
+def test_predict_with_the_fits_weights_gives_its_labels(rng):
+    """A weighted step maximises ``-sum w_i ||x_i - c||^2``: its dual labels a sample of
+    weight w by ``argmax -w ||x - c_k||^2 + g_k``, which predict takes the weights for."""
+    X = blobs(rng, n_samples=1000)
+    weights = rng.choice([0.1, 1.0, 10.0], size=1000)
+    model = KMeans(4, random_state=0).fit(X, sample_weight=weights)
+    predicted = model.predict(X, sample_weight=weights)
+    shifted = weights[:, None] * score_matrix(X, model.cluster_centers_) + model.potential_
+    rows = np.arange(X.shape[0])
+    tied = shifted[rows, model.labels_] >= shifted.max(axis=1) - 1e-9 * np.abs(shifted).max()
+    assert np.all(tied)  # every label is a best one at the dual
+    differ = predicted != model.labels_
+    assert np.all(tied[differ]) and differ.sum() <= 3  # only at the dual's ties (K - 1)
+    unweighted = model.predict(X) != model.labels_
+    assert unweighted.sum() > 10  # weight 1 each: other labels
+
+
+@pytest.mark.parametrize("kind", ["array", "csr", "memmap"])
+def test_predict_exact_on_a_batch_smaller_than_k(rng, tmp_path, kind):
+    """Equal sizes for 2 samples and 5 clusters: at most one sample per cluster, the
+    brute-force optimum (the exact step of fixed sizes needs K <= N: bounds instead)."""
+    X = blobs(rng)
+    model = KMeans(5, random_state=0).fit(X)
+    for seed in range(10):
+        batch = blobs(np.random.default_rng(seed), n_samples=2)
+        data = {"array": batch, "csr": sparse.csr_matrix(batch)}.get(kind)
+        if kind == "memmap":
+            np.save(tmp_path / "batch.npy", batch)
+            data = np.load(tmp_path / "batch.npy", mmap_mode="r")
+        labels = np.asarray(model.predict_exact(data))
+        scores = score_matrix(batch, model.cluster_centers_)
+        best = max(scores[0, a] + scores[1, b] for a in range(5) for b in range(5) if a != b)
+        assert labels[0] != labels[1] and label_score(scores, labels) == pytest.approx(best)
 
 
 @pytest.mark.parametrize(
@@ -439,6 +571,8 @@ def test_cluster_command_writes_labels_and_centres(tmp_path, capsys, rng):
     assert "optimality certified gap" in out
     assert main(["cluster", str(tmp_path / "X.npy"), "-k", "5", "--min-size", "70"]) == 1
     assert "--min-size: 5 clusters need at least 350" in capsys.readouterr().err
+    assert main(["cluster", str(tmp_path / "X.npy"), "-k", "5", "--min-size", "-5"]) == 1
+    assert "--min-size: a count of samples is 0..300 (X's N), got -5" in capsys.readouterr().err
 
 
 def test_the_docs_example_runs_and_prints_what_it_says(capsys):
