@@ -1,7 +1,8 @@
 """otlabel.KMeans beside scikit-learn's KMeans and k-means-constrained, from the same centres.
 
-    python benchmarks/kmeans.py                 # both cases of issue 27
+    python benchmarks/kmeans.py                 # the three cases
     python benchmarks/kmeans.py --case bounded  # 23 000 x 50, K = 10, sizes 1 150..4 600
+    python benchmarks/kmeans.py --case medium   # 100 000 x 64 float32, K = 100, equal sizes
     python benchmarks/kmeans.py --case equal    # 1 000 000 x 150 float32, K = 50, 20 iterations
 
 Each case draws unstructured points (standard normal), seeds K centres by
@@ -9,8 +10,10 @@ k-means++ once, and fits every library from those centres, one run each:
 scikit-learn unconstrained, k-means-constrained (when installed: the bench extra)
 with the same bounds, otlabel.KMeans with them.  Printed per library: fit time,
 iterations, time per iteration, inertia, smallest and largest cluster; then the
-figures each target of the issue compares.  k-means-constrained is left out of
-the equal case (a min-cost-flow graph of N x K arcs; ``--kmc-equal`` tries it).
+figures each target compares.  In the medium case k-means-constrained runs
+:data:`FEW_ITERATIONS` iterations only (a min-cost-flow graph of N x K = 10 000 000
+arcs a step), for its time per iteration; it is left out of the equal case
+(``--kmc-equal`` tries it).
 """
 
 from __future__ import annotations
@@ -177,6 +180,35 @@ def constrained_fit(
     return Fit("k-means-constrained", seconds, int(model.n_iter_), inertia, counts)
 
 
+#: Iterations of k-means-constrained in the medium case (its time per iteration).
+FEW_ITERATIONS = 3
+
+
+def medium_case(args: argparse.Namespace) -> None:
+    n_samples, n_features, n_clusters = 100_000, 64, 100
+    X = np.random.default_rng(2).standard_normal((n_samples, n_features), dtype=np.float32)
+    centres, _ = kmeans_plusplus(X, n_clusters, random_state=0)
+    print(
+        f"\n## medium: {n_samples} x {n_features} float32, K = {n_clusters}, equal sizes "
+        f"({n_samples // n_clusters} each)"
+    )
+    otlabel.KMeans(n_clusters, init=centres, max_iter=2).fit(X[:20_000])  # compile first
+    plain = timed(
+        "scikit-learn (no bounds)", SklearnKMeans(n_clusters, init=centres, n_init=1).fit, X
+    )
+    ours = timed("otlabel.KMeans", otlabel.KMeans(n_clusters, init=centres).fit, X)
+    print(plain.line())
+    print(ours.line())
+    per_iteration = (ours.seconds / ours.n_iter) / (plain.seconds / plain.n_iter)
+    print(f"Lloyd iteration against scikit-learn's: {per_iteration:.2f}x")
+    size = n_samples // n_clusters
+    theirs = constrained_fit(X.astype(np.float64), centres, size, size, FEW_ITERATIONS)
+    if theirs is not None:
+        print(theirs.line() + f"  ({FEW_ITERATIONS} iterations only: per iteration)")
+        ratio = (theirs.seconds / theirs.n_iter) / (ours.seconds / ours.n_iter)
+        print(f"k-means-constrained's iteration against otlabel's: {ratio:.1f}x")
+
+
 def equal_case(args: argparse.Namespace) -> None:
     n_samples, n_features, n_clusters, n_iter = 1_000_000, 150, 50, 20
     X = np.random.default_rng(1).standard_normal((n_samples, n_features), dtype=np.float32)
@@ -214,7 +246,7 @@ def _cpu() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=("bounded", "equal", "all"), default="all")
+    parser.add_argument("--case", choices=("bounded", "medium", "equal", "all"), default="all")
     parser.add_argument("--kmc-equal", action="store_true", help="k-means-constrained too")
     args = parser.parse_args()
     print(
@@ -225,6 +257,8 @@ def main() -> None:
     print(f"load average before: {_load()}")
     if args.case in ("bounded", "all"):
         bounded_case(args)
+    if args.case in ("medium", "all"):
+        medium_case(args)
     if args.case in ("equal", "all"):
         equal_case(args)
     print(f"load average after: {_load()}")

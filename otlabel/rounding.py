@@ -910,7 +910,7 @@ class _Exchanges(_Transfers):
     def improve(self, slot_values: Any) -> int:
         """Move samples along the best exchange while it gains; returns the moves."""
         n_moves = 0
-        floor = _GAIN_TOLERANCE * self._magnitude(slot_values)  # a gain's rounding level
+        floor = self.gain_floor(slot_values)
         while True:
             distance, parent, target, gain = self._best_exchange(slot_values, prune=True)
             if target < 0 or gain <= floor:
@@ -922,13 +922,15 @@ class _Exchanges(_Transfers):
                 node = int(parent[node])
             n_moves += 1
 
-    def _magnitude(self, slot_values: Any) -> float:
-        """The largest finite price, slot value or move cost: the scale of a gain (in
-        the scores' units, whatever they are: 1e-10 as well as 1e10)."""
+    def gain_floor(self, slot_values: Any) -> float:
+        """The gain an exchange must beat: its rounding level, :data:`_GAIN_TOLERANCE`
+        times the largest finite price, slot value or move cost (in the scores'
+        units, whatever they are: 1e-10 as well as 1e10)."""
         with np.errstate(invalid="ignore"):
             terms = [self.prices, slot_values(self.counts), self.move_cost.ravel()]
         finite = [np.abs(t[np.isfinite(t)]) for t in terms]
-        return max((float(t.max()) for t in finite if t.size), default=0.0)
+        largest = max((float(t.max()) for t in finite if t.size), default=0.0)
+        return _GAIN_TOLERANCE * largest
 
     def dual_prices(self, slot_values: Any) -> np.ndarray:
         """The certificate's prices ``p_k - D(k)``, from a full Dijkstra at the end."""

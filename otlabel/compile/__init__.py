@@ -20,6 +20,7 @@ import numpy as np
 
 from ..api import assign, predict
 from ..datasets import make_scores
+from ..rounding import argmax_labels
 
 __all__ = ["compile", "main"]
 
@@ -143,8 +144,21 @@ def _tied(as_input: Input) -> None:
     assign(as_input(np.zeros((ROWS // 2, 4))), 0.05)
 
 
+def _passes(as_input: Input) -> None:
+    """The rounding's compiled passes on their own, first: at hand, every later case
+    (and a small k-means step, its argmax labels at the previous dual) reads with
+    them, in this process as in a later one."""
+    from ..kernels.numba.rounding import NumbaPasses  # Numba is imported on first use
+
+    scores = as_input(make_scores(ROWS // 8, CLUSTERS // 8, seed=5))
+    labels = argmax_labels(scores, np.zeros(scores.shape[1]), scores.shape[0], NumbaPasses())
+    NumbaPasses.move_costs(scores, labels, np.full((scores.shape[1],) * 2, np.inf))
+
+
 #: The paths, each a function of how to make its input.
-CASES: tuple[Callable[[Input], None], ...] = (_sparse, _dense, _log, _starved, _sizes, _tied)
+CASES: tuple[Callable[[Input], None], ...] = (
+    _passes, _sparse, _dense, _log, _starved, _sizes, _tied,
+)  # fmt: skip
 
 
 def _as(dtype: np.dtype) -> Input:

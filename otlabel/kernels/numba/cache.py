@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numba
+import numpy as np
 from numba.core import event
 from numba.core.compiler_lock import global_compiler_lock
 
@@ -43,14 +44,43 @@ def at_hand(kernel: Any, *args: Any) -> bool:
     >>> at_hand(double, np.zeros(3)), at_hand(double, np.zeros(3, np.float32))
     (True, False)
     """
+    key = (kernel, tuple(_type_key(arg) for arg in args))
+    if key in _AT_HAND:  # at hand once, at hand for the process: no typing again
+        return True
+    if _NOT_AT_HAND.get(key) == _COMPILES.count:  # and nothing compiled since
+        return False
     types = tuple(numba.typeof(arg) for arg in args)
     # under the compiler's lock no other thread compiles while the refusal listens
     with global_compiler_lock, event.install_listener("numba:compile", _Refuse()):
+        _COMPILES.looking = True
         try:
             kernel.compile(types)
         except _NotAtHand:
+            _NOT_AT_HAND[key] = _COMPILES.count
             return False
+        finally:
+            _COMPILES.looking = False
+    _AT_HAND.add(key)
     return True
+
+
+#: (kernel, argument keys) found at hand in this process, and those found not at
+#: hand with the count of compiles then: typing a dozen arguments and asking the
+#: cache on disk take about a millisecond, and a k-means step asks a few times.
+_AT_HAND: set[tuple[Any, tuple[Any, ...]]] = set()
+_NOT_AT_HAND: dict[tuple[Any, tuple[Any, ...]], int] = {}
+
+
+def _type_key(arg: Any) -> Any:
+    """What Numba's type of ``arg`` depends on, cheaply: an array's dtype, dimensions,
+    layout and flags; a tuple's items'; anything else's Python type."""
+    if isinstance(arg, np.ndarray):
+        flags = arg.flags
+        layout = (flags.c_contiguous, flags.f_contiguous, flags.writeable, flags.aligned)
+        return (arg.dtype.str, arg.ndim, layout)
+    if isinstance(arg, tuple):
+        return (type(arg), tuple(_type_key(item) for item in arg))
+    return type(arg)
 
 
 @contextmanager
@@ -70,6 +100,26 @@ def recording() -> Iterator[list[str]]:
     compiled: list[str] = []
     with event.install_listener("numba:compile", _Record(compiled)):
         yield compiled
+
+
+class _Compiles(event.Listener):
+    """Counts the compiles that start in this process (any kernel's), but for those
+    that :func:`at_hand` starts only to refuse them (``looking``, under the compiler's
+    lock: no other thread compiles then)."""
+
+    def __init__(self) -> None:
+        self.count, self.looking = 0, False
+
+    def on_start(self, event: Any) -> None:
+        if not self.looking:
+            self.count += 1
+
+    def on_end(self, event: Any) -> None:
+        pass
+
+
+_COMPILES = _Compiles()
+event.register("numba:compile", _COMPILES)
 
 
 class _Record(event.Listener):

@@ -1,8 +1,8 @@
 """Exchanges of relaxed sizes: the best improving path of moves between clusters.
 
 With a size penalty, moving samples along a path of clusters changes the
-counts' penalty; :func:`improve` applies the exchanges that gain more than
-:data:`GAIN_TOLERANCE`, on the reference's arrays (:mod:`otlabel.rounding`).
+counts' penalty; :func:`improve` applies the exchanges that gain more than the
+reference's rounding level (``gain_floor``), on its arrays (:mod:`otlabel.rounding`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
     """
     scores, virtual = matrix_and_column(exchanges.scores)
     slots = constraint.slot_parameters(n_samples)
+    floor = exchanges.gain_floor(lambda counts: constraint.slot_values(n_samples, counts))
     n_moves, room = 0, max(64, exchanges.labels.size // max(exchanges.counts.size, 1))
     while True:  # a cluster's member list may fill up: rebuild it with more room
         members, start, count, capacity = _growing_table(exchanges.members, room)
@@ -33,7 +34,7 @@ def improve(exchanges: Any, constraint: Any, n_samples: int) -> int:
         moved, full = _improve(
             scores, virtual, exchanges.move_arg, exchanges.labels, prices, exchanges.counts,
             exchanges.move_cost, members, start, count, capacity,
-            penalty, expected, known, lower, upper, GAIN_TOLERANCE,
+            penalty, expected, known, lower, upper, floor,
         )  # fmt: skip
         exchanges.prices = prices
         exchanges.members = [members[s : s + c].tolist() for s, c in zip(start, count, strict=True)]
@@ -52,10 +53,6 @@ def _growing_table(lists: list[list[int]], room: int) -> tuple[np.ndarray, ...]:
     for k, group in enumerate(lists):
         members[start[k] : start[k] + count[k]] = group
     return members, start, count, capacity
-
-
-#: The exchange tolerance of :mod:`otlabel.rounding` (relative to the prices).
-GAIN_TOLERANCE = 1e-12
 
 
 @njit(cache=True)
@@ -80,9 +77,10 @@ def _slot_value(k, n, penalty, expected, known, lower, upper):
 @njit(cache=True)
 def _improve(
     scores, virtual, move_arg, labels, prices, counts, move_cost, members, start, count,
-    capacity, penalty, expected, known, lower, upper, tolerance,
+    capacity, penalty, expected, known, lower, upper, floor,
 ):  # fmt: skip
-    """Exchanges until none gains; returns ``(exchanges, a member list is full)``."""
+    """Exchanges until none gains more than ``floor``; returns ``(exchanges, a member
+    list is full)``."""
     n_clusters = prices.size
     distance = np.empty(n_clusters)
     reward = np.empty(n_clusters)
@@ -103,10 +101,7 @@ def _improve(
                 reward[k] = -np.inf
         parent[:] = -1
         target, best = exchange_paths(move_cost, prices, distance, reward, parent, True)
-        largest = 0.0
-        for k in range(n_clusters):
-            largest = max(largest, abs(prices[k]))
-        if target < 0 or best <= tolerance * (1.0 + largest):
+        if target < 0 or best <= floor:
             return n_moves, False
         node = target
         while parent[node] >= 0:  # every taker needs a free slot in its member list

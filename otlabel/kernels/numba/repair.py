@@ -115,7 +115,8 @@ def repair(
     if classes is None:  # entries are samples: no rows nor amounts stored
         rows, amount = np.zeros(0, np.int64), np.zeros(0, np.int64)
         members, start, count = entry_table(labels, counts, dummies, upper)
-        depth = candidate_depth(n_clusters, excess)
+        short = int(np.maximum(lower - counts, 0).sum())
+        depth = candidate_depth(n_clusters, excess) if excess + short else 0  # no path
         candidates = candidate_lists(n_clusters, depth)
         if depth:  # C, its first samples and the candidate lists in one read
             threads = None if matrix.size >= PARALLEL_FILL else 1
