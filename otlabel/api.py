@@ -26,6 +26,7 @@ from .unregularised import (
     exact_solve_output,
     exact_start,
     label_plan,
+    unwarmed_output,
     wants_exact_start,
     warm_epsilon,
 )
@@ -334,7 +335,12 @@ def solve_and_label(
         start = exact_start(head, options, small)
     else:
         start = start_of(head, solving, reducer=collective)
-    solved = solve_head(head, solving, start, reducer=collective)
+    try:
+        solved = solve_head(head, solving, start, reducer=collective)
+    except FloatingPointError:  # the warm solve's log domain left the range
+        if not unregularised:
+            raise
+        solved = unwarmed_output(head, start, options.backend)  # exact labels from start
     potential = to_numpy(solved.potential)
     labels = hard_labels(
         head.scores,

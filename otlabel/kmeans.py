@@ -282,6 +282,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         ):
             best = self._best_run(samples, sizes, tol)
         self._keep(best, samples, sizes)
+        _warn_if_rounded(samples, best)
         held = int(np.count_nonzero(to_numpy(self.counts_)))
         if held < self.n_clusters:  # sizes of 0 allowed, as scikit-learn warns
             warnings.warn(
@@ -463,7 +464,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _initial_centres(self, samples: Samples, random_state: Any) -> np.ndarray:
         """(K, d) float64 centres to start a run from."""
         if callable(self.init):
-            chosen = self.init(samples.host(), self.n_clusters, random_state)
+            chosen = self.init(samples.host(), self.n_clusters, random_state=random_state)
             return _given_centres(chosen, self.n_clusters, samples.n_features, "init(X)")
         if not isinstance(self.init, str):
             return _given_centres(self.init, self.n_clusters, samples.n_features)
@@ -525,6 +526,8 @@ def _check_range(samples: Samples) -> None:
     largest = 4.0 * samples.largest_squared_norm()
     weight = 1.0 if samples.weights is None else float(to_numpy(samples.weights).max())
     limit = float(np.finfo(samples.host_dtype).max) / 16  # room for the sums' rounding
+    if samples.weights is not None:
+        _check_weight_range(to_numpy(samples.weights), samples.host_dtype)
     if largest > limit:
         raise ValueError(
             f"X: squared distances up to {largest:.3g} overflow {samples.host_dtype} "
@@ -535,6 +538,55 @@ def _check_range(samples: Samples) -> None:
             f"sample_weight: weights up to {weight:.3g} times squared distances up to "
             f"{largest:.3g} overflow {samples.host_dtype}; scale the weights down (only "
             "their ratios matter)"
+        )
+
+
+def _warn_if_rounded(samples: Samples, run: Run) -> None:
+    """Warn when X's precision blurs the distances that decide the labels: the scores'
+    rounding, about ``4 eps (mean ||x - o||^2 + max ||c - o||^2)``, against the mean
+    squared distance of a sample to its centre (float32 groups far apart: the labels
+    are exact for the rounded scores, not for the true distances)."""
+    labels = to_numpy(run.step.labels)
+    weights = np.ones(labels.size) if samples.weights is None else to_numpy(samples.weights)
+    origin = 0.0 if samples.origin64 is None else samples.origin64
+    spread = ((run.centres - origin) ** 2).sum(axis=1)  # (K,) ||c_k - o||^2
+    total = float(weights.sum())
+    within = run.inertia / total
+    mean_norm = within + float(np.bincount(labels, weights, spread.size) @ spread) / total
+    rounding = 4 * float(np.finfo(samples.host_dtype).eps) * (mean_norm + float(spread.max()))
+    if within > 0 and rounding > ROUNDING_SHARE * within:
+        warnings.warn(
+            f"X: {samples.host_dtype} rounds the squared distances by about {rounding:.2g}, "
+            f"{rounding / within:.2g} of the mean squared distance to a centre "
+            f"({within:.2g}): the clusters are small for how far apart they lie, and the "
+            "labels exact for the rounded distances only; pass float64 X",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+#: The share of the mean squared distance to a centre from which the rounding of the
+#: distances is warned about.
+ROUNDING_SHARE = 1e-3
+
+
+def _check_weight_range(weights: np.ndarray, dtype: np.dtype) -> None:
+    """Raise if the weights' sum overflows float64, or a positive weight vanishes in
+    X's dtype (the scores are weighted in it): only their ratios matter."""
+    with np.errstate(over="ignore"):
+        total = float(np.sum(weights))
+    if not np.isfinite(total):
+        raise ValueError(
+            "sample_weight: the weights sum to more than float64 holds; scale them down "
+            "(only their ratios matter)"
+        )
+    positive = weights[weights > 0]
+    tiny = float(np.finfo(dtype).tiny)
+    if positive.min() < tiny:
+        raise ValueError(
+            f"sample_weight: weights as small as {positive.min():.3g} vanish in {dtype} "
+            f"(X's dtype: below {tiny:.3g}); scale them up (only their ratios matter), "
+            "or give such samples 0"
         )
 
 
@@ -563,6 +615,8 @@ def _sample_weights(sample_weight: Any, data: Any) -> Any:
         return None
     n_samples = int(data.shape[0])
     weights = np.asarray(to_numpy(sample_weight) if library_of(sample_weight) else sample_weight)
+    if weights.dtype.kind not in "biuf":  # not strings, complex numbers or objects
+        raise ValueError(f"sample_weight: expected real numbers, got an array of {weights.dtype}")
     if weights.ndim == 0:
         weights = np.full(n_samples, float(weights))
     if weights.shape != (n_samples,):
@@ -570,14 +624,7 @@ def _sample_weights(sample_weight: Any, data: Any) -> Any:
             f"sample_weight: expected shape ({n_samples},), one weight per sample of X, "
             f"got {weights.shape}"
         )
-    try:
-        if np.iscomplexobj(weights):
-            raise TypeError("complex")
-        weights = weights.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sample_weight: expected real numbers, got an array of {weights.dtype}"
-        ) from None
+    weights = weights.astype(np.float64)
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(
             "sample_weight: expected finite weights >= 0; drop the samples of weight NaN or "

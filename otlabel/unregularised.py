@@ -25,6 +25,7 @@ phase, 242 from the dual now).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -172,6 +173,27 @@ def exact_solve_output(
         argmax=None,
         converged=True,  # the answer is the labels, exact whatever the warm solve reached
     )
+
+
+def unwarmed_output(head: Any, start: Any, backend: Any) -> SolveOutput:
+    """The output of a warm solve that could not run (its log domain left the
+    floating-point range: a tiny batch far from its start, say): its start, no pass.
+    The exact labels do not need it; they start from that potential instead."""
+    n_clusters = head.scores.shape[1]
+    potential, row_potential = backend.vectors(
+        head.scores, np.asarray(start.potential[:n_clusters], np.float64),
+        np.zeros(head.scores.shape[0]),
+    )  # fmt: skip
+    unassigned = None
+    if head.virtual is not None:  # partial mass: the virtual column's g0 comes last
+        unassigned = (
+            float(start.potential[n_clusters]) if start.potential.size > n_clusters else 0.0
+        )
+    return SolveOutput(
+        row_potential=row_potential, potential=potential, n_iter=0, error=math.inf,
+        converged=False, method="log", errors=[], phases={"start": start.passes},
+        start=start.kind, unassigned_potential=unassigned,
+    )  # fmt: skip
 
 
 def label_plan(scores: Any, labels: np.ndarray, log_a: np.ndarray) -> Any:

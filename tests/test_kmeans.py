@@ -393,8 +393,12 @@ def test_bad_sample_weights_raise_naming_them(rng):
     for weights, dtype in [(np.array(["a"] * 20), "<U1"), (np.ones(20) * 1j, "complex128")]:
         with pytest.raises(ValueError, match=f"sample_weight: expected real numbers, .*{dtype}"):
             KMeans(2).fit(X, sample_weight=weights)
-    with pytest.raises(ValueError, match=r"sample_weight: weights up to 1e\+308 times .*scale"):
+    with pytest.raises(ValueError, match=r"sample_weight: weights up to 1e\+306 times .*scale"):
+        KMeans(2).fit(X, sample_weight=np.full(20, 1e306))
+    with pytest.raises(ValueError, match=r"sample_weight: the weights sum to more than float64"):
         KMeans(2).fit(X, sample_weight=np.full(20, 1e308))
+    with pytest.raises(ValueError, match=r"sample_weight: weights as small as 1e-40 vanish"):
+        KMeans(2).fit(X.astype(np.float32), sample_weight=np.full(20, 1e-40))
     huge = KMeans(2, random_state=0).fit(X, sample_weight=np.full(20, 1e300))  # ratios matter
     np.testing.assert_array_equal(huge.labels_, KMeans(2, random_state=0).fit(X).labels_)
 
@@ -430,7 +434,7 @@ def test_a_callable_init_is_called_as_scikit_learn_calls_it(rng):
     assert calls == [((300, 4), 5, "RandomState")] * 10  # n_init "auto": 10 runs
     assert len(np.unique(model.labels_)) == 5
     with pytest.raises(ValueError, match=r"init\(X\): expected initial centres of shape"):
-        KMeans(5, init=lambda data, k, state: data[:2]).fit(X)
+        KMeans(5, init=lambda data, k, random_state: data[:2]).fit(X)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "float16"])
@@ -483,7 +487,7 @@ def test_predict_with_the_fits_weights_gives_its_labels(rng):
     assert unweighted.sum() > 10  # weight 1 each: other labels
 
 
-@pytest.mark.parametrize("kind", ["array", "csr", "memmap"])
+@pytest.mark.parametrize("kind", ["array", "csr", "memmap", "torch"])
 def test_predict_exact_on_a_batch_smaller_than_k(rng, tmp_path, kind):
     """Equal sizes for 2 samples and 5 clusters: at most one sample per cluster, the
     brute-force optimum (the exact step of fixed sizes needs K <= N: bounds instead)."""
@@ -495,6 +499,8 @@ def test_predict_exact_on_a_batch_smaller_than_k(rng, tmp_path, kind):
         if kind == "memmap":
             np.save(tmp_path / "batch.npy", batch)
             data = np.load(tmp_path / "batch.npy", mmap_mode="r")
+        elif kind == "torch":
+            data = pytest.importorskip("torch").from_numpy(batch)
         labels = np.asarray(model.predict_exact(data))
         scores = score_matrix(batch, model.cluster_centers_)
         best = max(scores[0, a] + scores[1, b] for a in range(5) for b in range(5) if a != b)
@@ -580,3 +586,16 @@ def test_the_docs_example_runs_and_prints_what_it_says(capsys):
     example = re.search(r"## Example\n\n```python\n(.*?)```", page, re.DOTALL).group(1)
     exec(compile(example, "docs/kmeans.md", "exec"), {})
     assert capsys.readouterr().out.split("\n")[:3] == ["True True", "float32", "True"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_groups_far_apart_for_their_size_warn_that_x_rounds_their_distances(rng, dtype):
+    """Two groups 1e4 apart, each of spread 1: float32 rounds the squared distances by
+    tens, more than the distances within a cluster (the labels are exact for the
+    rounded scores only), and says so; float64 does not."""
+    X = np.concatenate([blobs(rng, n_samples=300), blobs(rng, n_samples=300) + 1e4])
+    if dtype == np.float32:
+        with pytest.warns(RuntimeWarning, match=r"X: float32 rounds the squared distances"):
+            KMeans(4, random_state=0).fit(X.astype(dtype))
+    else:
+        KMeans(4, random_state=0).fit(X)  # warnings are errors in the tests

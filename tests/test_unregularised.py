@@ -160,3 +160,21 @@ def test_the_exact_start_is_for_balanced_labels_and_max_iter_bounds_each_solve()
     with pytest.warns(otlabel.ConvergenceWarning):
         res = otlabel.assign(scores, 0.001, max_iter=60)
     assert res.start == "exact" and res.phases["start"] <= 60 and res.n_iter <= 60
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_exact_labels_where_the_warm_solve_leaves_the_float_range(backend):
+    """One sample, bounds 0..1 and a start far off (a k-means batch labelled from the
+    fit's dual): the warm solve's log domain overflows at once, and epsilon=0 still
+    gives the exact labels, from the start, instead of a FloatingPointError."""
+    scores = np.array([[-4.2174, -5.7018]])
+    result = otlabel.assign(
+        scores, 0, min_size=0.0, max_size=1.0, init=[-7.0159, 0.0], max_iter=1,
+        method="log", backend=backend,
+    )  # fmt: skip
+    assert result.labels.tolist() == [0] and result.converged and result.gap == 0.0
+    with pytest.raises(FloatingPointError, match="pass a larger epsilon"):  # not at eps > 0
+        otlabel.assign(
+            scores, 1e-3, min_size=0.0, max_size=1.0, init=[-7.0159, 0.0], max_iter=1,
+            method="log", backend=backend,
+        )  # fmt: skip
