@@ -23,6 +23,9 @@ float64 whatever X's dtype.
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -204,10 +207,18 @@ class DenseSamples(Samples):
         if self.buffer is None or self.buffer.shape != shape:
             self.buffer = np.empty(shape, self.dtype)
         product, norms = self._score_operands(centres)
-        for start in range(0, self.n_samples, BLOCK_ROWS):
+        buffer = self.buffer
+
+        def fill(start: int) -> None:
             stop = min(start + BLOCK_ROWS, self.n_samples)
-            self._fill(self.buffer[start:stop], start, stop, product, norms)
-        return self.buffer
+            self._fill(buffer[start:stop], start, stop, product, norms)
+
+        starts = range(0, self.n_samples, BLOCK_ROWS)
+        if len(starts) == 1:
+            fill(0)
+        else:  # one single-threaded product per block, on every core (BLAS frees the GIL)
+            list(_product_threads().map(fill, starts))
+        return buffer
 
     def block_scores(self, centres: np.ndarray, start: int, stop: int) -> np.ndarray:
         product, norms = self._score_operands(centres)
@@ -448,6 +459,14 @@ class TorchSamples(Samples):
         import torch
 
         return bool(torch.equal(first, second))
+
+
+@functools.cache
+def _product_threads() -> ThreadPoolExecutor:
+    """Threads for the blocks of the score product, one per core: each block's
+    product runs single-threaded (BLAS's own threads spin between products and take
+    the cores from the compiled kernels that follow)."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
 
 def _unit_weights(weights: np.ndarray | None, n_samples: int) -> np.ndarray:

@@ -265,7 +265,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         self._check_parameters()
         samples = self._samples(X, sample_weight, reset=True)
-        samples.centre_at(samples.mean())  # the scores' rounding: see Samples.centre_at
+        variance = samples.mean_variance()  # mean over features
+        _measure_from_mean(samples, variance)
         _check_range(samples)
         n_samples = samples.n_samples
         if self.n_clusters > n_samples:
@@ -275,7 +276,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"lower n_clusters to at most {n_samples} or pass more samples"
             )
         sizes = size_constraint(self, n_samples)
-        tol = self.tol * samples.mean_variance() if self.tol > 0 else 0.0
+        tol = self.tol * variance
         with (
             threadpool_limits(limits=BLAS_THREADS, user_api="blas"),
             kernel_threads(samples, self.n_clusters),
@@ -568,6 +569,23 @@ def _warn_if_rounded(samples: Samples, run: Run) -> None:
 #: The share of the mean squared distance to a centre from which the rounding of the
 #: distances is warned about.
 ROUNDING_SHARE = 1e-3
+
+
+def _measure_from_mean(samples: Samples, variance: float) -> None:
+    """Measure the scores from the samples' mean where it lies far from 0 for their
+    spread (:meth:`Samples.centre_at`): ``||mean||^2`` over :data:`OFFSET_SHARE` times
+    the mean squared distance to it.  Nearer, the rounding gains little and each
+    score block would cost a centred copy of its rows."""
+    mean = samples.mean()
+    if mean is None:
+        return
+    spread = variance * samples.n_features  # mean ||x - mean||^2
+    if float(mean @ mean) > OFFSET_SHARE * spread:
+        samples.centre_at(mean)
+
+
+#: See :func:`_measure_from_mean`.
+OFFSET_SHARE = 1.0
 
 
 def _check_weight_range(weights: np.ndarray, dtype: np.dtype) -> None:
@@ -910,6 +928,12 @@ class AssignmentStep:
         if argmax is not None and isinstance(scores, np.ndarray):
             bounds = self._count_bounds(start)
             assert bounds is not None  # argmax labels are only judged under count bounds
+            potential = to_numpy(start)
+            if np.ptp(potential) == 0 and _to_move(argmax, bounds) == 0:
+                # no bound binds: the nearest centres are the optimum, a flat dual its
+                # certificate (every sample at a best cluster, no price paid)
+                counts = np.bincount(argmax, minlength=bounds[0].size)
+                return StepLabels(argmax, counts, potential, 0.0)
             passes, rows_per_block = _rounding_passes(scores)
             exact = balanced_labels(
                 scores, to_numpy(start), bounds, rows_per_block=rows_per_block, passes=passes,
