@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from _helpers import bounded_lp_optimum
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
@@ -240,12 +241,24 @@ def test_float32_scores_give_the_labels_of_their_float64_values(case):
 # --------------------------------------------------------------------------
 
 
+#: A draw that stops at max_iter (the error falls like 1/t), checked every run.
+SLOW_CASE = {
+    "seed": 2084, "n": 12, "k": 2, "backend": "numpy", "method": "auto", "kind": "known",
+    "overwrite": False,
+}  # fmt: skip
+
+
 @EXAMPLES
 @given(problem_strategy(), st.sampled_from([1e-4, 1e-8]), st.sampled_from([0.05, 0.5]))
+@example(SLOW_CASE, 1e-8, 0.05)
 def test_every_error_and_gap_holds_up_when_recomputed(case, tol, epsilon):
+    """Converged or not: a solve that stops at ``max_iter`` (it warns) must say so, and
+    its error still be its true one.  (Some draws converge like 1/t: seed 2084, 12 x 2,
+    one known label, epsilon 0.05, is at 2.3e-5 after 20 000 passes.)"""
     scores, options, _ = draw_scores(case)
     work = in_library(scores, case["backend"])
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", otlabel.ConvergenceWarning)
         try:
             res = otlabel.assign(
                 work, epsilon, tol=tol, max_iter=20_000, backend=case["backend"],
