@@ -172,8 +172,9 @@ class Samples:
             )
         return pieces[0] if len(pieces) == 1 else namespace(pieces[0]).concat(pieces, axis=0)
 
-    def mean_variance(self) -> float:
-        """The mean over features of the samples' variance (scikit-learn's ``tol`` unit)."""
+    def mean_variance(self, mean: np.ndarray | None = None) -> float:
+        """The mean over features of the samples' variance (scikit-learn's ``tol`` unit);
+        ``mean``: the samples' mean, if known (:meth:`mean`)."""
         raise NotImplementedError
 
     def host(self) -> Any:
@@ -251,8 +252,8 @@ class DenseSamples(Samples):
             totals += self.data[start : start + BLOCK_ROWS].sum(axis=0, dtype=np.float64)
         return totals / self.n_samples
 
-    def mean_variance(self) -> float:
-        mean = self.mean() if self.origin64 is None else self.origin64  # fit: the mean
+    def mean_variance(self, mean: np.ndarray | None = None) -> float:
+        mean = self.mean() if mean is None else mean
         spread = np.zeros(self.n_features)
         for start in range(0, self.n_samples, BLOCK_ROWS):
             block = self.data[start : start + BLOCK_ROWS].astype(np.float64) - mean
@@ -352,7 +353,7 @@ class SparseSamples(Samples):
     def row(self, index: int) -> np.ndarray:
         return self.data[index].toarray().ravel().astype(np.float64)
 
-    def mean_variance(self) -> float:
+    def mean_variance(self, mean: np.ndarray | None = None) -> float:
         data = self.data.astype(np.float64)
         mean = np.asarray(data.mean(axis=0)).ravel()
         squares = np.asarray(data.multiply(data).mean(axis=0)).ravel()
@@ -442,7 +443,7 @@ class TorchSamples(Samples):
 
         return to_numpy(torch.mean(self.data, dim=0, dtype=torch.float64))
 
-    def mean_variance(self) -> float:
+    def mean_variance(self, mean: np.ndarray | None = None) -> float:
         import torch
 
         return float(torch.var(self.data.to(torch.float64), dim=0, correction=0).mean())

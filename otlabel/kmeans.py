@@ -265,8 +265,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         self._check_parameters()
         samples = self._samples(X, sample_weight, reset=True)
-        variance = samples.mean_variance()  # mean over features
-        _measure_from_mean(samples, variance)
+        mean = samples.mean()  # (d,), None for sparse samples
+        variance = samples.mean_variance(mean)  # mean over features
+        _measure_from_mean(samples, mean, variance)
         _check_range(samples)
         n_samples = samples.n_samples
         if self.n_clusters > n_samples:
@@ -571,12 +572,11 @@ def _warn_if_rounded(samples: Samples, run: Run) -> None:
 ROUNDING_SHARE = 1e-3
 
 
-def _measure_from_mean(samples: Samples, variance: float) -> None:
+def _measure_from_mean(samples: Samples, mean: np.ndarray | None, variance: float) -> None:
     """Measure the scores from the samples' mean where it lies far from 0 for their
     spread (:meth:`Samples.centre_at`): ``||mean||^2`` over :data:`OFFSET_SHARE` times
     the mean squared distance to it.  Nearer, the rounding gains little and each
     score block would cost a centred copy of its rows."""
-    mean = samples.mean()
     if mean is None:
         return
     spread = variance * samples.n_features  # mean ||x - mean||^2
