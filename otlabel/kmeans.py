@@ -41,7 +41,7 @@ from .constraints import BoundedSizes, count_bounds
 from .kernels import resolve_backend
 from .prediction import predict
 from .result import ConvergenceWarning
-from .rounding import argmax_labels, balanced_labels, dual_level
+from .rounding import balanced_labels, dual_level
 
 __all__ = ["EXPECTED_FAILED_CHECKS", "KMeans"]
 
@@ -853,30 +853,25 @@ class AssignmentStep:
         bounds = self.sizes.count_bounds(self.samples.n_samples, centres.shape[0])
         if self.samples.streamed and bounds is not None:
             return self._streamed(centres, bounds)
-        scores = self.samples.scores(centres)
         start, argmax = self.potential, None
-        if start is not None:
-            argmax = self._near_labels(scores, start)
+        if start is None:
+            scores = self.samples.scores(centres)
+        else:
+            scores, argmax = self.samples.scores_and_argmax(centres, to_numpy(start))
+            argmax = argmax if self._near(argmax, start) else None
         if argmax is None:
             start = self._closer(scores, centres, start)
         step = self._exact(scores, start, argmax)
         self.potential = step.potential
         return step
 
-    def _near_labels(self, scores: Any, potential: Any) -> np.ndarray | None:
-        """The argmax labels at ``potential`` (N,) on the host when they leave at most
-        :data:`NEAR_SHARE` of the samples to move under the count bounds, else None
-        (always for relaxed sizes)."""
+    def _near(self, labels: np.ndarray, potential: Any) -> bool:
+        """Whether the argmax ``labels`` at ``potential`` leave at most
+        :data:`NEAR_SHARE` of the samples to move under the count bounds (never for
+        relaxed sizes)."""
         bounds = self._count_bounds(potential)
-        if bounds is None:
-            return None
-        if isinstance(scores, np.ndarray):
-            passes, rows_per_block = _rounding_passes(scores)
-            labels = argmax_labels(scores, to_numpy(potential), rows_per_block, passes)
-        else:
-            labels = to_numpy(predict(scores, potential))
-        near = _to_move(labels, bounds) <= NEAR_SHARE * self.samples.n_samples
-        return labels if near else None
+        near = NEAR_SHARE * self.samples.n_samples
+        return bounds is not None and _to_move(labels, bounds) <= near
 
     def _streamed(self, centres: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> StepLabels:
         """The exact step on scores computed block by block: the argmax labels and

@@ -217,6 +217,35 @@ def test_sample_weights_move_the_centres_to_the_weighted_means(rng):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_the_chunked_product_reads_the_argmax_of_every_row_once(monkeypatch, rng, dtype, weighted):
+    """The in-memory scores are computed a chunk at a time on every thread, and each
+    chunk's argmax labels at the dual read there: every row once, as NumPy's argmax
+    of the scores plus the dual (the first of ties), for chunks of 1 row to all of
+    them and a row count no chunk divides."""
+    from otlabel import _kmeans_data
+
+    X = blobs(rng, n_samples=1013, n_features=3, dtype=dtype)
+    X[::7] = X[3]  # equal rows: tied scores
+    weights = rng.random(X.shape[0]) + 0.5 if weighted else None
+    centres = np.round(X[rng.choice(X.shape[0], 6, replace=False)].astype(np.float64))
+    potential = np.round(rng.normal(size=6), 1)
+    for chunk_rows in (1, 37, 1013, 5000):
+        monkeypatch.setattr(_kmeans_data, "CHUNK_BYTES", chunk_rows * 3 * X.itemsize)
+        samples = _kmeans_data.samples_of(X, weights)
+        scores, labels = samples.scores_and_argmax(centres, potential)
+        product, norms = samples._score_operands(centres)
+        expected = X @ product - norms
+        if weighted:
+            expected *= weights[:, None].astype(dtype)
+        assert scores.dtype == dtype  # BLAS rounds a chunk's product its own way
+        tolerance = 1e-4 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=tolerance)
+        np.testing.assert_array_equal(labels, np.argmax(scores.astype(np.float64) + potential, 1))
+        np.testing.assert_array_equal(samples.scores(centres), scores)
+
+
 def test_float32_stays_float32(rng):
     X = blobs(rng, dtype=np.float32)
     model = KMeans(5, random_state=0, min_size=40).fit(X)

@@ -484,6 +484,28 @@ def test_numba_rounding_passes_equal_numpy(seed):
         )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_argmax_kernel_takes_the_first_of_ties_at_every_width(dtype):
+    """On either side of the width where the kernel switches from two vectorised scans
+    to one scan of running maxima: NumPy's argmax of the scores plus the dual, the
+    first of exact ties (0.0 and -0.0 among them) and rows of forbidden pairs
+    (-inf, a whole row of them too)."""
+    from otlabel.kernels.numba.rounding import SCAN_COLUMNS, NumbaPasses
+
+    rng = np.random.default_rng(4)
+    for n_cols in (1, 2, SCAN_COLUMNS - 1, SCAN_COLUMNS, SCAN_COLUMNS + 1, 3 * SCAN_COLUMNS):
+        scores = np.round(rng.normal(size=(400, n_cols)) * 2).astype(dtype)  # many ties
+        scores[rng.random(scores.shape) < 0.1] = -np.inf
+        scores[5] = -np.inf
+        scores[6] = 0.0
+        scores[6, -1] = -0.0
+        scores[7, ::-1] = np.arange(n_cols)  # the maximum in the first column
+        potential = np.round(rng.normal(size=n_cols))
+        potential[-1] = 0.0
+        expected = np.argmax(scores.astype(np.float64) + potential, axis=1)
+        np.testing.assert_array_equal(NumbaPasses.argmax(scores, potential), expected)
+
+
 @pytest.mark.parametrize("with_virtual", [False, True])
 def test_move_costs_and_their_samples_equal_a_brute_force(with_virtual):
     """``C[k, l] = min_{i in k} (S_ik - S_il)`` and the first sample (in row order) that

@@ -105,24 +105,62 @@ class NumbaPasses:
         return float(np.sum(terms))
 
 
+def argmax_on_this_thread(block: np.ndarray, potential: np.ndarray, labels: np.ndarray) -> None:
+    """``argmax_k (S_ik + g_k)`` (as :meth:`NumbaPasses.argmax`) of a C-order ``block``
+    (n, K) into ``labels`` (n,) int64, on the calling thread (the GIL released): for
+    callers that already run one block per thread.
+
+    >>> block = np.array([[0.0, 1.0], [2.0, 2.0]])
+    >>> labels = np.empty(2, np.int64)
+    >>> argmax_on_this_thread(block, np.zeros(2), labels)
+    >>> labels.tolist()
+    [1, 0]
+    """
+    _argmax_rows(block, _NO_COLUMN, potential, labels, 0, labels.size)
+
+
+_NO_COLUMN = np.zeros(0)
+
+
 @task_kernel()
 def _argmax_rows(block, virtual, potential, labels, first, last):
     """``argmax_k (S_ik + g_k)`` in float64 for the rows ``first .. last - 1``, the first
     index on ties (as NumPy); with a ``virtual`` column (not empty), over the K + 1
     columns.  Two vectorised scans of the row (in cache): its maximum, then the first
-    index that reaches it."""
+    index that reaches it; below :data:`SCAN_COLUMNS` columns, one scan of running
+    maxima."""
     n_cols = block.shape[1]
     for i in range(first, last):
         row = block[i]
-        best = _shifted_row_max(row, potential)
-        arg = n_cols
-        for k in range(n_cols):
-            if np.float64(row[k]) + potential[k] == best:
-                arg = k
-                break
+        if n_cols <= SCAN_COLUMNS:
+            best, arg = _running_max(row, potential)
+        else:
+            best = _shifted_row_max(row, potential)
+            arg = n_cols
+            for k in range(n_cols):
+                if np.float64(row[k]) + potential[k] == best:
+                    arg = k
+                    break
         if virtual.size > 0 and virtual[i] + potential[n_cols] > best:
             arg = n_cols
         labels[i] = arg
+
+
+#: Columns up to which :func:`_argmax_rows` scans a row once for its running maximum
+#: (2 000 000 entries, this machine: 1.2 against 6.1 ms at 10 columns, 1.3 against
+#: 2.0 at 50, even at 100).
+SCAN_COLUMNS = 64
+
+
+@njit(inline="always", cache=True)
+def _running_max(row, potential):
+    """``max_k (S_ik + g_k)`` in float64 and its first index (finite input)."""
+    best, arg = np.float64(row[0]) + potential[0], 0
+    for k in range(1, row.size):
+        value = np.float64(row[k]) + potential[k]
+        if value > best:
+            best, arg = value, k
+    return best, arg
 
 
 @njit(cache=True)
