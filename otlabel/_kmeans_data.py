@@ -35,7 +35,7 @@ import scipy.sparse as sparse
 from numba import njit, prange
 
 from ._arrays import library_of, namespace, to_numpy
-from .kernels.numba.rounding import argmax_on_this_thread
+from .kernels.numba.rounding import argmax_on_this_thread, margins_on_this_thread
 from .prediction import predict
 from .streaming import ChunkedScores
 
@@ -225,16 +225,37 @@ class DenseSamples(Samples):
 
     def scores_and_argmax(self, centres: np.ndarray, potential: np.ndarray) -> tuple[Any, Any]:
         labels = np.empty(self.n_samples, np.int64)
-        return self._product(centres, (np.ascontiguousarray(potential, np.float64), labels)), labels
+        potential = np.ascontiguousarray(potential, np.float64)
+
+        def read(block: np.ndarray, start: int, stop: int) -> None:
+            argmax_on_this_thread(block, potential, labels[start:stop])
+
+        return self._product(centres, read), labels
+
+    def labels_and_margins(
+        self, centres: np.ndarray, potential: np.ndarray
+    ) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]:
+        """The scores' rows (a function of sample indices (m,) giving their scores (m,
+        K)), and ``argmax_k (S_ik + g_k)`` (N,) int64 and by how much it beats the
+        second best (N,) float64 (inf for one cluster): one pass, each chunk of the
+        product read while in cache."""
+        labels, margins = np.empty(self.n_samples, np.int64), np.empty(self.n_samples)
+        potential = np.ascontiguousarray(potential, np.float64)
+
+        def read(block: np.ndarray, start: int, stop: int) -> None:
+            margins_on_this_thread(block, potential, labels[start:stop], margins[start:stop])
+
+        scores = self._product(centres, read)
+        return scores.__getitem__, labels, margins
 
     def _product(
-        self, centres: np.ndarray, argmax: tuple[np.ndarray, np.ndarray] | None
+        self, centres: np.ndarray, read: Callable[[np.ndarray, int, int], None] | None
     ) -> np.ndarray:
         """The scores (N, K) in one buffer, reused every step, filled by BLAS a chunk
         of :data:`CHUNK_BYTES` of X at a time on every core (each chunk's product
         runs single-threaded: BLAS's own threads spin between products and take the
-        cores from the compiled kernels that follow); with ``argmax`` (potential (K,),
-        labels (N,)), each chunk's argmax labels are read while it is in cache."""
+        cores from the compiled kernels that follow); ``read(chunk, start, stop)``
+        reads each chunk (rows ``start:stop``) while it is in cache."""
         shape = (self.n_samples, centres.shape[0])
         if self.buffer is None or self.buffer.shape != shape:
             self.buffer = np.empty(shape, self.dtype)
@@ -246,8 +267,8 @@ class DenseSamples(Samples):
             for start in range(first, last, chunk):
                 stop = min(start + chunk, last)
                 self._fill(buffer[start:stop], start, stop, product, norms)
-                if argmax is not None:
-                    argmax_on_this_thread(buffer[start:stop], argmax[0], argmax[1][start:stop])
+                if read is not None:
+                    read(buffer[start:stop], start, stop)
 
         in_runs(fill, self.n_samples, chunk)
         return buffer
@@ -314,21 +335,18 @@ class StreamedSamples(DenseSamples):
 
     def labels_and_margins(
         self, centres: np.ndarray, potential: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``argmax_k (S_ik + g_k)`` (N,) int64 and by how much it beats the second best
-        (N,) float64 (inf for one cluster), block by block (:meth:`block_scores`)."""
+    ) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]:
+        """As :meth:`DenseSamples.labels_and_margins`, block by block
+        (:meth:`block_scores`); the rows' scores computed again when asked for
+        (:meth:`rows_scores`)."""
         labels = np.empty(self.n_samples, np.int64)
         margins = np.empty(self.n_samples)
+        potential = np.ascontiguousarray(potential, np.float64)
         for start in range(0, self.n_samples, BLOCK_ROWS):
             stop = min(start + BLOCK_ROWS, self.n_samples)
-            shifted = self.block_scores(centres, start, stop).astype(np.float64) + potential
-            rows = np.arange(stop - start)
-            best = shifted.argmax(axis=1)
-            top = shifted[rows, best]
-            shifted[rows, best] = -np.inf
-            labels[start:stop] = best
-            margins[start:stop] = top - shifted.max(axis=1)
-        return labels, margins
+            block = self.block_scores(centres, start, stop)
+            margins_on_this_thread(block, potential, labels[start:stop], margins[start:stop])
+        return functools.partial(self.rows_scores, centres), labels, margins
 
     def rows_scores(self, centres: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The scores of ``rows`` (m,) (increasing) (m, K) in X's dtype, from the same

@@ -35,7 +35,7 @@ except ImportError as missing:  # pragma: no cover - the extra is installed by `
     ) from missing
 
 from ._arrays import library_of, to_numpy
-from ._kmeans_data import BLOCK_ROWS, Samples, StreamedSamples, samples_of
+from ._kmeans_data import BLOCK_ROWS, DenseSamples, Samples, StreamedSamples, samples_of
 from .api import assign, sinkhorn
 from .constraints import BoundedSizes, count_bounds
 from .kernels import resolve_backend
@@ -831,12 +831,15 @@ class AssignmentStep:
 
     A call reads the argmax labels at the previous step's dual (one pass over the
     scores).  When they are near the bounds (at most :data:`NEAR_SHARE` of the
-    samples to move), the exact labels come from that dual directly: the repair
-    of the samples left to move (:func:`otlabel.rounding.balanced_labels`; for a
-    stream or a tensor, :func:`otlabel.assign` at ``epsilon=0`` with one pass).
-    Otherwise (the first call, a large move of the centres, relaxed sizes) a
-    Sinkhorn solve at :attr:`epsilon` (set by the first call's scores) brings the
-    potential close first.  Either way the labels are the exact optimum and
+    samples to move), the exact labels come from that dual directly.  Otherwise
+    (the first call, a large move of the centres, relaxed sizes) a Sinkhorn solve
+    at :attr:`epsilon` (set by the first call's scores) brings the potential close
+    first.  Under count bounds, a NumPy array's or memmap's exact labels are then
+    those of the samples of least margin solved exactly, the others kept at their
+    argmax and proved optimal (:func:`margin_labels`); a CSR matrix's come from the
+    repair of the samples left to move (:func:`otlabel.rounding.balanced_labels`),
+    a tensor's (and relaxed sizes') from :func:`otlabel.assign` at ``epsilon=0``
+    with one pass.  Either way the labels are the exact optimum and
     :attr:`potential` their optimal dual.
     """
 
@@ -854,8 +857,8 @@ class AssignmentStep:
 
     def __call__(self, centres: np.ndarray) -> StepLabels:
         bounds = self.sizes.count_bounds(self.samples.n_samples, centres.shape[0])
-        if self.samples.streamed and bounds is not None:
-            return self._streamed(centres, bounds)
+        if isinstance(self.samples, DenseSamples) and bounds is not None:
+            return self._by_margins(centres, bounds)
         start, argmax = self.potential, None
         if start is None:
             scores = self.samples.scores(centres)
@@ -876,21 +879,22 @@ class AssignmentStep:
         near = NEAR_SHARE * self.samples.n_samples
         return bounds is not None and _to_move(labels, bounds) <= near
 
-    def _streamed(self, centres: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> StepLabels:
-        """The exact step on scores computed block by block: the argmax labels and
-        margins at the previous dual (or, when far, at a Sinkhorn potential), then
-        the exact labels of the samples of least margin (:func:`margin_labels`)."""
+    def _by_margins(self, centres: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> StepLabels:
+        """The exact step of a NumPy array or memmap: the argmax labels and margins at
+        the previous dual (or, when far, at a Sinkhorn potential), then the exact
+        labels of the samples of least margin (:func:`margin_labels`)."""
         samples, start = self.samples, self.potential
-        assert isinstance(samples, StreamedSamples)  # the one kind streamed
-        found: tuple[np.ndarray, np.ndarray] | None = None
+        assert isinstance(samples, DenseSamples)
+        found = None
         if start is not None:
             found = samples.labels_and_margins(centres, to_numpy(start))
-            if _to_move(found[0], bounds) > NEAR_SHARE * samples.n_samples:
+            if _to_move(found[1], bounds) > NEAR_SHARE * samples.n_samples:
                 found = None  # not held through the solve: 16 bytes a sample
         if found is None:
             start = self._closer(samples.scores(centres), centres, start)
             found = samples.labels_and_margins(centres, to_numpy(start))
-        step = margin_labels(samples, centres, to_numpy(start), *found, bounds)
+        first_rows = MARGIN_ROWS if samples.streamed else IN_MEMORY_MARGIN_ROWS
+        step = margin_labels(*found, to_numpy(start), bounds, first_rows)
         self.potential = step.potential
         return step
 
@@ -953,8 +957,11 @@ class AssignmentStep:
 #: (the solve's own start on a stream would copy a tenth of its rows or more).
 START_ROWS = 100_000
 #: The samples of least margin that :func:`margin_labels` first solves for: at least
-#: this many, and this many per sample to move at the start ...
+#: this many in a memmap (each try reads it again), in memory (a try gathers its
+#: rows) ...
 MARGIN_ROWS = 1 << 16
+IN_MEMORY_MARGIN_ROWS = 1 << 10
+#: ... and this many per sample to move at the start ...
 MARGIN_ROWS_PER_MOVE = 4
 #: ... and at each retry at least this many times more, and at least those whose
 #: margin is below :data:`SPREAD_SAFETY` times the spread of the failed try's dual
@@ -968,21 +975,23 @@ GAP_TOLERANCE = 1e-12
 
 
 def margin_labels(
-    samples: StreamedSamples,
-    centres: np.ndarray,
-    potential: np.ndarray,
+    rows_of: Callable[[np.ndarray], np.ndarray],
     labels: np.ndarray,
     margins: np.ndarray,
+    potential: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
+    first_rows: int = MARGIN_ROWS,
 ) -> StepLabels:
-    """The exact labels under count bounds without the whole score matrix: the
-    samples of least margin solved exactly in memory, the others kept at their
+    """The exact labels under count bounds without reading the whole score matrix
+    again: the samples of least margin solved exactly, the others kept at their
     argmax, and proved optimal.
 
+    ``rows_of(rows)``: the scores (m, K) of the samples ``rows`` (m,) (increasing);
     ``labels`` and ``margins`` (N,): the argmax labels at ``potential`` and by how
     much each beats its second best; the exact labels are written into ``labels``
-    (returned as the step's).  The samples whose margin is below a
-    threshold ``tau`` are solved exactly (their rows in memory, the bounds less the
+    (returned as the step's).  The samples whose margin is below a threshold
+    ``tau`` (at least ``first_rows`` of them, and :data:`MARGIN_ROWS_PER_MOVE` per
+    sample to move) are solved exactly (their rows in memory, the bounds less the
     counts of the others: :func:`otlabel.rounding.balanced_labels`), giving a dual
     ``g'``.  A sample of margin at least ``tau`` stays at a best cluster under
     ``g'`` when ``tau`` is at least the spread ``max_k (g'_k - g_k) - min_k (g'_k -
@@ -993,7 +1002,13 @@ def margin_labels(
     all of them.
     """
     n_samples, (lower, upper) = labels.size, bounds
-    wanted = max(MARGIN_ROWS, MARGIN_ROWS_PER_MOVE * _to_move(labels, bounds))
+    to_move = _to_move(labels, bounds)
+    if to_move == 0:  # the argmax labels meet the bounds: optimal if the dual prices them
+        counts = np.bincount(labels, minlength=lower.size)
+        dual, price_term = _level_dual(counts, potential, bounds)
+        if price_term == 0:  # every sample at a best cluster, no price paid
+            return StepLabels(labels, counts, dual, 0.0)
+    wanted = max(first_rows, MARGIN_ROWS_PER_MOVE * to_move)
     while True:
         active, tau = _least_margins(margins, wanted)
         fixed = np.bincount(labels, minlength=lower.size) - np.bincount(
@@ -1002,7 +1017,7 @@ def margin_labels(
         if active.size < n_samples and np.any(fixed > upper):
             wanted *= MARGIN_GROWTH
             continue
-        step, certified = _solved_rows(samples, centres, potential, labels, active, fixed, bounds)
+        step, certified = _solved_rows(rows_of(active), potential, labels, active, fixed, bounds)
         spread = float(np.ptp(np.asarray(step.potential) - potential))
         if active.size == n_samples or (spread <= tau and certified):
             return step
@@ -1022,22 +1037,20 @@ def _least_margins(margins: np.ndarray, wanted: int) -> tuple[np.ndarray, float]
 
 
 def _solved_rows(
-    samples: StreamedSamples,
-    centres: np.ndarray,
+    rows: np.ndarray,
     potential: np.ndarray,
     labels: np.ndarray,
     active: np.ndarray,
     fixed: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
 ) -> tuple[StepLabels, bool]:
-    """The exact labels of the ``active`` samples under the bounds less the ``fixed``
-    counts, written into ``labels`` (the others kept: no copy of N labels); the
-    dual at its best level for all the counts, and the certificate of the active
-    rows and the counts (the samples kept are at a best cluster:
+    """The exact labels of the ``active`` samples (their scores ``rows`` (m, K)) under
+    the bounds less the ``fixed`` counts, written into ``labels`` (the others kept:
+    no copy of N labels); the dual at its best level for all the counts, and the
+    certificate of the active rows and the counts (the samples kept are at a best cluster:
     :func:`margin_labels` checks it), and whether it is at rounding level
     (:data:`GAP_TOLERANCE` of the largest score)."""
     lower, upper = bounds
-    rows = samples.rows_scores(centres, active)
     passes, rows_per_block = _rounding_passes(rows)
     exact = balanced_labels(
         rows, potential, (np.maximum(lower - fixed, 0), upper - fixed),
@@ -1046,17 +1059,29 @@ def _solved_rows(
     assert exact.potential is not None  # balanced labels carry their dual
     labels[active] = exact.labels
     counts = np.bincount(labels, minlength=lower.size)
-    prices = -np.asarray(exact.potential)
-    dual = dual_level(counts, prices, lower, upper) - prices
+    dual, price_term = _level_dual(counts, np.asarray(exact.potential), bounds)
     row_terms = 0.0
     for start in range(0, active.size, BLOCK_ROWS):  # float64 a block at a time
         shifted = rows[start : start + BLOCK_ROWS].astype(np.float64) + dual
         own = exact.labels[start : start + BLOCK_ROWS]
         row_terms += float(np.sum(shifted.max(axis=1) - shifted[np.arange(own.size), own]))
-    price_term = float(np.sum((counts - np.where(dual > 0, lower, upper)) * dual))
     gap = max(0.0, (row_terms + price_term) / labels.size)
     scale = max(abs(float(rows.max())), abs(float(rows.min()))) if rows.size else 0.0
     return StepLabels(labels, counts, dual, gap), gap <= GAP_TOLERANCE * (1.0 + scale)
+
+
+def _level_dual(
+    counts: np.ndarray, potential: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, float]:
+    """The dual ``potential`` (K,) shifted to its best level for the ``counts`` (the
+    same argmax labels), and its price term ``sum_k (n_k - b_k) g_k``, ``b_k`` the
+    lower bound where ``g_k > 0`` and the upper one elsewhere: every term is at
+    least 0, and the sum exactly 0 when each cluster that the dual prices is at
+    the bound it prices it to."""
+    lower, upper = bounds
+    prices = -potential
+    dual = dual_level(counts, prices, lower, upper) - prices
+    return dual, float(np.sum((counts - np.where(dual > 0, lower, upper)) * dual))
 
 
 def _to_move(labels: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> int:

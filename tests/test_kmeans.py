@@ -291,6 +291,7 @@ def test_a_memmap_step_solves_the_least_margins_and_proves_the_rest(monkeypatch,
     import otlabel.kmeans as kmeans_module
 
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS", 50)
+    monkeypatch.setattr(kmeans_module, "IN_MEMORY_MARGIN_ROWS", 50)
     monkeypatch.setattr(kmeans_module, "MARGIN_ROWS_PER_MOVE", 1)
     monkeypatch.setattr(kmeans_module, "START_ROWS", 500)  # the first step from 500 rows
     solves_per_step: list[int] = []  # of the least-margin rows, each step

@@ -44,6 +44,7 @@ def test_candidate_lists_give_the_reference_paths(monkeypatch, depth):
     """Lists of 1 to 3 entries run dry and are refilled by scans at almost every move;
     the default ones seldom do.  Either way: the reference's labels, prices, units moved
     and certificate."""
+    monkeypatch.setattr(repair_candidates, "LIST_MEMBERS", 0)  # lists however few the rows
     if depth is not None:
         monkeypatch.setattr(repair_candidates, "FEWEST_CANDIDATES", depth)
         monkeypatch.setattr(repair_candidates, "CANDIDATES", depth)
@@ -93,9 +94,16 @@ def test_a_large_excess_is_repaired_to_the_lp_optimum(seed):
 
 
 def test_the_depth_follows_the_excess_within_its_bounds():
-    depth = repair_candidates.candidate_depth
+    rows = 10**8
+
+    def depth(n_columns, excess):
+        return repair_candidates.candidate_depth(n_columns, excess, rows)
+
     assert depth(50, 0) == repair_candidates.FEWEST_CANDIDATES
     assert depth(50, 50 * 20) == 20
     assert depth(50, 10**7) == repair_candidates.CANDIDATES
     assert depth(1_000, 10**7) == repair_candidates.CANDIDATE_SLOTS // 1_000**2
     assert depth(5_000, 10**7) == 0  # no lists: the scans alone
+    few = repair_candidates.LIST_MEMBERS * 50  # rows per column: at the threshold ...
+    assert repair_candidates.candidate_depth(50, 10**7, few) == repair_candidates.CANDIDATES
+    assert repair_candidates.candidate_depth(50, 10**7, few - 1) == 0  # ... and below

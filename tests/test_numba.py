@@ -485,6 +485,32 @@ def test_numba_rounding_passes_equal_numpy(seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_margin_kernel_gives_the_argmax_and_the_gap_to_the_second_best(dtype):
+    """On either side of the width where the kernel switches from one scan to
+    vectorised scans: NumPy's argmax of the scores plus the dual (the first of
+    ties), and the best less the second best (0 on a tie, inf for one column),
+    the best in every position."""
+    from otlabel.kernels.numba.rounding import MARGIN_SCAN_COLUMNS, margins_on_this_thread
+
+    rng = np.random.default_rng(6)
+    widths = (1, 2, 3, MARGIN_SCAN_COLUMNS, MARGIN_SCAN_COLUMNS + 1, 2 * MARGIN_SCAN_COLUMNS)
+    for n_cols in widths:
+        scores = np.round(rng.normal(size=(500, n_cols)) * 2).astype(dtype)  # many ties
+        scores[: min(n_cols, 500), :] = -10.0
+        for position in range(min(n_cols, 500)):  # the best first, last, between
+            scores[position, position] = 10.0
+        potential = np.round(rng.normal(size=n_cols))
+        shifted = scores.astype(np.float64) + potential
+        labels, margins = np.empty(500, np.int64), np.empty(500)
+        margins_on_this_thread(scores, potential, labels, margins)
+        expected = np.argmax(shifted, axis=1)
+        np.testing.assert_array_equal(labels, expected)
+        others = shifted.copy()
+        others[np.arange(500), expected] = -np.inf
+        np.testing.assert_array_equal(margins, shifted.max(axis=1) - others.max(axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_argmax_kernel_takes_the_first_of_ties_at_every_width(dtype):
     """On either side of the width where the kernel switches from two vectorised scans
     to one scan of running maxima: NumPy's argmax of the scores plus the dual, the

@@ -116,7 +116,8 @@ def repair(
         rows, amount = np.zeros(0, np.int64), np.zeros(0, np.int64)
         members, start, count = entry_table(labels, counts, dummies, upper)
         short = int(np.maximum(lower - counts, 0).sum())
-        depth = candidate_depth(n_clusters, excess) if excess + short else 0  # no path
+        no_path = excess + short == 0
+        depth = 0 if no_path else candidate_depth(n_clusters, excess, n_samples)
         candidates = candidate_lists(n_clusters, depth)
         if depth:  # C, its first samples and the candidate lists in one read
             threads = None if matrix.size >= PARALLEL_FILL else 1

@@ -48,11 +48,22 @@ def candidate_lists(n_columns: int, depth: int) -> tuple[np.ndarray, ...]:
     return loss, entry, count, np.full(shape, np.inf)
 
 
-def candidate_depth(n_columns: int, excess: int) -> int:
-    """Entries per list for ``n_columns`` columns and ``excess`` units to move: the
-    excess per column, within :data:`FEWEST_CANDIDATES` .. :data:`CANDIDATES`, fewer
-    where the lists would take more than :data:`CANDIDATE_SLOTS` entries together
-    (none past 2 048 columns)."""
+#: The rows per column below which there are no lists: a giver's members are then
+#: about as few as a list's entries, every member enters every list, and a scan
+#: costs little.  Exact steps from a Sinkhorn potential (32-feature scores, equal
+#: sizes, this machine): 1 000 x 100 1.6 ms without lists, 6.2 with; 10 000 x 100
+#: 7.3 against 18.6; 100 000 x 100 244 against 42; 2 000 x 10 the same.
+LIST_MEMBERS = 128
+
+
+def candidate_depth(n_columns: int, excess: int, n_rows: int) -> int:
+    """Entries per list for ``n_columns`` columns, ``n_rows`` rows and ``excess``
+    units to move: the excess per column, within :data:`FEWEST_CANDIDATES` ..
+    :data:`CANDIDATES`, fewer where the lists would take more than
+    :data:`CANDIDATE_SLOTS` entries together (none past 2 048 columns), none below
+    :data:`LIST_MEMBERS` rows per column."""
+    if n_rows < LIST_MEMBERS * n_columns:
+        return 0
     wanted = min(CANDIDATES, max(FEWEST_CANDIDATES, excess // max(n_columns, 1)))
     return int(min(wanted, CANDIDATE_SLOTS // max(n_columns * n_columns, 1)))
 

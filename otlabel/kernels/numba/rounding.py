@@ -122,6 +122,59 @@ def argmax_on_this_thread(block: np.ndarray, potential: np.ndarray, labels: np.n
 _NO_COLUMN = np.zeros(0)
 
 
+def margins_on_this_thread(
+    block: np.ndarray, potential: np.ndarray, labels: np.ndarray, margins: np.ndarray
+) -> None:
+    """The argmax labels of :func:`argmax_on_this_thread` into ``labels`` (n,), and
+    by how much each row's best ``S_ik + g_k`` beats its second best into
+    ``margins`` (n,) float64 (0 on a tie, inf for one column), on the calling thread.
+    Finite scores.
+
+    >>> block = np.array([[0.0, 1.0, 3.0], [2.0, 2.0, 0.5]])
+    >>> labels, margins = np.empty(2, np.int64), np.empty(2)
+    >>> margins_on_this_thread(block, np.zeros(3), labels, margins)
+    >>> labels.tolist(), margins.tolist()
+    ([2, 0], [2.0, 0.0])
+    """
+    _margin_rows(block, potential, labels, margins, 0, labels.size)
+
+
+@task_kernel()
+def _margin_rows(block, potential, labels, margins, first, last):
+    """Each row ``first .. last - 1``'s best and second best: up to
+    :data:`MARGIN_SCAN_COLUMNS` columns one scan (the second best a running
+    maximum of the values below the best, without a branch), else vectorised scans
+    for the best, its first index, then the best of the columns on either side."""
+    n_cols = block.shape[1]
+    for i in range(first, last):
+        row = block[i]
+        if n_cols <= MARGIN_SCAN_COLUMNS:
+            best, second, arg = np.float64(row[0]) + potential[0], -np.inf, 0
+            for k in range(1, n_cols):
+                value = np.float64(row[k]) + potential[k]
+                below = value if value < best else best
+                second = below if below > second else second
+                if value > best:
+                    best, arg = value, k
+        else:
+            best = _shifted_row_max(row, potential)
+            arg = _first_reaching(row, potential, best)
+            second = -np.inf
+            if arg > 0:
+                second = _shifted_row_max(row[:arg], potential[:arg])
+            if arg < n_cols - 1:
+                right = _shifted_row_max(row[arg + 1 :], potential[arg + 1 :])
+                second = right if right > second else second
+        labels[i] = arg
+        margins[i] = best - second
+
+
+#: Columns up to which :func:`_margin_rows` scans a row once (2 000 000 entries,
+#: this machine: 1.5-2.0 ms at 2 to 300 columns, the vectorised scans 2.1 at 100,
+#: 1.4-1.6 at 300, 1.3-1.4 at 1 000 against 1.9-2.0).
+MARGIN_SCAN_COLUMNS = 256
+
+
 @task_kernel()
 def _argmax_rows(block, virtual, potential, labels, first, last):
     """``argmax_k (S_ik + g_k)`` in float64 for the rows ``first .. last - 1``, the first
@@ -136,11 +189,7 @@ def _argmax_rows(block, virtual, potential, labels, first, last):
             best, arg = _running_max(row, potential)
         else:
             best = _shifted_row_max(row, potential)
-            arg = n_cols
-            for k in range(n_cols):
-                if np.float64(row[k]) + potential[k] == best:
-                    arg = k
-                    break
+            arg = _first_reaching(row, potential, best)
         if virtual.size > 0 and virtual[i] + potential[n_cols] > best:
             arg = n_cols
         labels[i] = arg
@@ -161,6 +210,15 @@ def _running_max(row, potential):
         if value > best:
             best, arg = value, k
     return best, arg
+
+
+@njit(inline="always", cache=True)
+def _first_reaching(row, potential, best):
+    """The first ``k`` where ``S_ik + g_k`` is ``best`` (the row's maximum)."""
+    for k in range(row.size):
+        if np.float64(row[k]) + potential[k] == best:
+            return k
+    return row.size
 
 
 @njit(cache=True)
