@@ -219,6 +219,11 @@ class DenseSamples(Samples):
     def __init__(self, data: np.ndarray, weights: np.ndarray | None) -> None:
         super().__init__(data, weights)
         self.buffer: np.ndarray | None = None  # (N, K) scores, allocated on first use
+        self.scored: np.ndarray | None = None  # (K, d) the centres the buffer holds
+
+    def centre_at(self, origin: np.ndarray | None) -> None:
+        super().centre_at(origin)
+        self.scored = None  # the buffer's scores were measured from the old origin
 
     def scores(self, centres: np.ndarray) -> Any:
         return self._product(centres, None)
@@ -255,10 +260,15 @@ class DenseSamples(Samples):
         of :data:`CHUNK_BYTES` of X at a time on every core (each chunk's product
         runs single-threaded: BLAS's own threads spin between products and take the
         cores from the compiled kernels that follow); ``read(chunk, start, stop)``
-        reads each chunk (rows ``start:stop``) while it is in cache."""
+        reads each chunk (rows ``start:stop``) while it is in cache.  The scores of
+        the centres last computed are kept: asked for again (a far step's solve,
+        then its margins), they are read, not computed."""
         shape = (self.n_samples, centres.shape[0])
         if self.buffer is None or self.buffer.shape != shape:
-            self.buffer = np.empty(shape, self.dtype)
+            self.buffer, self.scored = np.empty(shape, self.dtype), None
+        held = self.scored is not None and np.array_equal(self.scored, centres)
+        if held and read is None:
+            return self.buffer
         product, norms = self._score_operands(centres)
         buffer = self.buffer
         chunk = max(1, CHUNK_BYTES // max(1, self.n_features * buffer.itemsize))
@@ -266,11 +276,14 @@ class DenseSamples(Samples):
         def fill(first: int, last: int) -> None:
             for start in range(first, last, chunk):
                 stop = min(start + chunk, last)
-                self._fill(buffer[start:stop], start, stop, product, norms)
+                if not held:
+                    self._fill(buffer[start:stop], start, stop, product, norms)
                 if read is not None:
                     read(buffer[start:stop], start, stop)
 
+        self.scored = None  # while the buffer is written
         in_runs(fill, self.n_samples, chunk)
+        self.scored = np.array(centres)
         return buffer
 
     def block_scores(self, centres: np.ndarray, start: int, stop: int) -> np.ndarray:

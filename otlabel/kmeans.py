@@ -1014,8 +1014,9 @@ def margin_labels(
         fixed = np.bincount(labels, minlength=lower.size) - np.bincount(
             labels[active], minlength=lower.size
         )
-        if active.size < n_samples and np.any(fixed > upper):
-            wanted *= MARGIN_GROWTH
+        short = int(np.maximum(lower - fixed, 0).sum())
+        if active.size < n_samples and (np.any(fixed > upper) or short > active.size):
+            wanted *= MARGIN_GROWTH  # the active rows cannot meet the bounds left
             continue
         step, certified = _solved_rows(rows_of(active), potential, labels, active, fixed, bounds)
         spread = float(np.ptp(np.asarray(step.potential) - potential))
@@ -1028,12 +1029,13 @@ def margin_labels(
 
 
 def _least_margins(margins: np.ndarray, wanted: int) -> tuple[np.ndarray, float]:
-    """The samples (increasing) whose margin is below the ``wanted``-th least, and
-    that margin (inf: all of them)."""
+    """The ``wanted`` samples of least margin (increasing indices; of those tied at
+    the last margin taken, some), and the least margin of the others (inf: all of
+    them)."""
     if wanted >= margins.size:
         return np.arange(margins.size), np.inf
-    tau = float(np.partition(margins, wanted)[wanted])
-    return np.flatnonzero(margins < tau), tau
+    order = np.argpartition(margins, wanted)  # order[wanted]: the wanted-th least
+    return np.sort(order[:wanted]), float(margins[order[wanted]])
 
 
 def _solved_rows(

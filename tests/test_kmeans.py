@@ -77,8 +77,17 @@ def _random_bounds(rng, n_samples, n_clusters):
     return lower, np.minimum(upper, n_samples)
 
 
+@pytest.mark.parametrize("few_rows", [False, True], ids=["all-rows", "least-margins"])
 @pytest.mark.parametrize("seed", range(25))
-def test_the_assignment_step_is_the_lp_optimum(seed):
+def test_the_assignment_step_is_the_lp_optimum(monkeypatch, seed, few_rows):
+    """Random bounds, ties on one seed in three; with ``few_rows`` the exact step
+    first solves only the 3 samples of least margin (and 1 per sample to move),
+    proves the rest, or solves more."""
+    if few_rows:
+        import otlabel.kmeans as kmeans_module
+
+        monkeypatch.setattr(kmeans_module, "IN_MEMORY_MARGIN_ROWS", 3)
+        monkeypatch.setattr(kmeans_module, "MARGIN_ROWS_PER_MOVE", 1)
     rng = np.random.default_rng(seed)
     n_samples, n_clusters = int(rng.integers(8, 40)), int(rng.integers(2, 6))
     X = rng.normal(size=(n_samples, 3))
@@ -93,6 +102,52 @@ def test_the_assignment_step_is_the_lp_optimum(seed):
     scores = score_matrix(X, model.cluster_centers_)
     optimum = bounded_lp_optimum(scores, lower, upper)
     assert label_score(scores, labels) == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+
+
+def test_the_least_margins_solved_cover_the_clusters_left_short():
+    """The samples of least margin are a short cluster's own best ones: solved alone
+    they cannot fill it (and those tied at the last margin are more than wanted),
+    so more are solved; the labels meet the bounds and are the LP optimum."""
+    from otlabel.kernels.numba.rounding import margins_on_this_thread
+    from otlabel.kmeans import margin_labels
+
+    scores = np.zeros((3610, 3))
+    scores[:1100] = [0.0, 0.0, 1.0]  # cluster 2, margin 1: short of 1 200 by 100
+    scores[1100:2350] = [5.0, 0.0, 0.0]  # margin 5, each of clusters 0 and 1 50 over
+    scores[2350:3600] = [0.0, 5.0, 0.0]
+    scores[3600:] = [0.5, 0.0, 0.0]  # margin 0.5: the ten least
+    lower, upper = np.full(3, 1200), np.full(3, 1300)
+    potential = np.zeros(3)
+    for first_rows in (10, 1024):
+        labels, margins = np.empty(3610, np.int64), np.empty(3610)
+        margins_on_this_thread(scores, potential, labels, margins)
+        step = margin_labels(
+            scores.__getitem__, labels, margins, potential, (lower, upper), first_rows
+        )
+        counts = np.bincount(step.labels, minlength=3)
+        assert np.all(counts >= lower) and np.all(counts <= upper)
+        np.testing.assert_array_equal(step.counts, counts)
+        optimum = bounded_lp_optimum(scores, lower, upper)
+        assert label_score(scores, step.labels) == pytest.approx(optimum, rel=1e-12)
+        assert step.gap == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [{"min_size": 0.15}, {"min_size": 0.2, "max_size": 0.6}])
+def test_samples_of_weight_zero_tie_at_every_cluster_and_the_bounds_hold(rng, sizes):
+    """Weights of 0 make score rows of 0 (every sample tied, margin 0), more of them
+    than the first samples solved: every step still meets the bounds, at the LP
+    optimum of the weighted distances."""
+    X = rng.normal(size=(6000, 3))
+    weights = rng.uniform(0.5, 1.5, 6000)
+    weights[rng.choice(6000, 3000, replace=False)] = 0.0
+    model = KMeans(4, random_state=0, max_iter=1, **sizes).fit(X, sample_weight=weights)
+    lower, upper = otlabel.constraints.BoundedSizes(
+        np.full(4, sizes["min_size"]), np.full(4, sizes.get("max_size", 1.0))
+    ).count_bounds(6000)
+    assert np.all(model.counts_ >= lower) and np.all(model.counts_ <= upper)
+    scores = weights[:, None] * score_matrix(X, model.cluster_centers_)
+    optimum = bounded_lp_optimum(scores, lower, upper)
+    assert label_score(scores, model.labels_) == pytest.approx(optimum, rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -244,6 +299,37 @@ def test_the_chunked_product_reads_the_argmax_of_every_row_once(monkeypatch, rng
         np.testing.assert_allclose(scores, expected, rtol=0, atol=tolerance)
         np.testing.assert_array_equal(labels, np.argmax(scores.astype(np.float64) + potential, 1))
         np.testing.assert_array_equal(samples.scores(centres), scores)
+
+
+def test_the_scores_of_the_same_centres_are_read_not_computed_again(monkeypatch, rng):
+    """A far step asks for the scores of its centres three times (its margins, the
+    Sinkhorn solve, the margins at the solve's dual): one product; new centres or a
+    new origin compute them again."""
+    from otlabel import _kmeans_data
+
+    products = []
+    fill = _kmeans_data.DenseSamples._fill
+    monkeypatch.setattr(
+        _kmeans_data.DenseSamples,
+        "_fill",
+        lambda self, *args: products.append(1) or fill(self, *args),
+    )
+    X = blobs(rng, n_samples=500)
+    samples = _kmeans_data.samples_of(X, None)
+    centres, potential = X[:5].copy(), rng.normal(size=5)
+    _, labels, margins = samples.labels_and_margins(centres, potential)
+    assert len(products) == 1
+    scores = samples.scores(centres)
+    _, again, margins_again = samples.labels_and_margins(centres.copy(), potential)
+    assert len(products) == 1
+    np.testing.assert_array_equal(again, np.argmax(scores + potential, axis=1))
+    np.testing.assert_array_equal(again, labels)
+    np.testing.assert_array_equal(margins_again, margins)
+    samples.scores(centres + 1.0)
+    assert len(products) == 2
+    samples.centre_at(X.mean(axis=0))
+    samples.scores(centres + 1.0)
+    assert len(products) == 3
 
 
 def test_float32_stays_float32(rng):
