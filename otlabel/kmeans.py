@@ -1009,8 +1009,9 @@ def margin_labels(
         if price_term == 0:  # every sample at a best cluster, no price paid
             return StepLabels(labels, counts, dual, 0.0)
     wanted = max(first_rows, MARGIN_ROWS_PER_MOVE * to_move)
+    solved = np.zeros(0, np.int64)  # rows whose labels a failed try wrote
     while True:
-        active, tau = _least_margins(margins, wanted)
+        active, tau = _least_margins(margins, wanted, solved)
         fixed = np.bincount(labels, minlength=lower.size) - np.bincount(
             labels[active], minlength=lower.size
         )
@@ -1022,20 +1023,26 @@ def margin_labels(
         spread = float(np.ptp(np.asarray(step.potential) - potential))
         if active.size == n_samples or (spread <= tau and certified):
             return step
-        # The next active rows hold these (tau grows), so their labels are all
-        # written again; the others' are still the argmax labels.
+        # The next active rows hold these, so their labels are all written again;
+        # the others' are still the argmax labels.
+        solved = active
         needed = int(np.count_nonzero(margins < SPREAD_SAFETY * spread))
         wanted = max(MARGIN_GROWTH * wanted, needed)
 
 
-def _least_margins(margins: np.ndarray, wanted: int) -> tuple[np.ndarray, float]:
-    """The ``wanted`` samples of least margin (increasing indices; of those tied at
-    the last margin taken, some), and the least margin of the others (inf: all of
-    them)."""
+def _least_margins(
+    margins: np.ndarray, wanted: int, solved: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The ``wanted`` samples of least margin (of those tied at the last margin
+    taken, some) and the ``solved`` ones, as increasing indices, and the least
+    margin of the others (inf: none left)."""
     if wanted >= margins.size:
         return np.arange(margins.size), np.inf
-    order = np.argpartition(margins, wanted)  # order[wanted]: the wanted-th least
-    return np.sort(order[:wanted]), float(margins[order[wanted]])
+    least = np.argpartition(margins, wanted)[:wanted].copy()  # not the N indices
+    active = np.union1d(least, solved)
+    others = np.ones(margins.size, bool)
+    others[active] = False
+    return active, float(np.min(margins, where=others, initial=np.inf))
 
 
 def _solved_rows(

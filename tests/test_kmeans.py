@@ -132,6 +132,25 @@ def test_the_least_margins_solved_cover_the_clusters_left_short():
         assert step.gap == pytest.approx(0.0, abs=1e-12)
 
 
+def test_each_try_solves_the_rows_of_the_last_and_the_least_margins(rng):
+    """The rows a failed try relabelled are solved again whatever rows tie at the
+    margin where the next try stops (the rows kept must be at their argmax), and
+    every row kept has at least the margin returned."""
+    from otlabel.kmeans import _least_margins
+
+    margins = np.round(rng.random(300) * 4) / 4  # five values, many ties
+    solved = np.array([3, 50, 299])
+    margins[solved] = 1.0  # above most: not among the least
+    for wanted in (1, 10, 77, 200, 299):
+        active, tau = _least_margins(margins, wanted, solved)
+        assert np.all(np.diff(active) > 0) and np.isin(solved, active).all()
+        least = np.setdiff1d(active, solved)
+        assert least.size >= wanted - solved.size
+        kept = np.setdiff1d(np.arange(300), active)
+        assert tau == margins[kept].min(initial=np.inf) and np.all(margins[least] <= tau)
+    np.testing.assert_array_equal(_least_margins(margins, 300, solved)[0], np.arange(300))
+
+
 @pytest.mark.parametrize("sizes", [{"min_size": 0.15}, {"min_size": 0.2, "max_size": 0.6}])
 def test_samples_of_weight_zero_tie_at_every_cluster_and_the_bounds_hold(rng, sizes):
     """Weights of 0 make score rows of 0 (every sample tied, margin 0), more of them
