@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,7 +33,8 @@ import scipy.sparse as sparse
 from numba import njit, prange
 
 from ._arrays import library_of, namespace, to_numpy
-from .kernels.numba.rounding import argmax_on_this_thread, margins_on_this_thread
+from .kernels.numba.rounding import margins_on_this_thread
+from .kernels.numba.tasks import run_tasks
 from .prediction import predict
 from .streaming import ChunkedScores
 
@@ -46,8 +45,6 @@ BLOCK_ROWS = 16384
 #: in cache (at 23 000 x 50 float64, K = 10, two threads: 0.49 ms a product in
 #: chunks of 1 024 rows, 0.80 ms in blocks of 16 384).
 CHUNK_BYTES = 1 << 19
-#: Runs of chunks per thread that :func:`in_runs` hands out.
-RUNS_PER_THREAD = 4
 #: Rows whose scores set the scale of the entropic regularisation.
 SCALE_ROWS = 4096
 #: Row ranges of the compiled centre sums, each summed on its own then added in
@@ -228,15 +225,6 @@ class DenseSamples(Samples):
     def scores(self, centres: np.ndarray) -> Any:
         return self._product(centres, None)
 
-    def scores_and_argmax(self, centres: np.ndarray, potential: np.ndarray) -> tuple[Any, Any]:
-        labels = np.empty(self.n_samples, np.int64)
-        potential = np.ascontiguousarray(potential, np.float64)
-
-        def read(block: np.ndarray, start: int, stop: int) -> None:
-            argmax_on_this_thread(block, potential, labels[start:stop])
-
-        return self._product(centres, read), labels
-
     def labels_and_margins(
         self, centres: np.ndarray, potential: np.ndarray
     ) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]:
@@ -257,7 +245,9 @@ class DenseSamples(Samples):
         self, centres: np.ndarray, read: Callable[[np.ndarray, int, int], None] | None
     ) -> np.ndarray:
         """The scores (N, K) in one buffer, reused every step, filled by BLAS a chunk
-        of :data:`CHUNK_BYTES` of X at a time on every core (each chunk's product
+        of :data:`CHUNK_BYTES` of X at a time on every core (runs of chunks handed
+        out as the compiled kernels' tasks are: :func:`.kernels.numba.tasks.run_tasks`;
+        each chunk's product
         runs single-threaded: BLAS's own threads spin between products and take the
         cores from the compiled kernels that follow); ``read(chunk, start, stop)``
         reads each chunk (rows ``start:stop``) while it is in cache.  The scores of
@@ -270,19 +260,19 @@ class DenseSamples(Samples):
         if held and read is None:
             return self.buffer
         product, norms = self._score_operands(centres)
-        buffer = self.buffer
+        buffer, n_samples = self.buffer, self.n_samples
         chunk = max(1, CHUNK_BYTES // max(1, self.n_features * buffer.itemsize))
 
-        def fill(first: int, last: int) -> None:
-            for start in range(first, last, chunk):
-                stop = min(start + chunk, last)
+        def fill(first_chunk: int, last_chunk: int) -> None:
+            for start in range(first_chunk * chunk, min(last_chunk * chunk, n_samples), chunk):
+                stop = min(start + chunk, n_samples)
                 if not held:
                     self._fill(buffer[start:stop], start, stop, product, norms)
-                if read is not None:
+                if read is not None:  # a kernel on this thread, not one that hands out tasks
                     read(buffer[start:stop], start, stop)
 
         self.scored = None  # while the buffer is written
-        in_runs(fill, self.n_samples, chunk)
+        run_tasks(os.cpu_count() or 1, fill, -(-n_samples // chunk))
         self.scored = np.array(centres)
         return buffer
 
@@ -522,46 +512,6 @@ class TorchSamples(Samples):
         import torch
 
         return bool(torch.equal(first, second))
-
-
-def in_runs(work: Callable[[int, int], None], n_rows: int, chunk: int) -> None:
-    """``work(first, last)`` over the rows ``0 .. n_rows - 1`` in runs of whole chunks
-    of ``chunk`` rows, :data:`RUNS_PER_THREAD` runs per core, that the calling thread
-    and the pool's take in turn (a thread slowed by other work on its core takes
-    fewer)."""
-    n_chunks = -(-n_rows // chunk)
-    n_threads = min(os.cpu_count() or 1, n_chunks)
-    n_runs = min(n_chunks, RUNS_PER_THREAD * n_threads)
-    if n_runs <= 1:
-        work(0, n_rows)
-        return
-    runs: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
-    for run in range(n_runs):
-        first, last = n_chunks * run // n_runs, n_chunks * (run + 1) // n_runs
-        runs.put((first * chunk, min(last * chunk, n_rows)))
-
-    def take() -> None:
-        while True:
-            try:
-                first, last = runs.get_nowait()
-            except queue.Empty:
-                return
-            work(first, last)
-
-    helpers = [_product_threads().submit(take) for _ in range(n_threads - 1)]
-    try:
-        take()
-    finally:
-        for helper in helpers:
-            helper.result()
-
-
-@functools.cache
-def _product_threads() -> ThreadPoolExecutor:
-    """Threads for the blocks of the score product, one per core: each block's
-    product runs single-threaded (BLAS's own threads spin between products and take
-    the cores from the compiled kernels that follow)."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
 
 def _unit_weights(weights: np.ndarray | None, n_samples: int) -> np.ndarray:

@@ -860,24 +860,21 @@ class AssignmentStep:
         if isinstance(self.samples, DenseSamples) and bounds is not None:
             return self._by_margins(centres, bounds)
         start, argmax = self.potential, None
-        if start is None:
+        if start is None or bounds is None:  # relaxed sizes: no argmax labels judged
             scores = self.samples.scores(centres)
         else:
             scores, argmax = self.samples.scores_and_argmax(centres, to_numpy(start))
-            argmax = argmax if self._near(argmax, start) else None
+            argmax = argmax if self._near(argmax, bounds) else None
         if argmax is None:
             start = self._closer(scores, centres, start)
-        step = self._exact(scores, start, argmax)
+        step = self._exact(scores, start, argmax, bounds)
         self.potential = step.potential
         return step
 
-    def _near(self, labels: np.ndarray, potential: Any) -> bool:
-        """Whether the argmax ``labels`` at ``potential`` leave at most
-        :data:`NEAR_SHARE` of the samples to move under the count bounds (never for
-        relaxed sizes)."""
-        bounds = self._count_bounds(potential)
-        near = NEAR_SHARE * self.samples.n_samples
-        return bounds is not None and _to_move(labels, bounds) <= near
+    def _near(self, labels: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether the argmax ``labels`` leave at most :data:`NEAR_SHARE` of the
+        samples to move under the count ``bounds``."""
+        return _to_move(labels, bounds) <= NEAR_SHARE * self.samples.n_samples
 
     def _by_margins(self, centres: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> StepLabels:
         """The exact step of a NumPy array or memmap: the argmax labels and margins at
@@ -888,7 +885,7 @@ class AssignmentStep:
         found = None
         if start is not None:
             found = samples.labels_and_margins(centres, to_numpy(start))
-            if _to_move(found[1], bounds) > NEAR_SHARE * samples.n_samples:
+            if not self._near(found[1], bounds):
                 found = None  # not held through the solve: 16 bytes a sample
         if found is None:
             start = self._closer(samples.scores(centres), centres, start)
@@ -897,10 +894,6 @@ class AssignmentStep:
         step = margin_labels(*found, to_numpy(start), bounds, first_rows)
         self.potential = step.potential
         return step
-
-    def _count_bounds(self, potential: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        n_clusters = int(np.asarray(to_numpy(potential)).size)
-        return self.sizes.count_bounds(self.samples.n_samples, n_clusters)
 
     def _closer(self, scores: Any, centres: np.ndarray, start: Any) -> Any:
         """The potential of a Sinkhorn solve from ``start`` at :attr:`epsilon` (a
@@ -923,19 +916,23 @@ class AssignmentStep:
             )  # fmt: skip
         return solved.potential
 
-    def _exact(self, scores: Any, start: Any, argmax: np.ndarray | None) -> StepLabels:
-        """The exact labels from ``start`` and their dual: repaired from the argmax
-        labels ``argmax`` (in-memory scores), else by ``assign`` at ``epsilon=0``
-        (one Sinkhorn pass from ``start``, then the exact labels)."""
+    def _exact(
+        self,
+        scores: Any,
+        start: Any,
+        argmax: np.ndarray | None,
+        bounds: tuple[np.ndarray, np.ndarray] | None,
+    ) -> StepLabels:
+        """The exact labels from ``start`` and their dual: the argmax labels
+        ``argmax`` at ``start`` (in-memory scores, count ``bounds``) when
+        :func:`_argmax_optimum` proves them, else repaired from them; otherwise by
+        ``assign`` at ``epsilon=0`` (one Sinkhorn pass from ``start``, then the
+        exact labels)."""
         if argmax is not None and isinstance(scores, np.ndarray):
-            bounds = self._count_bounds(start)
             assert bounds is not None  # argmax labels are only judged under count bounds
-            potential = to_numpy(start)
-            if np.ptp(potential) == 0 and _to_move(argmax, bounds) == 0:
-                # no bound binds: the nearest centres are the optimum, a flat dual its
-                # certificate (every sample at a best cluster, no price paid)
-                counts = np.bincount(argmax, minlength=bounds[0].size)
-                return StepLabels(argmax, counts, potential, 0.0)
+            optimum = _argmax_optimum(argmax, to_numpy(start), bounds)
+            if optimum is not None:
+                return optimum
             passes, rows_per_block = _rounding_passes(scores)
             exact = balanced_labels(
                 scores, to_numpy(start), bounds, rows_per_block=rows_per_block, passes=passes,
@@ -1002,12 +999,10 @@ def margin_labels(
     all of them.
     """
     n_samples, (lower, upper) = labels.size, bounds
+    optimum = _argmax_optimum(labels, potential, bounds)
+    if optimum is not None:
+        return optimum
     to_move = _to_move(labels, bounds)
-    if to_move == 0:  # the argmax labels meet the bounds: optimal if the dual prices them
-        counts = np.bincount(labels, minlength=lower.size)
-        dual, price_term = _level_dual(counts, potential, bounds)
-        if price_term == 0:  # every sample at a best cluster, no price paid
-            return StepLabels(labels, counts, dual, 0.0)
     wanted = max(first_rows, MARGIN_ROWS_PER_MOVE * to_move)
     solved = np.zeros(0, np.int64)  # rows whose labels a failed try wrote
     while True:
@@ -1077,6 +1072,19 @@ def _solved_rows(
     gap = max(0.0, (row_terms + price_term) / labels.size)
     scale = max(abs(float(rows.max())), abs(float(rows.min()))) if rows.size else 0.0
     return StepLabels(labels, counts, dual, gap), gap <= GAP_TOLERANCE * (1.0 + scale)
+
+
+def _argmax_optimum(
+    labels: np.ndarray, potential: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]
+) -> StepLabels | None:
+    """The argmax ``labels`` at ``potential`` as the step's, when they meet the count
+    ``bounds`` and the dual prices no cluster away from the bound it holds it to
+    (every sample at a best cluster, no price paid: the optimum); else None."""
+    if _to_move(labels, bounds) > 0:
+        return None
+    counts = np.bincount(labels, minlength=bounds[0].size)
+    dual, price_term = _level_dual(counts, potential, bounds)
+    return StepLabels(labels, counts, dual, 0.0) if price_term == 0 else None
 
 
 def _level_dual(

@@ -308,7 +308,8 @@ def test_the_chunked_product_reads_the_argmax_of_every_row_once(monkeypatch, rng
     for chunk_rows in (1, 37, 1013, 5000):
         monkeypatch.setattr(_kmeans_data, "CHUNK_BYTES", chunk_rows * 3 * X.itemsize)
         samples = _kmeans_data.samples_of(X, weights)
-        scores, labels = samples.scores_and_argmax(centres, potential)
+        rows_of, labels, _ = samples.labels_and_margins(centres, potential)
+        scores = rows_of(np.arange(X.shape[0]))  # a gathered copy of the buffer
         product, norms = samples._score_operands(centres)
         expected = X @ product - norms
         if weighted:
@@ -318,6 +319,25 @@ def test_the_chunked_product_reads_the_argmax_of_every_row_once(monkeypatch, rng
         np.testing.assert_allclose(scores, expected, rtol=0, atol=tolerance)
         np.testing.assert_array_equal(labels, np.argmax(scores.astype(np.float64) + potential, 1))
         np.testing.assert_array_equal(samples.scores(centres), scores)
+
+
+def test_a_memmap_with_relaxed_sizes_never_holds_its_scores_whole(monkeypatch, rng, tmp_path):
+    """Relaxed sizes judge no argmax labels: a memmap's steps read its scores block by
+    block, never into one (N, K) buffer, and give the in-memory fit."""
+    from otlabel import _kmeans_data
+
+    X = blobs(rng, n_samples=600)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    start = X[:5].copy()
+    in_memory = KMeans(5, init=start, size_penalty=2.0, max_iter=5).fit(X)
+
+    def whole(*args):
+        raise AssertionError("a memmap's scores were held whole")
+
+    monkeypatch.setattr(_kmeans_data.DenseSamples, "_product", whole)
+    streamed = KMeans(5, init=start, size_penalty=2.0, max_iter=5).fit(mapped)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
 
 
 def test_the_scores_of_the_same_centres_are_read_not_computed_again(monkeypatch, rng):

@@ -105,30 +105,14 @@ class NumbaPasses:
         return float(np.sum(terms))
 
 
-def argmax_on_this_thread(block: np.ndarray, potential: np.ndarray, labels: np.ndarray) -> None:
-    """``argmax_k (S_ik + g_k)`` (as :meth:`NumbaPasses.argmax`) of a C-order ``block``
-    (n, K) into ``labels`` (n,) int64, on the calling thread (the GIL released): for
-    callers that already run one block per thread.
-
-    >>> block = np.array([[0.0, 1.0], [2.0, 2.0]])
-    >>> labels = np.empty(2, np.int64)
-    >>> argmax_on_this_thread(block, np.zeros(2), labels)
-    >>> labels.tolist()
-    [1, 0]
-    """
-    _argmax_rows(block, _NO_COLUMN, potential, labels, 0, labels.size)
-
-
-_NO_COLUMN = np.zeros(0)
-
-
 def margins_on_this_thread(
     block: np.ndarray, potential: np.ndarray, labels: np.ndarray, margins: np.ndarray
 ) -> None:
-    """The argmax labels of :func:`argmax_on_this_thread` into ``labels`` (n,), and
-    by how much each row's best ``S_ik + g_k`` beats its second best into
-    ``margins`` (n,) float64 (0 on a tie, inf for one column), on the calling thread.
-    Finite scores.
+    """``argmax_k (S_ik + g_k)`` (as :meth:`NumbaPasses.argmax`, the first on ties) of
+    a C-order ``block`` (n, K) into ``labels`` (n,) int64, and by how much each
+    row's best beats its second best into ``margins`` (n,) float64 (0 on a tie,
+    inf for one column), on the calling thread (the GIL released): for callers
+    that already run one block per thread.  Finite scores.
 
     >>> block = np.array([[0.0, 1.0, 3.0], [2.0, 2.0, 0.5]])
     >>> labels, margins = np.empty(2, np.int64), np.empty(2)
